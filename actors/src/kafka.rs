@@ -1,0 +1,197 @@
+//! The Kafka backend: one idempotent, acks=all librdkafka producer per broker set.
+
+use std::sync::Arc;
+
+use futures_util::future::{self, FutureExt, LocalBoxFuture};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord};
+
+use crate::error::ProduceError;
+use crate::producer::{Backend, LostSignal, ProducerActor, Publish};
+use crate::settings::KafkaSettings;
+use crate::target::KafkaTarget;
+
+/// The producer actor of one Kafka broker set.
+pub type KafkaProducer = ProducerActor<KafkaBackend>;
+
+/// Connects to one Kafka cluster; the topic is chosen per message.
+pub struct KafkaBackend {
+    /// The cluster's bootstrap brokers.
+    target: KafkaTarget,
+    /// Producer tuning.
+    settings: Arc<KafkaSettings>,
+}
+
+impl KafkaBackend {
+    /// A backend for `target`.
+    pub fn new(target: KafkaTarget, settings: Arc<KafkaSettings>) -> Self {
+        Self { target, settings }
+    }
+}
+
+/// The librdkafka configuration of a producer for `bootstrap_servers`.
+fn client_config(bootstrap_servers: &str, s: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", s.linger_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            s.queue_max_messages.to_string(),
+        )
+        .set("message.max.bytes", s.message_max_bytes.to_string())
+        .set(
+            "message.timeout.ms",
+            s.message_timeout.as_millis().to_string(),
+        )
+        .set("client.id", "ferry");
+    for (key, value) in &s.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Checks that librdkafka accepts `settings` (unknown properties, bad values), at start-up
+/// rather than at the first message. It opens no connection.
+pub fn check_settings(settings: &KafkaSettings) -> Result<(), String> {
+    client_config("", settings)
+        .create::<BaseProducer>()
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+impl Backend for KafkaBackend {
+    type Connection = FutureProducer<LossReporter>;
+
+    fn connect(
+        &self,
+        lost: LostSignal<Self>,
+    ) -> LocalBoxFuture<'static, Result<Self::Connection, ProduceError>> {
+        // Creating the producer opens no connection; librdkafka connects in its own threads
+        // and reports a dead cluster through `LossReporter`.
+        let created = client_config(self.target.bootstrap_servers(), &self.settings)
+            .create_with_context(LossReporter {
+                lost,
+                label: self.target.bootstrap_servers().to_owned(),
+            })
+            .map_err(|e| ProduceError::Rejected(format!("invalid Kafka producer settings: {e}")));
+        future::ready(created).boxed_local()
+    }
+
+    fn publish(
+        &self,
+        producer: &Self::Connection,
+        _lost: &LostSignal<Self>,
+        message: Publish,
+    ) -> LocalBoxFuture<'static, Result<(), ProduceError>> {
+        let record = FutureRecord::<(), [u8]>::to(&message.route).payload(&message.payload[..]);
+        match producer.send_result(record) {
+            Ok(delivery) => async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(classify(&error)),
+                    Err(_cancelled) => Err(ProduceError::Unavailable(
+                        "the Kafka producer was closed before delivery".into(),
+                    )),
+                }
+            }
+            .boxed_local(),
+            Err((error, _)) => future::ready(Err(classify(&error))).boxed_local(),
+        }
+    }
+
+    fn close(producer: Self::Connection) {
+        // Dropping a producer purges its queue and joins librdkafka's threads: it blocks.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(producer))),
+            Err(_) => drop(producer),
+        }
+    }
+}
+
+/// Maps a librdkafka failure to a [`ProduceError`] by its error code.
+pub fn classify(error: &KafkaError) -> ProduceError {
+    use RDKafkaErrorCode as C;
+    let text = error.to_string();
+    match error.rdkafka_error_code() {
+        Some(C::QueueFull) => {
+            ProduceError::Overloaded(format!("Kafka producer queue full: {text}"))
+        }
+        Some(C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue) => {
+            ProduceError::Unavailable(text)
+        }
+        Some(
+            C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::Resolve
+            | C::BrokerNotAvailable
+            | C::NetworkException
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::PurgeQueue
+            | C::PurgeInflight
+            | C::Fatal
+            | C::BrokerDestroy
+            | C::DestroyBroker,
+        ) => ProduceError::Unavailable(text),
+        // Anything else is the broker's answer about this message (unknown topic, too
+        // large, not authorised, …): sending it again would get the same answer.
+        _ => ProduceError::Rejected(text),
+    }
+}
+
+/// librdkafka's client callbacks: turns "the cluster is gone" into a producer restart.
+pub struct LossReporter {
+    /// Where to report a dead cluster.
+    lost: LostSignal<KafkaBackend>,
+    /// The broker set, for logs.
+    label: String,
+}
+
+impl ClientContext for LossReporter {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::Fatal) => {
+                self.lost
+                    .signal(ProduceError::Unavailable(format!("{error}: {reason}")));
+            }
+            _ => log::warn!(
+                "Kafka client error target={} error={error} reason={reason}",
+                self.label
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_errors_are_classified_by_code() {
+        let e = |code| KafkaError::MessageProduction(code);
+        assert!(classify(&e(RDKafkaErrorCode::AllBrokersDown)).is_retriable());
+        assert!(classify(&e(RDKafkaErrorCode::MessageTimedOut)).is_retriable());
+        assert!(classify(&e(RDKafkaErrorCode::PurgeInflight)).is_retriable());
+        assert!(matches!(
+            classify(&e(RDKafkaErrorCode::QueueFull)),
+            ProduceError::Overloaded(_)
+        ));
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(
+                matches!(classify(&e(code)), ProduceError::Rejected(_)),
+                "{code:?}"
+            );
+        }
+    }
+}

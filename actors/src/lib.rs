@@ -1,0 +1,30 @@
+//! ferry's forwarding core: one supervised producer actor per target, a bounded registry
+//! of those actors, and the timeout/retry policy every message goes through.
+//!
+//! This crate knows nothing of gRPC or protobuf. The daemon turns wire requests into a
+//! validated [`Target`] plus a route (topic or routing key) and a payload, and calls
+//! [`Forwarder::forward`]. The data flow is:
+//!
+//! ```text
+//! Forwarder ──(policy: attempt n ≤ n × step)──► Registry ──► ProducerActor<KafkaBackend>
+//!                                                        └─► ProducerActor<AmqpBackend>
+//! ```
+
+pub mod amqp;
+pub mod error;
+pub mod forwarder;
+pub mod kafka;
+pub mod policy;
+pub mod producer;
+pub mod registry;
+pub mod settings;
+pub mod stats;
+pub mod target;
+
+pub use error::{ForwardError, InvalidRequest, ProduceError};
+pub use forwarder::Forwarder;
+pub use policy::RetryPolicy;
+pub use registry::Registry;
+pub use settings::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings};
+pub use stats::{ProducerState, StatsSnapshot, TargetStats};
+pub use target::{AmqpTarget, KafkaTarget, Target};

@@ -1,0 +1,278 @@
+//! The supervised producer actor, generic over its middleware [`Backend`].
+//!
+//! One actor serves one target and caches its connection. Its lifecycle:
+//!
+//! ```text
+//! started ─► connecting (mailbox paused) ─► ready ──(connection lost)──► stop
+//!    ▲                 └──(failed / timed out)──────────────────────────► stop
+//!    └── actix Supervisor restarts it in place: restarting() drops the connection,
+//!        started() waits the restart backoff (messages refused as unavailable), reconnects.
+//! ```
+//!
+//! A handler never awaits a delivery: it hands the message to the backend and returns the
+//! confirmation future, so many messages to one target are in flight at once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::WeakAddr;
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::future::{self, LocalBoxFuture};
+
+use crate::error::ProduceError;
+use crate::settings::ProducerSettings;
+use crate::stats::{ProducerState, TargetStats};
+
+/// A middleware client: how to connect to one target and publish on that connection.
+pub trait Backend: Unpin + Sized + 'static {
+    /// The cached connection (a Kafka producer, an AMQP connection and channel).
+    type Connection: Unpin + 'static;
+
+    /// Opens a connection. The backend calls `lost.signal(..)` when it later learns that
+    /// the connection is dead, which makes the actor restart.
+    fn connect(
+        &self,
+        lost: LostSignal<Self>,
+    ) -> LocalBoxFuture<'static, Result<Self::Connection, ProduceError>>;
+
+    /// Hands `message` to the connection; the future resolves once the broker confirmed
+    /// it (or failed to). It must not borrow `self` or `connection`.
+    fn publish(
+        &self,
+        connection: &Self::Connection,
+        lost: &LostSignal<Self>,
+        message: Publish,
+    ) -> LocalBoxFuture<'static, Result<(), ProduceError>>;
+
+    /// Disposes of a connection without blocking the calling thread.
+    fn close(connection: Self::Connection);
+}
+
+/// Publish one message to the actor's target.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ProduceError>")]
+pub struct Publish {
+    /// The Kafka topic or the AMQP routing key.
+    pub route: String,
+    /// The message bytes, passed on unchanged.
+    pub payload: Bytes,
+}
+
+/// The connection of generation `generation` is dead; sent by the backend via [`LostSignal`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct ConnectionLost {
+    /// Which connection died; reports about an older one are ignored.
+    generation: u64,
+    /// Why it died.
+    error: ProduceError,
+}
+
+/// Lets a backend tell its actor that a connection died, from any thread, without keeping
+/// the actor alive.
+pub struct LostSignal<B: Backend> {
+    /// The actor, weakly held so an idle actor can still stop.
+    actor: WeakAddr<ProducerActor<B>>,
+    /// The connection generation this signal belongs to.
+    generation: u64,
+}
+
+impl<B: Backend> Clone for LostSignal<B> {
+    fn clone(&self) -> Self {
+        Self {
+            actor: self.actor.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+impl<B: Backend> LostSignal<B> {
+    /// Reports the connection dead; the actor restarts unless it already moved on.
+    pub fn signal(&self, error: ProduceError) {
+        if let Some(actor) = self.actor.upgrade() {
+            actor.do_send(ConnectionLost {
+                generation: self.generation,
+                error,
+            });
+        }
+    }
+}
+
+/// The actor's link to its broker.
+enum Link<C> {
+    /// A connection attempt is under way (the mailbox is paused meanwhile).
+    Connecting,
+    /// Connected since the instant given.
+    Ready(C, Instant),
+    /// Not connected, for the reason given.
+    Down(ProduceError),
+}
+
+/// One target's producer: a cached connection, supervised and restarted on failure.
+pub struct ProducerActor<B: Backend> {
+    /// The middleware client.
+    backend: B,
+    /// The target for logs (credentials redacted).
+    label: String,
+    /// Timeouts, backoff and bounds.
+    settings: Arc<ProducerSettings>,
+    /// Counters shared with the registry and forwarder.
+    stats: Arc<TargetStats>,
+    /// The current connection, or why there is none.
+    link: Link<B::Connection>,
+    /// Incremented per connection attempt, so stale loss reports are ignored.
+    generation: u64,
+    /// Failures since the last connection that stayed up for `restart_backoff_max`.
+    consecutive_failures: u32,
+}
+
+impl<B: Backend> ProducerActor<B> {
+    /// A producer for one target; it connects when started.
+    pub fn new(
+        backend: B,
+        label: String,
+        settings: Arc<ProducerSettings>,
+        stats: Arc<TargetStats>,
+    ) -> Self {
+        Self {
+            backend,
+            label,
+            settings,
+            stats,
+            link: Link::Down(ProduceError::Unavailable("not connected yet".into())),
+            generation: 0,
+            consecutive_failures: 0,
+        }
+    }
+
+    /// Opens the connection, holding the mailbox until it is up or has failed.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        self.link = Link::Connecting;
+        self.stats.set_state(ProducerState::Connecting);
+        let lost = LostSignal {
+            actor: ctx.address().downgrade(),
+            generation: self.generation,
+        };
+        let timeout = self.settings.connect_timeout;
+        let attempt = tokio::time::timeout(timeout, self.backend.connect(lost));
+        ctx.wait(
+            attempt
+                .into_actor(self)
+                .map(move |outcome, act, ctx| match outcome {
+                    Ok(Ok(connection)) => {
+                        log::info!("Producer connected target={}", act.label);
+                        act.link = Link::Ready(connection, Instant::now());
+                        act.stats.set_state(ProducerState::Ready);
+                    }
+                    Ok(Err(error)) => act.fail(error, ctx),
+                    Err(_) => act.fail(
+                        ProduceError::Unavailable(format!(
+                            "no connection within {} ms",
+                            timeout.as_millis()
+                        )),
+                        ctx,
+                    ),
+                }),
+        );
+    }
+
+    /// Gives up the current connection; the supervisor restarts the actor.
+    fn fail(&mut self, error: ProduceError, ctx: &mut Context<Self>) {
+        log::warn!(
+            "Producer failed, restarting target={} error={error}",
+            self.label
+        );
+        self.drop_link(error);
+        ctx.stop();
+    }
+
+    /// Closes the connection (if any) and records why the actor is down.
+    fn drop_link(&mut self, reason: ProduceError) {
+        if let Link::Ready(connection, since) =
+            std::mem::replace(&mut self.link, Link::Down(reason))
+        {
+            if since.elapsed() >= self.settings.restart_backoff_max {
+                self.consecutive_failures = 0;
+            }
+            B::close(connection);
+        }
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+    }
+}
+
+impl<B: Backend> Actor for ProducerActor<B> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.settings.max_in_flight_per_target);
+        if self.consecutive_failures == 0 {
+            self.connect(ctx);
+        } else {
+            let delay = self.settings.restart_delay(self.consecutive_failures);
+            self.stats.set_state(ProducerState::Restarting);
+            log::debug!(
+                "Producer reconnecting target={} in_ms={}",
+                self.label,
+                delay.as_millis()
+            );
+            ctx.run_later(delay, |act, ctx| act.connect(ctx));
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Link::Ready(connection, _) = std::mem::replace(&mut self.link, Link::Connecting) {
+            B::close(connection);
+        }
+        self.stats.set_state(ProducerState::Stopped);
+        log::info!("Producer stopped target={}", self.label);
+    }
+}
+
+impl<B: Backend> Supervised for ProducerActor<B> {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.set_state(ProducerState::Restarting);
+    }
+}
+
+impl<B: Backend> Handler<Publish> for ProducerActor<B> {
+    type Result = ResponseFuture<Result<(), ProduceError>>;
+
+    fn handle(&mut self, message: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        match &self.link {
+            Link::Ready(connection, _) => {
+                let lost = LostSignal {
+                    actor: ctx.address().downgrade(),
+                    generation: self.generation,
+                };
+                Box::pin(self.backend.publish(connection, &lost, message))
+            }
+            Link::Down(reason) => Box::pin(future::ready(Err(down(reason)))),
+            Link::Connecting => Box::pin(future::ready(Err(ProduceError::Unavailable(
+                "connecting".into(),
+            )))),
+        }
+    }
+}
+
+/// The error for a message that arrives while the producer is down.
+fn down(reason: &ProduceError) -> ProduceError {
+    match reason {
+        ProduceError::Unavailable(_) => reason.clone(),
+        other => ProduceError::Unavailable(other.to_string()),
+    }
+}
+
+impl<B: Backend> Handler<ConnectionLost> for ProducerActor<B> {
+    type Result = ();
+
+    fn handle(&mut self, lost: ConnectionLost, ctx: &mut Context<Self>) {
+        if lost.generation == self.generation && matches!(self.link, Link::Ready(..)) {
+            self.fail(lost.error, ctx);
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The bounded cache of producer actors: one supervised actor per target, started on
+//! first use on one of the daemon's arbiters, stopped when idle or evicted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use actix::{Addr, MailboxError, Supervisor};
+use actix_rt::ArbiterHandle;
+
+use crate::amqp::{AmqpBackend, AmqpProducer};
+use crate::error::ProduceError;
+use crate::kafka::{KafkaBackend, KafkaProducer};
+use crate::producer::Publish;
+use crate::settings::{ProducerSettings, RegistrySettings};
+use crate::stats::{StatsSnapshot, TargetStats};
+use crate::target::Target;
+
+/// The address of a producer actor of either kind.
+#[derive(Clone)]
+enum ProducerAddr {
+    /// A Kafka broker set's producer.
+    Kafka(Addr<KafkaProducer>),
+    /// A RabbitMQ server+exchange's producer.
+    Amqp(Addr<AmqpProducer>),
+}
+
+/// A handle on one target's producer actor and its counters.
+#[derive(Clone)]
+pub struct Producer {
+    /// The actor.
+    addr: ProducerAddr,
+    /// Its counters.
+    stats: Arc<TargetStats>,
+}
+
+impl Producer {
+    /// The producer's counters.
+    pub fn stats(&self) -> &Arc<TargetStats> {
+        &self.stats
+    }
+
+    /// Publishes one message and waits for the broker's confirmation (unbounded in
+    /// time: the caller applies the policy's timeout).
+    pub async fn publish(&self, message: Publish) -> Result<(), ProduceError> {
+        let answer = match &self.addr {
+            ProducerAddr::Kafka(addr) => addr.send(message).await,
+            ProducerAddr::Amqp(addr) => addr.send(message).await,
+        };
+        answer.unwrap_or_else(|e| Err(mailbox_error(e)))
+    }
+
+    /// Whether the actor still runs.
+    fn is_alive(&self) -> bool {
+        match &self.addr {
+            ProducerAddr::Kafka(addr) => addr.connected(),
+            ProducerAddr::Amqp(addr) => addr.connected(),
+        }
+    }
+}
+
+/// The actor dropped the message: it failed while handling it, or stopped.
+fn mailbox_error(error: MailboxError) -> ProduceError {
+    ProduceError::Unavailable(format!("the producer restarted while sending ({error})"))
+}
+
+/// A cached producer and when it was last asked for.
+struct Entry {
+    /// The producer.
+    producer: Producer,
+    /// When a message for this target last arrived.
+    last_used: Instant,
+}
+
+/// One producer actor per target, bounded in number and stopped when idle.
+pub struct Registry {
+    /// The cached producers.
+    entries: Mutex<HashMap<Target, Entry>>,
+    /// Arbiters new actors are spread over, round robin.
+    arbiters: Vec<ArbiterHandle>,
+    /// The arbiter the next actor starts on.
+    next_arbiter: AtomicUsize,
+    /// Settings handed to every producer.
+    producer_settings: Arc<ProducerSettings>,
+    /// Bounds of this registry.
+    limits: RegistrySettings,
+    /// Producers stopped to make room for new targets.
+    evictions: AtomicU64,
+}
+
+impl Registry {
+    /// A registry that starts its actors on `arbiters`.
+    ///
+    /// # Panics
+    /// If `arbiters` is empty (a start-up error, never on a request path).
+    pub fn new(
+        arbiters: Vec<ArbiterHandle>,
+        producer_settings: ProducerSettings,
+        limits: RegistrySettings,
+    ) -> Arc<Self> {
+        assert!(
+            !arbiters.is_empty(),
+            "a registry needs at least one arbiter"
+        );
+        Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            producer_settings: Arc::new(producer_settings),
+            limits,
+            evictions: AtomicU64::new(0),
+        })
+    }
+
+    /// The producer of `target`, started now if it has none. When the registry is full the
+    /// least recently used idle producer is evicted; when none is idle, the target is
+    /// refused as overloaded.
+    pub fn producer(&self, target: &Target) -> Result<Producer, ProduceError> {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(target) {
+            if entry.producer.is_alive() {
+                entry.last_used = now;
+                return Ok(entry.producer.clone());
+            }
+            entries.remove(target);
+        }
+        if entries.len() >= self.limits.max_targets {
+            self.evict_one(&mut entries)?;
+        }
+        let producer = self.start(target);
+        entries.insert(
+            target.clone(),
+            Entry {
+                producer: producer.clone(),
+                last_used: now,
+            },
+        );
+        log::info!("Producer created target={target} targets={}", entries.len());
+        Ok(producer)
+    }
+
+    /// Stops producers unused for longer than the idle timeout; returns how many.
+    pub fn stop_idle(&self) -> usize {
+        let idle_timeout = self.limits.idle_timeout;
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|target, entry| {
+            let idle = entry.last_used.elapsed() >= idle_timeout && is_idle(entry);
+            if idle {
+                log::info!("Producer idle, stopping target={target}");
+            }
+            !idle
+        });
+        before - entries.len()
+    }
+
+    /// Runs [`Self::stop_idle`] periodically on the first arbiter, for as long as the
+    /// registry exists.
+    pub fn spawn_idle_sweeper(self: &Arc<Self>) {
+        let registry: Weak<Self> = Arc::downgrade(self);
+        let period = (self.limits.idle_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
+        self.arbiters[0].spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                match registry.upgrade() {
+                    Some(registry) => drop(registry.stop_idle()),
+                    None => break,
+                }
+            }
+        });
+    }
+
+    /// The counters of every cached producer.
+    pub fn snapshot(&self) -> Vec<StatsSnapshot> {
+        self.lock()
+            .iter()
+            .map(|(target, entry)| {
+                entry
+                    .producer
+                    .stats
+                    .snapshot(target.kind(), target.to_string())
+            })
+            .collect()
+    }
+
+    /// How many producers are cached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no producer is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many producers were evicted to make room for new targets.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Locks the cache. A panic while it was held cannot leave it inconsistent (every
+    /// update is a single insert or remove), so a poisoned lock is used as is.
+    fn lock(&self) -> MutexGuard<'_, HashMap<Target, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes the least recently used producer with nothing in flight.
+    fn evict_one(&self, entries: &mut HashMap<Target, Entry>) -> Result<(), ProduceError> {
+        let victim = entries
+            .iter()
+            .filter(|(_, entry)| is_idle(entry))
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(target, _)| target.clone());
+        let Some(victim) = victim else {
+            return Err(ProduceError::Overloaded(format!(
+                "all {} producer slots are busy (max_targets)",
+                self.limits.max_targets
+            )));
+        };
+        entries.remove(&victim);
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        log::info!("Producer evicted to make room target={victim}");
+        Ok(())
+    }
+
+    /// Starts a supervised producer actor for `target` on the next arbiter.
+    fn start(&self, target: &Target) -> Producer {
+        let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        let arbiter = &self.arbiters[index];
+        let stats = Arc::new(TargetStats::default());
+        let settings = self.producer_settings.clone();
+        let label = target.to_string();
+        let actor_stats = stats.clone();
+        let addr = match target.clone() {
+            Target::Kafka(t) => {
+                let backend = KafkaBackend::new(t, Arc::new(settings.kafka.clone()));
+                ProducerAddr::Kafka(Supervisor::start_in_arbiter(arbiter, move |_| {
+                    KafkaProducer::new(backend, label, settings, actor_stats)
+                }))
+            }
+            Target::Amqp(t) => {
+                let backend = AmqpBackend::new(t, Arc::new(settings.amqp.clone()));
+                ProducerAddr::Amqp(Supervisor::start_in_arbiter(arbiter, move |_| {
+                    AmqpProducer::new(backend, label, settings, actor_stats)
+                }))
+            }
+        };
+        Producer { addr, stats }
+    }
+}
+
+/// Whether a cached producer has nothing in flight.
+fn is_idle(entry: &Entry) -> bool {
+    entry.producer.stats.in_flight.get() == 0
+}

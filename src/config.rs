@@ -1,0 +1,383 @@
+//! The daemon's configuration: a TOML file (every field optional, unknown fields refused),
+//! validated into typed [`Settings`] before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_actors::policy::PolicyError;
+use ferry_actors::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings, RetryPolicy};
+use serde::Deserialize;
+
+/// The address the daemon listens on when no config says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:33383";
+
+/// The configuration file as written. See `config/ferry.toml` for every field documented.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The gRPC ingress.
+    pub server: ServerConfig,
+    /// The timeout and retry policy applied to every message.
+    pub policy: PolicyConfig,
+    /// The producer actors and their cache.
+    pub producers: ProducersConfig,
+    /// Kafka producer tuning.
+    pub kafka: KafkaConfig,
+    /// RabbitMQ producer settings.
+    pub rabbitmq: RabbitMqConfig,
+}
+
+/// `[server]`: the gRPC ingress.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the gRPC ingress listens on.
+    pub listen: String,
+    /// Worker threads, each serving gRPC on its own SO_REUSEPORT listener; 0 = one per core.
+    pub workers: usize,
+    /// Largest payload accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Most messages in flight across all targets; beyond it: error_no 5 (overloaded).
+    pub max_in_flight: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            workers: 0,
+            max_message_bytes: default_max_message_bytes(),
+            max_in_flight: 20_000,
+        }
+    }
+}
+
+/// 4 MiB, tonic's own default bound of a decoded request.
+const fn default_max_message_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+/// `[policy]`: attempt n may take n × `timeout_step_ms`; at most `max_attempts` attempts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Time budget step in milliseconds.
+    pub timeout_step_ms: u64,
+    /// Attempts per message (1–10).
+    pub max_attempts: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            timeout_step_ms: 2_000,
+            max_attempts: 2,
+        }
+    }
+}
+
+/// `[producers]`: the per-target producer actors.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducersConfig {
+    /// Most targets with a cached producer.
+    pub max_targets: usize,
+    /// Seconds a producer may stay unused before it is stopped.
+    pub idle_timeout_s: u64,
+    /// Most messages in flight to one target.
+    pub max_in_flight_per_target: usize,
+    /// Longest a connection attempt may take, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// First wait before reconnecting after a failure, in milliseconds (doubles per failure).
+    pub restart_backoff_initial_ms: u64,
+    /// Longest wait before reconnecting, in milliseconds.
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for ProducersConfig {
+    fn default() -> Self {
+        let producer = ProducerSettings::default();
+        let registry = RegistrySettings::default();
+        Self {
+            max_targets: registry.max_targets,
+            idle_timeout_s: registry.idle_timeout.as_secs(),
+            max_in_flight_per_target: producer.max_in_flight_per_target,
+            connect_timeout_ms: millis(producer.connect_timeout),
+            restart_backoff_initial_ms: millis(producer.restart_backoff_initial),
+            restart_backoff_max_ms: millis(producer.restart_backoff_max),
+        }
+    }
+}
+
+/// `[kafka]`: tuning of each Kafka producer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// librdkafka `linger.ms`.
+    pub linger_ms: u32,
+    /// librdkafka `queue.buffering.max.messages`.
+    pub queue_max_messages: u32,
+    /// Further librdkafka producer properties (`bootstrap.servers`, `acks` and
+    /// `enable.idempotence` may not be overridden).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        let kafka = KafkaSettings::default();
+        Self {
+            linger_ms: kafka.linger_ms,
+            queue_max_messages: kafka.queue_max_messages,
+            properties: Default::default(),
+        }
+    }
+}
+
+/// `[rabbitmq]`: RabbitMQ producer settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitMqConfig {
+    /// Connection name shown by the broker (`rabbitmqctl list_connections client_properties`).
+    pub connection_name: String,
+}
+
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        Self {
+            connection_name: AmqpSettings::default().connection_name,
+        }
+    }
+}
+
+/// librdkafka properties that carry ferry's delivery guarantee or its routing.
+const RESERVED_KAFKA_PROPERTIES: [&str; 3] = ["bootstrap.servers", "acks", "enable.idempotence"];
+
+/// A configuration that cannot be used; the daemon refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown field, wrong type, …).
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        source: Box<toml::de::Error>,
+    },
+    /// A field has a value that cannot work.
+    #[error("invalid config: {field}: {reason}")]
+    Invalid {
+        /// The field, as `section.name`.
+        field: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address of the gRPC ingress.
+    pub listen: SocketAddr,
+    /// Worker arbiters (≥ 1).
+    pub workers: usize,
+    /// Largest payload accepted.
+    pub max_message_bytes: usize,
+    /// Most messages in flight in all.
+    pub max_in_flight: usize,
+    /// The retry policy.
+    pub policy: RetryPolicy,
+    /// Producer settings.
+    pub producer: ProducerSettings,
+    /// Producer cache bounds.
+    pub registry: RegistrySettings,
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every field and builds the typed settings.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_owned(),
+        };
+        let listen = self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                "must be an IP address and port, e.g. 127.0.0.1:33383",
+            )
+        })?;
+        let workers = match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n if n <= 256 => n,
+            _ => return Err(invalid("server.workers", "must be 0 (one per core) to 256")),
+        };
+        let max_message_bytes = self.server.max_message_bytes;
+        if !(1..=256 * 1024 * 1024).contains(&max_message_bytes) {
+            return Err(invalid(
+                "server.max_message_bytes",
+                "must be 1 to 268435456",
+            ));
+        }
+        positive("server.max_in_flight", self.server.max_in_flight)?;
+        let policy = RetryPolicy::try_new(
+            Duration::from_millis(self.policy.timeout_step_ms),
+            self.policy.max_attempts,
+        )
+        .map_err(|e| match e {
+            PolicyError::ZeroStep => invalid("policy.timeout_step_ms", "must be greater than 0"),
+            PolicyError::Attempts(_) => invalid("policy.max_attempts", &e.to_string()),
+        })?;
+
+        let p = &self.producers;
+        positive("producers.max_targets", p.max_targets)?;
+        positive("producers.idle_timeout_s", p.idle_timeout_s)?;
+        positive(
+            "producers.max_in_flight_per_target",
+            p.max_in_flight_per_target,
+        )?;
+        positive("producers.connect_timeout_ms", p.connect_timeout_ms)?;
+        positive(
+            "producers.restart_backoff_initial_ms",
+            p.restart_backoff_initial_ms,
+        )?;
+        if p.restart_backoff_max_ms < p.restart_backoff_initial_ms {
+            return Err(invalid(
+                "producers.restart_backoff_max_ms",
+                "must be at least restart_backoff_initial_ms",
+            ));
+        }
+        if let Some(key) = RESERVED_KAFKA_PROPERTIES
+            .iter()
+            .find(|k| self.kafka.properties.contains_key(**k))
+        {
+            return Err(ConfigError::Invalid {
+                field: "kafka.properties",
+                reason: format!("{key} is set by ferry and may not be overridden"),
+            });
+        }
+        let kafka = KafkaSettings {
+            linger_ms: self.kafka.linger_ms,
+            queue_max_messages: self.kafka.queue_max_messages,
+            // Room for the payload plus Kafka's record and request framing.
+            message_max_bytes: (max_message_bytes + 64 * 1024).max(1_000_000),
+            // librdkafka gives up on a message when its caller has.
+            message_timeout: policy.total_budget(),
+            properties: self.kafka.properties.into_iter().collect(),
+        };
+        ferry_actors::kafka::check_settings(&kafka).map_err(|reason| ConfigError::Invalid {
+            field: "kafka",
+            reason,
+        })?;
+        Ok(Settings {
+            listen,
+            workers,
+            max_message_bytes,
+            max_in_flight: self.server.max_in_flight,
+            policy,
+            producer: ProducerSettings {
+                connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+                restart_backoff_initial: Duration::from_millis(p.restart_backoff_initial_ms),
+                restart_backoff_max: Duration::from_millis(p.restart_backoff_max_ms),
+                max_in_flight_per_target: p.max_in_flight_per_target,
+                kafka,
+                amqp: AmqpSettings {
+                    connection_name: self.rabbitmq.connection_name,
+                },
+            },
+            registry: RegistrySettings {
+                max_targets: p.max_targets,
+                idle_timeout: Duration::from_secs(p.idle_timeout_s),
+            },
+        })
+    }
+}
+
+/// Refuses a zero where only a positive bound makes sense.
+fn positive<N: Default + PartialEq>(field: &'static str, value: N) -> Result<(), ConfigError> {
+    if value == N::default() {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "must be greater than 0".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A duration in whole milliseconds, for defaults.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        toml::from_str::<Config>(text)
+            .map_err(|source| ConfigError::Parse {
+                path: "test.toml".into(),
+                source: Box::new(source),
+            })?
+            .validate()
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(s.policy, RetryPolicy::default());
+        assert_eq!(s.producer.kafka.message_timeout, Duration::from_secs(6));
+        assert!(s.workers >= 1);
+    }
+
+    #[test]
+    fn the_sample_config_is_valid_and_holds_the_defaults() {
+        let sample = include_str!("../config/ferry.toml");
+        let s = parse(sample).unwrap();
+        let d = parse("").unwrap();
+        assert_eq!(format!("{s:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = parse("[server]\nlisten_addr = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        for (text, field) in [
+            ("[server]\nlisten = \"nowhere\"", "server.listen"),
+            ("[policy]\nmax_attempts = 0", "policy.max_attempts"),
+            ("[policy]\ntimeout_step_ms = 0", "policy.timeout_step_ms"),
+            ("[producers]\nmax_targets = 0", "producers.max_targets"),
+            ("[kafka.properties]\nacks = \"1\"", "kafka.properties"),
+            ("[kafka.properties]\n\"no.such.property\" = \"1\"", "kafka"),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! ferry: a daemon that accepts messages over gRPC on a supercomputer's login node and
+//! forwards them to Kafka or RabbitMQ, and the client job scripts call.
+//!
+//! - [`config`]: the TOML configuration, validated into [`config::Settings`].
+//! - [`server`]: the runtime (actix arbiters serving gRPC on SO_REUSEPORT listeners).
+//! - [`ingress`]: the `messagebroker.MessageBroker` gRPC service.
+//! - [`wire`]: protobuf ↔ domain conversion and the `error_no` codes.
+//! - [`client`]: sending a message through a daemon.
+//! - [`cli`]: the `ferry` command line.
+//!
+//! The forwarding itself (producer actors, supervisor, retry policy) is the
+//! `ferry-actors` crate, which knows nothing of gRPC.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod ingress;
+pub mod proto;
+pub mod server;
+pub mod signal;
+pub mod wire;

@@ -1,0 +1,228 @@
+//! The one place where wire requests become domain values and outcomes become
+//! `Response.error_no`.
+
+use bytes::Bytes;
+use ferry_actors::target::{validate_routing_key, validate_topic};
+use ferry_actors::{AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, ProduceError, Target};
+
+use crate::proto;
+
+/// The `error_no` values of `Response`, as documented in `proto/messagebroker.proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ErrorNo {
+    /// Delivered: the broker confirmed the message.
+    Delivered = 0,
+    /// A field is missing or malformed.
+    InvalidRequest = 1,
+    /// No confirmation within the retry policy's budget.
+    Timeout = 2,
+    /// The broker refused the message.
+    Rejected = 3,
+    /// The broker could not be reached or the connection was lost.
+    Unavailable = 4,
+    /// A bound of the daemon was reached.
+    Overloaded = 5,
+    /// The daemon is stopping.
+    ShuttingDown = 6,
+}
+
+impl ErrorNo {
+    /// The code for a message that was not delivered.
+    pub fn of(error: &ProduceError) -> Self {
+        match error {
+            ProduceError::Timeout(_) => Self::Timeout,
+            ProduceError::Rejected(_) => Self::Rejected,
+            ProduceError::Unavailable(_) => Self::Unavailable,
+            ProduceError::Overloaded(_) => Self::Overloaded,
+            ProduceError::ShuttingDown => Self::ShuttingDown,
+        }
+    }
+}
+
+/// A validated send request.
+#[derive(Debug)]
+pub struct SendRequest {
+    /// Where the message goes.
+    pub target: Target,
+    /// Kafka topic or AMQP routing key.
+    pub route: String,
+    /// The bytes to deliver.
+    pub payload: Bytes,
+}
+
+/// Why a request was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Refused before forwarding.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// Forwarded and not delivered.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+impl Failure {
+    /// The wire code of this failure.
+    pub fn error_no(&self) -> ErrorNo {
+        match self {
+            Self::Invalid(_) => ErrorNo::InvalidRequest,
+            Self::Forward(e) => ErrorNo::of(&e.last),
+        }
+    }
+}
+
+/// Validates a `SendKafkaMessage` request.
+pub fn kafka_request(
+    request: proto::KafkaMessage,
+    max_message_bytes: usize,
+) -> Result<SendRequest, InvalidRequest> {
+    let target = request
+        .target
+        .ok_or_else(|| InvalidRequest::new("target", "missing"))?;
+    let payload = payload(request.message, max_message_bytes)?;
+    let kafka = KafkaTarget::try_new(&target.brokers)?;
+    validate_topic(&target.topic)?;
+    Ok(SendRequest {
+        target: Target::Kafka(kafka),
+        route: target.topic,
+        payload,
+    })
+}
+
+/// Validates a `SendRabbitMQMessage` request.
+pub fn rabbitmq_request(
+    request: proto::RabbitMqMessage,
+    max_message_bytes: usize,
+) -> Result<SendRequest, InvalidRequest> {
+    let target = request
+        .target
+        .ok_or_else(|| InvalidRequest::new("target", "missing"))?;
+    let payload = payload(request.message, max_message_bytes)?;
+    let amqp = AmqpTarget::try_new(&target.server, &target.exchange)?;
+    validate_routing_key(&target.route_key)?;
+    Ok(SendRequest {
+        target: Target::Amqp(amqp),
+        route: target.route_key,
+        payload,
+    })
+}
+
+/// The payload of a request, bounded in size. An empty payload is a valid message.
+fn payload(message: Option<proto::Message>, max: usize) -> Result<Bytes, InvalidRequest> {
+    let data = message
+        .ok_or_else(|| InvalidRequest::new("message", "missing"))?
+        .data;
+    if data.len() > max {
+        return Err(InvalidRequest::new(
+            "message.data",
+            format!("{} bytes is more than the {max} allowed", data.len()),
+        ));
+    }
+    Ok(data)
+}
+
+/// The wire answer for an outcome.
+pub fn response(outcome: &Result<(), Failure>) -> proto::Response {
+    match outcome {
+        Ok(()) => proto::Response {
+            error_no: ErrorNo::Delivered as i32,
+            error_message: String::new(),
+        },
+        Err(failure) => proto::Response {
+            error_no: failure.error_no() as i32,
+            error_message: failure.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(brokers: &[&str], topic: &str, data: &[u8]) -> proto::KafkaMessage {
+        proto::KafkaMessage {
+            target: Some(proto::KafkaTarget {
+                brokers: brokers.iter().map(|b| b.to_string()).collect(),
+                topic: topic.into(),
+            }),
+            message: Some(proto::Message {
+                data: Bytes::copy_from_slice(data),
+            }),
+        }
+    }
+
+    fn rabbit(server: &str, exchange: &str, key: &str) -> proto::RabbitMqMessage {
+        proto::RabbitMqMessage {
+            target: Some(proto::RabbitMqTarget {
+                server: server.into(),
+                exchange: exchange.into(),
+                route_key: key.into(),
+            }),
+            message: Some(proto::Message { data: Bytes::new() }),
+        }
+    }
+
+    fn field_of(result: Result<SendRequest, InvalidRequest>) -> &'static str {
+        result.unwrap_err().field
+    }
+
+    #[test]
+    fn valid_requests_become_targets() {
+        let r = kafka_request(kafka(&["h:1"], "t", b"\xff\x00"), 10).unwrap();
+        assert_eq!(r.route, "t");
+        assert_eq!(&r.payload[..], b"\xff\x00");
+        let r = rabbitmq_request(rabbit("amqp://h", "ex", "a.b"), 10).unwrap();
+        assert_eq!(r.target.kind(), "rabbitmq");
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        assert_eq!(field_of(kafka_request(kafka(&[], "t", b""), 10)), "brokers");
+        assert_eq!(
+            field_of(kafka_request(kafka(&["h:1"], "", b""), 10)),
+            "topic"
+        );
+        assert_eq!(
+            field_of(kafka_request(kafka(&["h:1"], "t", b"12345"), 4)),
+            "message.data"
+        );
+        let mut no_target = kafka(&["h:1"], "t", b"");
+        no_target.target = None;
+        assert_eq!(field_of(kafka_request(no_target, 10)), "target");
+        let mut no_message = kafka(&["h:1"], "t", b"");
+        no_message.message = None;
+        assert_eq!(field_of(kafka_request(no_message, 10)), "message");
+        assert_eq!(
+            field_of(rabbitmq_request(rabbit("::", "ex", ""), 10)),
+            "server"
+        );
+        assert_eq!(
+            field_of(rabbitmq_request(rabbit("amqp://h", "", ""), 10)),
+            "exchange"
+        );
+        let long_key = "k".repeat(256);
+        assert_eq!(
+            field_of(rabbitmq_request(rabbit("amqp://h", "ex", &long_key), 10)),
+            "route_key"
+        );
+    }
+
+    #[test]
+    fn outcomes_map_to_documented_codes() {
+        let forward = |last| Err(Failure::Forward(ForwardError { attempts: 2, last }));
+        let code = |outcome: Result<(), Failure>| response(&outcome).error_no;
+        assert_eq!(code(Ok(())), 0);
+        assert_eq!(code(Err(InvalidRequest::new("topic", "x").into())), 1);
+        assert_eq!(code(forward(ProduceError::Timeout(Default::default()))), 2);
+        assert_eq!(code(forward(ProduceError::Rejected("x".into()))), 3);
+        assert_eq!(code(forward(ProduceError::Unavailable("x".into()))), 4);
+        assert_eq!(code(forward(ProduceError::Overloaded("x".into()))), 5);
+        assert_eq!(code(forward(ProduceError::ShuttingDown)), 6);
+        let answer = response(&forward(ProduceError::Unavailable("refused".into())));
+        assert_eq!(
+            answer.error_message,
+            "broker unavailable: refused (after 2 attempts)"
+        );
+    }
+}

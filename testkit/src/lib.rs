@@ -1,1 +1,9 @@
-//! x
+//! Helpers for ferry's end-to-end tests and demo: reach the test brokers that
+//! `scripts/test` started, start private brokers for fault tests, create topics and bound
+//! queues, and read messages back from the brokers.
+
+pub mod amqp;
+pub mod brokers;
+pub mod kafka;
+
+pub use brokers::{BrokerKind, PrivateBroker, shared_amqp_url, shared_kafka};

@@ -1,0 +1,71 @@
+//! Kafka helpers: create topics (tansu does not create them on produce) and read a topic.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Creates `topic` with one partition on the cluster at `bootstrap`.
+pub async fn create_topic(bootstrap: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_topics");
+    for result in results {
+        if let Err((name, code)) = result {
+            assert_eq!(
+                code,
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "cannot create topic {name}"
+            );
+        }
+    }
+}
+
+/// A unique topic name for one test.
+pub fn unique_topic(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{nanos}")
+}
+
+/// Reads partition 0 of `topic` from the start until `count` messages arrived or `timeout`
+/// passed, and returns their payloads. Blocking: call from `spawn_blocking` in async tests.
+pub fn read_topic(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("ferry-test-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.message.max.bytes", "10485760")
+        .set("fetch.max.bytes", "20971520")
+        .set("receive.message.max.bytes", "20972032")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut payloads = Vec::new();
+    while payloads.len() < count && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => payloads.push(message.payload().unwrap_or_default().to_vec()),
+            Some(Err(error)) => panic!("consuming {topic}: {error}"),
+            None => {}
+        }
+    }
+    payloads
+}

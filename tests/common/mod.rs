@@ -1,0 +1,122 @@
+//! Shared helpers of the end-to-end tests: an in-process daemon on an ephemeral port and
+//! gRPC clients for it.
+
+#![allow(dead_code, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry::config::{Config, Settings};
+use ferry::proto::message_broker_client::MessageBrokerClient;
+use ferry::proto::{self, KafkaMessage, RabbitMqMessage};
+use ferry::server::Daemon;
+use ferry_actors::StatsSnapshot;
+use tonic::transport::Channel;
+
+/// Settings for a test daemon: defaults (the production policy), on a free port.
+pub fn settings() -> Settings {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.workers = 2;
+    config.validate().expect("test settings")
+}
+
+/// Starts a daemon with `settings`.
+pub fn start(settings: Settings) -> Daemon {
+    let _ = env_logger::builder().is_test(true).try_init();
+    Daemon::start(settings).expect("daemon starts")
+}
+
+/// A gRPC client on a new connection to `daemon`.
+pub async fn client(daemon: &Daemon) -> MessageBrokerClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect to daemon");
+    MessageBrokerClient::new(channel).max_encoding_message_size(64 * 1024 * 1024)
+}
+
+/// A `SendKafkaMessage` request.
+pub fn kafka(brokers: &str, topic: &str, data: impl Into<Bytes>) -> KafkaMessage {
+    KafkaMessage {
+        target: Some(proto::KafkaTarget {
+            brokers: brokers.split(',').map(str::to_owned).collect(),
+            topic: topic.into(),
+        }),
+        message: Some(proto::Message { data: data.into() }),
+    }
+}
+
+/// A `SendRabbitMQMessage` request.
+pub fn rabbitmq(
+    server: &str,
+    exchange: &str,
+    key: &str,
+    data: impl Into<Bytes>,
+) -> RabbitMqMessage {
+    RabbitMqMessage {
+        target: Some(proto::RabbitMqTarget {
+            server: server.into(),
+            exchange: exchange.into(),
+            route_key: key.into(),
+        }),
+        message: Some(proto::Message { data: data.into() }),
+    }
+}
+
+/// Sends to Kafka; returns the response and how long the call took.
+pub async fn send_kafka(
+    client: &mut MessageBrokerClient<Channel>,
+    request: KafkaMessage,
+) -> (proto::Response, Duration) {
+    let started = Instant::now();
+    let response = client
+        .send_kafka_message(request)
+        .await
+        .expect("gRPC call succeeds")
+        .into_inner();
+    (response, started.elapsed())
+}
+
+/// Sends to RabbitMQ; returns the response and how long the call took.
+pub async fn send_rabbitmq(
+    client: &mut MessageBrokerClient<Channel>,
+    request: RabbitMqMessage,
+) -> (proto::Response, Duration) {
+    let started = Instant::now();
+    let response = client
+        .send_rabbit_mq_message(request)
+        .await
+        .expect("gRPC call succeeds")
+        .into_inner();
+    (response, started.elapsed())
+}
+
+/// The stats of every producer of `daemon`.
+pub fn stats(daemon: &Daemon) -> Vec<StatsSnapshot> {
+    daemon.forwarder().registry().snapshot()
+}
+
+/// The stats of the one producer of `kind`.
+pub fn stats_of(daemon: &Daemon, kind: &str) -> StatsSnapshot {
+    let mut matching: Vec<_> = stats(daemon)
+        .into_iter()
+        .filter(|s| s.kind == kind)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "one {kind} producer expected: {matching:?}"
+    );
+    matching.remove(0)
+}
+
+/// A unique name for queues and topics of one test.
+pub fn unique(prefix: &str) -> String {
+    ferry_testkit::kafka::unique_topic(prefix)
+}
+
+/// The upper bound of a call's duration under the default policy (2 s + 4 s), with slack
+/// for a loaded machine.
+pub const POLICY_BOUND: Duration = Duration::from_millis(6_000 + 1_500);

@@ -1,0 +1,245 @@
+//! End-to-end: messages sent to the daemon arrive unchanged in real brokers, producers are
+//! cached per target, and one target carries many messages at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
+
+/// Payloads every delivery test sends: text, non-UTF-8 bytes, empty, and 1 MB.
+fn payloads() -> Vec<Vec<u8>> {
+    let megabyte: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
+    vec![
+        br#"{"app":"ferry","type":"test"}"#.to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x80, 0xc3, 0x28],
+        Vec::new(),
+        megabyte,
+    ]
+}
+
+#[tokio::test]
+async fn rabbitmq_messages_arrive_unchanged_persistent_and_text_plain() {
+    let url = shared_amqp_url();
+    let exchange = unique("ferry.test.delivery");
+    let queue = unique("delivery");
+    amqp::bind_queue(&url, &exchange, &queue, "ecflow.#").await;
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+
+    for payload in payloads() {
+        let request = rabbitmq(&url, &exchange, "ecflow.command.x", payload.clone());
+        let (response, _) = send_rabbitmq(&mut client, request).await;
+        assert_eq!(
+            (response.error_no, response.error_message.as_str()),
+            (0, "")
+        );
+    }
+
+    let received = amqp::read_queue(&url, &queue, 4, Duration::from_secs(10)).await;
+    let bodies: Vec<_> = received.iter().map(|m| m.data.clone()).collect();
+    assert_eq!(bodies, payloads());
+    for message in &received {
+        assert_eq!(message.delivery_mode, Some(2), "persistent");
+        assert_eq!(message.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(message.routing_key, "ecflow.command.x");
+    }
+}
+
+#[tokio::test]
+async fn kafka_messages_arrive_unchanged() {
+    let brokers = shared_kafka();
+    let topic = unique("delivery");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+
+    for payload in payloads() {
+        let (response, _) = send_kafka(&mut client, common::kafka(&brokers, &topic, payload)).await;
+        assert_eq!(
+            (response.error_no, response.error_message.as_str()),
+            (0, "")
+        );
+    }
+
+    let (b, t) = (brokers.clone(), topic.clone());
+    let received =
+        tokio::task::spawn_blocking(move || kafka::read_topic(&b, &t, 4, Duration::from_secs(15)))
+            .await
+            .unwrap();
+    assert_eq!(received, payloads());
+}
+
+#[tokio::test]
+async fn the_second_message_to_a_target_reuses_its_producer_and_connection() {
+    let url = shared_amqp_url();
+    let brokers = shared_kafka();
+    let topic = unique("reuse");
+    kafka::create_topic(&brokers, &topic).await;
+    let exchange = unique("ferry.test.reuse");
+    let mut settings = settings();
+    let connection_name = unique("ferry-reuse");
+    settings.producer.amqp.connection_name = connection_name.clone();
+    let daemon = start(settings);
+    let mut client = client(&daemon).await;
+
+    for _ in 0..3 {
+        let (r, _) = send_rabbitmq(&mut client, rabbitmq(&url, &exchange, "k", "m")).await;
+        assert_eq!(r.error_no, 0, "{}", r.error_message);
+        // The same broker set written differently is the same target.
+        let (r, _) = send_kafka(&mut client, common::kafka(&brokers, &topic, "m")).await;
+        assert_eq!(r.error_no, 0, "{}", r.error_message);
+    }
+    let spelled_differently = format!("{},{}", brokers.to_uppercase(), brokers);
+    let (r, _) = send_kafka(
+        &mut client,
+        common::kafka(&spelled_differently, &topic, "m"),
+    )
+    .await;
+    assert_eq!(r.error_no, 0, "{}", r.error_message);
+
+    assert_eq!(stats(&daemon).len(), 2, "{:?}", stats(&daemon));
+    assert_eq!(stats_of(&daemon, "kafka").sent, 4);
+    assert_eq!(stats_of(&daemon, "rabbitmq").sent, 3);
+    // The broker sees one connection from this daemon.
+    let connections = ferry_testkit::brokers::rabbitmqctl(
+        &ferry_testkit::brokers::shared_amqp_dir(),
+        &["list_connections", "client_properties"],
+    );
+    let ours = connections.matches(connection_name.as_str()).count();
+    assert_eq!(ours, 1, "{connections}");
+}
+
+/// Sends `count` messages at once over `connections` HTTP/2 connections; returns the time.
+async fn concurrent_sends(
+    daemon: &ferry::server::Daemon,
+    count: usize,
+    connections: usize,
+    request: impl Fn(usize) -> Request + Send + Sync + 'static,
+) -> Duration {
+    let request = std::sync::Arc::new(request);
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(client(daemon).await);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let mut client = clients[i % connections].clone();
+            let request = request.clone();
+            tokio::spawn(async move { request(i).send(&mut client).await })
+        })
+        .collect();
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert_eq!(response.error_no, 0, "{}", response.error_message);
+    }
+    started.elapsed()
+}
+
+/// Sends `count` messages one after another; returns the time.
+async fn sequential_sends(
+    daemon: &ferry::server::Daemon,
+    count: usize,
+    request: impl Fn(usize) -> Request,
+) -> Duration {
+    let mut client = client(daemon).await;
+    let started = Instant::now();
+    for i in 0..count {
+        let response = request(i).send(&mut client).await;
+        assert_eq!(response.error_no, 0, "{}", response.error_message);
+    }
+    started.elapsed()
+}
+
+/// Either kind of request.
+enum Request {
+    Kafka(ferry::proto::KafkaMessage),
+    Rabbit(ferry::proto::RabbitMqMessage),
+}
+
+impl Request {
+    async fn send(
+        self,
+        client: &mut ferry::proto::message_broker_client::MessageBrokerClient<
+            tonic::transport::Channel,
+        >,
+    ) -> ferry::proto::Response {
+        match self {
+            Self::Kafka(r) => send_kafka(client, r).await.0,
+            Self::Rabbit(r) => send_rabbitmq(client, r).await.0,
+        }
+    }
+}
+
+/// 1,000 concurrent sends against a sequential baseline measured in the same run. The
+/// sequential baseline is 200 sends scaled to 1,000 to keep the test short.
+async fn thousand_concurrent(
+    kind: &str,
+    request: impl Fn(usize) -> Request + Send + Sync + Clone + 'static,
+) {
+    let daemon = start(settings());
+    // Warm up: the producer connects once.
+    assert_eq!(
+        request(0).send(&mut client(&daemon).await).await.error_no,
+        0
+    );
+    let sequential = sequential_sends(&daemon, 200, request.clone()).await * 5;
+    let concurrent = concurrent_sends(&daemon, 1_000, 8, request).await;
+    let rate = 1_000.0 / concurrent.as_secs_f64();
+    println!(
+        "{kind}: 1000 concurrent sends in {:.0} ms ({rate:.0} msg/s); 1000 sequential ≈ {:.0} ms; speed-up {:.1}x",
+        concurrent.as_secs_f64() * 1e3,
+        sequential.as_secs_f64() * 1e3,
+        sequential.as_secs_f64() / concurrent.as_secs_f64()
+    );
+    assert!(
+        concurrent * 3 < sequential,
+        "1000 concurrent sends took {concurrent:?}, sequential would take {sequential:?}: the producer serialises"
+    );
+    let producer = stats_of(&daemon, kind);
+    assert_eq!(producer.sent, 1_201);
+    assert_eq!(producer.in_flight, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_kafka_sends_all_succeed_far_faster_than_sequential() {
+    let brokers = shared_kafka();
+    let topic = unique("concurrent");
+    kafka::create_topic(&brokers, &topic).await;
+    let (b, t) = (brokers.clone(), topic.clone());
+    thousand_concurrent("kafka", move |i| {
+        Request::Kafka(common::kafka(&b, &t, format!("m{i}")))
+    })
+    .await;
+    let received = tokio::task::spawn_blocking(move || {
+        kafka::read_topic(&brokers, &topic, 1_201, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        received.len(),
+        1_201,
+        "every confirmed message is in the topic"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_rabbitmq_sends_all_succeed_far_faster_than_sequential() {
+    let url = shared_amqp_url();
+    let exchange = unique("ferry.test.concurrent");
+    let queue = unique("concurrent");
+    amqp::bind_queue(&url, &exchange, &queue, "#").await;
+    let (u, e) = (url.clone(), exchange.clone());
+    thousand_concurrent("rabbitmq", move |i| {
+        Request::Rabbit(rabbitmq(&u, &e, "k", format!("m{i}")))
+    })
+    .await;
+    let received = amqp::read_queue(&url, &queue, 1_201, Duration::from_secs(30)).await;
+    assert_eq!(
+        received.len(),
+        1_201,
+        "every confirmed message is in the queue"
+    );
+}

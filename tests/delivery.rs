@@ -1,6 +1,8 @@
 //! End-to-end: messages sent to the daemon arrive unchanged in real brokers, producers are
 //! cached per target, and one target carries many messages at once.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -48,7 +48,10 @@ fn client_config(bootstrap_servers: &str, s: &KafkaSettings) -> ClientConfig {
             "message.timeout.ms",
             s.message_timeout.as_millis().to_string(),
         )
-        .set("client.id", "ferry");
+        .set("client.id", "ferry")
+        // A topic the cluster does not know fails its messages after 1 s (not librdkafka's
+        // 30 s), so a misspelt topic is answered "rejected" instead of timing out.
+        .set("topic.metadata.propagation.max.ms", "1000");
     for (key, value) in &s.properties {
         config.set(key, value);
     }
@@ -155,6 +158,19 @@ pub struct LossReporter {
 }
 
 impl ClientContext for LossReporter {
+    /// librdkafka's own log lines; its "error" lines (a refused connection, say) are
+    /// logged as warnings: the message's caller is told, nothing is lost.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, line: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                log::warn!("librdkafka {facility} target={} {line}", self.label)
+            }
+            L::Notice | L::Info => log::info!("librdkafka {facility} target={} {line}", self.label),
+            L::Debug => log::debug!("librdkafka {facility} target={} {line}", self.label),
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::Fatal) => {

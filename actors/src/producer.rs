@@ -5,8 +5,10 @@
 //! ```text
 //! started ─► connecting (mailbox paused) ─► ready ──(connection lost)──► stop
 //!    ▲                 └──(failed / timed out)──────────────────────────► stop
-//!    └── actix Supervisor restarts it in place: restarting() drops the connection,
-//!        started() waits the restart backoff (messages refused as unavailable), reconnects.
+//!    └── actix Supervisor restarts it in place: restarting() counts the restart and
+//!        started() sets the backoff; messages during the backoff are refused as
+//!        unavailable, and the first message after it reconnects (a dead broker that
+//!        nobody sends to costs nothing).
 //! ```
 //!
 //! A handler never awaits a delivery: it hands the message to the backend and returns the
@@ -125,6 +127,8 @@ pub struct ProducerActor<B: Backend> {
     generation: u64,
     /// Failures since the last connection that stayed up for `restart_backoff_max`.
     consecutive_failures: u32,
+    /// While down, the earliest time a message may trigger a reconnection.
+    reconnect_at: Instant,
 }
 
 impl<B: Backend> ProducerActor<B> {
@@ -143,6 +147,7 @@ impl<B: Backend> ProducerActor<B> {
             link: Link::Down(ProduceError::Unavailable("not connected yet".into())),
             generation: 0,
             consecutive_failures: 0,
+            reconnect_at: Instant::now(),
         }
     }
 
@@ -211,22 +216,18 @@ impl<B: Backend> Actor for ProducerActor<B> {
             self.connect(ctx);
         } else {
             let delay = self.settings.restart_delay(self.consecutive_failures);
+            self.reconnect_at = Instant::now() + delay;
             self.stats.set_state(ProducerState::Restarting);
-            log::debug!(
-                "Producer reconnecting target={} in_ms={}",
-                self.label,
-                delay.as_millis()
-            );
-            ctx.run_later(delay, |act, ctx| act.connect(ctx));
         }
     }
 
+    /// Runs at every stop, including the one before each supervisor restart.
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Link::Ready(connection, _) = std::mem::replace(&mut self.link, Link::Connecting) {
-            B::close(connection);
+        if matches!(self.link, Link::Ready(..)) {
+            self.drop_link(ProduceError::Unavailable("the producer stopped".into()));
+            log::info!("Producer stopped target={}", self.label);
         }
         self.stats.set_state(ProducerState::Stopped);
-        log::info!("Producer stopped target={}", self.label);
     }
 }
 
@@ -243,6 +244,17 @@ impl<B: Backend> Handler<Publish> for ProducerActor<B> {
     type Result = ResponseFuture<Result<(), ProduceError>>;
 
     fn handle(&mut self, message: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        if matches!(self.link, Link::Down(_)) && Instant::now() >= self.reconnect_at {
+            // Reconnect (pausing the mailbox), then handle this message again behind it.
+            self.connect(ctx);
+            let actor = ctx.address();
+            return Box::pin(async move {
+                actor
+                    .send(message)
+                    .await
+                    .unwrap_or_else(|e| Err(mailbox_error(e)))
+            });
+        }
         match &self.link {
             Link::Ready(connection, _) => {
                 let lost = LostSignal {
@@ -257,6 +269,11 @@ impl<B: Backend> Handler<Publish> for ProducerActor<B> {
             )))),
         }
     }
+}
+
+/// The error for a message its producer dropped (it failed while handling it, or stopped).
+pub(crate) fn mailbox_error(error: MailboxError) -> ProduceError {
+    ProduceError::Unavailable(format!("the producer restarted while sending ({error})"))
 }
 
 /// The error for a message that arrives while the producer is down.

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use actix::{Addr, MailboxError, Supervisor};
+use actix::{Addr, Supervisor};
 use actix_rt::ArbiterHandle;
 
 use crate::amqp::{AmqpBackend, AmqpProducer};
 use crate::error::ProduceError;
 use crate::kafka::{KafkaBackend, KafkaProducer};
-use crate::producer::Publish;
+use crate::producer::{Publish, mailbox_error};
 use crate::settings::{ProducerSettings, RegistrySettings};
 use crate::stats::{StatsSnapshot, TargetStats};
 use crate::target::Target;
@@ -58,11 +58,6 @@ impl Producer {
             ProducerAddr::Amqp(addr) => addr.connected(),
         }
     }
-}
-
-/// The actor dropped the message: it failed while handling it, or stopped.
-fn mailbox_error(error: MailboxError) -> ProduceError {
-    ProduceError::Unavailable(format!("the producer restarted while sending ({error})"))
 }
 
 /// A cached producer and when it was last asked for.

@@ -1,7 +1,7 @@
 //! Shared helpers of the end-to-end tests: an in-process daemon on an ephemeral port and
 //! gRPC clients for it.
 
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 

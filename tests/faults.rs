@@ -1,0 +1,270 @@
+//! End-to-end: failures are answered with specific codes within the policy's bound, the
+//! daemon keeps serving, and a killed broker's producer is restarted when it returns.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_testkit::{BrokerKind, PrivateBroker, amqp, kafka, shared_amqp_url, shared_kafka};
+
+/// Error codes of `proto/messagebroker.proto`.
+const INVALID_REQUEST: i32 = 1;
+const TIMEOUT: i32 = 2;
+const REJECTED: i32 = 3;
+const UNAVAILABLE: i32 = 4;
+
+/// A port on which nothing listens.
+fn dead_port() -> String {
+    ferry_testkit::brokers::run_script(&["free-port"])
+        .trim()
+        .to_owned()
+}
+
+/// Retries `send` until it succeeds or `within` passes; returns how long it took.
+async fn until_delivered<F, Fut>(within: Duration, mut send: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ferry::proto::Response>,
+{
+    let started = Instant::now();
+    loop {
+        let response = send().await;
+        if response.error_no == 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "still failing after {within:?}: {}",
+            response.error_message
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_requests_get_error_no_1_naming_the_field_and_the_daemon_keeps_serving() {
+    let brokers = shared_kafka();
+    let topic = unique("invalid");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+
+    let mut no_target = common::kafka(&brokers, &topic, "x");
+    no_target.target = None;
+    let cases = [
+        (common::kafka("", &topic, "x"), "brokers"),
+        (common::kafka("nohost", &topic, "x"), "brokers"),
+        (common::kafka(&brokers, "", "x"), "topic"),
+        (common::kafka(&brokers, "bad topic", "x"), "topic"),
+        (no_target, "target"),
+    ];
+    for (request, field) in cases {
+        let (response, took) = send_kafka(&mut client, request).await;
+        assert_eq!(
+            response.error_no, INVALID_REQUEST,
+            "{}",
+            response.error_message
+        );
+        assert!(
+            response.error_message.contains(field),
+            "{}",
+            response.error_message
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    let url = shared_amqp_url();
+    let rabbit_cases = [
+        (rabbitmq("not a url", "ex", "k", "x"), "server"),
+        (rabbitmq("", "ex", "k", "x"), "server"),
+        (rabbitmq(&url, "", "k", "x"), "exchange"),
+    ];
+    for (request, field) in rabbit_cases {
+        let (response, _) = send_rabbitmq(&mut client, request).await;
+        assert_eq!(
+            response.error_no, INVALID_REQUEST,
+            "{}",
+            response.error_message
+        );
+        assert!(
+            response.error_message.contains(field),
+            "{}",
+            response.error_message
+        );
+    }
+    let too_big = vec![0u8; 4 * 1024 * 1024 + 1];
+    let (response, _) = send_kafka(&mut client, common::kafka(&brokers, &topic, too_big)).await;
+    assert_eq!(
+        response.error_no, INVALID_REQUEST,
+        "{}",
+        response.error_message
+    );
+    assert!(response.error_message.contains("message.data"));
+
+    assert!(
+        stats(&daemon).is_empty(),
+        "no producer was started for invalid requests"
+    );
+    let (response, _) = send_kafka(&mut client, common::kafka(&brokers, &topic, "ok")).await;
+    assert_eq!(response.error_no, 0, "{}", response.error_message);
+}
+
+#[tokio::test]
+async fn passwords_in_amqp_urls_do_not_come_back_in_errors() {
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+    let url = format!("amqp://user:hunter2@127.0.0.1:{}/%2f", dead_port());
+    let (response, _) = send_rabbitmq(&mut client, rabbitmq(&url, "ex", "k", "x")).await;
+    assert_ne!(response.error_no, 0);
+    assert!(
+        !response.error_message.contains("hunter2"),
+        "{}",
+        response.error_message
+    );
+    let shown = format!("{:?}", stats(&daemon));
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("user:***@"), "{shown}");
+}
+
+#[tokio::test]
+async fn unreachable_targets_are_answered_unavailable_within_the_policy_bound() {
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+
+    let kafka_target = format!("127.0.0.1:{}", dead_port());
+    let (response, took) = send_kafka(&mut client, common::kafka(&kafka_target, "t", "x")).await;
+    println!(
+        "kafka, nothing listening: error_no {} in {took:?}: {}",
+        response.error_no, response.error_message
+    );
+    assert!(
+        [UNAVAILABLE, TIMEOUT].contains(&response.error_no),
+        "{}",
+        response.error_message
+    );
+    assert!(took < POLICY_BOUND, "{took:?}");
+
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", dead_port());
+    let (response, took) = send_rabbitmq(&mut client, rabbitmq(&url, "ex", "k", "x")).await;
+    println!(
+        "rabbitmq, nothing listening: error_no {} in {took:?}: {}",
+        response.error_no, response.error_message
+    );
+    assert_eq!(response.error_no, UNAVAILABLE, "{}", response.error_message);
+    assert!(took < POLICY_BOUND, "{took:?}");
+
+    // Both producers failed and were restarted by their supervisor; the daemon still serves.
+    assert!(
+        stats_of(&daemon, "rabbitmq").restarts >= 1,
+        "{:?}",
+        stats(&daemon)
+    );
+    assert_eq!(stats_of(&daemon, "rabbitmq").failed, 1);
+    let brokers = shared_kafka();
+    let topic = unique("after-unreachable");
+    kafka::create_topic(&brokers, &topic).await;
+    let (response, _) = send_kafka(&mut client, common::kafka(&brokers, &topic, "ok")).await;
+    assert_eq!(response.error_no, 0, "{}", response.error_message);
+}
+
+#[tokio::test]
+async fn a_missing_kafka_topic_is_rejected_not_retried() {
+    let brokers = shared_kafka();
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+    let (response, took) = send_kafka(
+        &mut client,
+        common::kafka(&brokers, &unique("missing"), "x"),
+    )
+    .await;
+    println!(
+        "missing topic: error_no {} in {took:?}: {}",
+        response.error_no, response.error_message
+    );
+    assert_eq!(response.error_no, REJECTED, "{}", response.error_message);
+    assert_eq!(stats_of(&daemon, "kafka").retried, 0);
+}
+
+#[tokio::test]
+async fn kafka_broker_killed_then_restarted_fails_within_the_bound_then_recovers() {
+    let broker = PrivateBroker::start(BrokerKind::Kafka);
+    let address = broker.address();
+    let topic = unique("killed");
+    kafka::create_topic(&address, &topic).await;
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+    let send = |data: &str| common::kafka(&address, &topic, data.to_owned());
+
+    let (response, _) = send_kafka(&mut client, send("before")).await;
+    assert_eq!(response.error_no, 0, "{}", response.error_message);
+
+    broker.kill();
+    let (response, took) = send_kafka(&mut client, send("while down")).await;
+    println!(
+        "kafka killed: error_no {} in {took:?}: {}",
+        response.error_no, response.error_message
+    );
+    assert_ne!(response.error_no, 0);
+    assert!(took < POLICY_BOUND, "{took:?}");
+
+    broker.restart();
+    let recovered = until_delivered(Duration::from_secs(20), || {
+        let request = send("after");
+        let mut c = client.clone();
+        async move { send_kafka(&mut c, request).await.0 }
+    })
+    .await;
+    println!("kafka restarted: delivering again after {recovered:?}");
+    let producer = stats_of(&daemon, "kafka");
+    assert!(producer.restarts >= 1, "{producer:?}");
+    let received = tokio::task::spawn_blocking(move || {
+        kafka::read_topic(&address, &topic, 3, Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert!(received.contains(&b"before".to_vec()) && received.contains(&b"after".to_vec()));
+}
+
+#[tokio::test]
+async fn rabbitmq_broker_killed_then_restarted_fails_within_the_bound_then_recovers() {
+    let broker = PrivateBroker::start(BrokerKind::RabbitMq);
+    let url = broker.amqp_url();
+    let exchange = "ferry.test.killed";
+    let queue = unique("killed");
+    amqp::bind_queue(&url, exchange, &queue, "#").await;
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+    let send = |data: &str| rabbitmq(&url, exchange, "k", data.to_owned());
+
+    let (response, _) = send_rabbitmq(&mut client, send("before")).await;
+    assert_eq!(response.error_no, 0, "{}", response.error_message);
+
+    broker.kill();
+    let (response, took) = send_rabbitmq(&mut client, send("while down")).await;
+    println!(
+        "rabbitmq killed: error_no {} in {took:?}: {}",
+        response.error_no, response.error_message
+    );
+    assert_eq!(response.error_no, UNAVAILABLE, "{}", response.error_message);
+    assert!(took < POLICY_BOUND, "{took:?}");
+
+    broker.restart();
+    let recovered = until_delivered(Duration::from_secs(20), || {
+        let request = send("after");
+        let mut c = client.clone();
+        async move { send_rabbitmq(&mut c, request).await.0 }
+    })
+    .await;
+    println!("rabbitmq restarted: delivering again after {recovered:?}");
+    let producer = stats_of(&daemon, "rabbitmq");
+    assert!(producer.restarts >= 1, "{producer:?}");
+    // Persistent messages in a durable queue survive the crash.
+    let bodies: Vec<_> = amqp::read_queue(&url, &queue, 2, Duration::from_secs(5))
+        .await
+        .into_iter()
+        .map(|m| m.data)
+        .collect();
+    assert_eq!(bodies, [b"before".to_vec(), b"after".to_vec()]);
+}

@@ -12,7 +12,9 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// A free port on 127.0.0.1.
 fn free_port() -> String {
-    ferry_testkit::brokers::run_script(&["free-port"]).trim().to_owned()
+    ferry_testkit::brokers::run_script(&["free-port"])
+        .trim()
+        .to_owned()
 }
 
 /// Starts `ferry serve` on `listen` and waits until it accepts connections.
@@ -25,7 +27,10 @@ fn serve(listen: &str) -> Child {
         .expect("ferry serve starts");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(listen).is_err() {
-        assert!(Instant::now() < deadline, "ferry serve is not listening on {listen}");
+        assert!(
+            Instant::now() < deadline,
+            "ferry serve is not listening on {listen}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -60,17 +65,46 @@ async fn ferry_send_through_ferry_serve_reaches_both_brokers() {
         .args(["--data", "via the binary", "--proxy", &listen])
         .output()
         .unwrap();
-    assert!(kafka_send.status.success(), "{}", String::from_utf8_lossy(&kafka_send.stderr));
+    assert!(
+        kafka_send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kafka_send.stderr)
+    );
     let rabbit_send = Command::new(FERRY)
-        .args(["send", "rabbitmq", "--server", &url, "--exchange", &exchange])
-        .args(["--routing-key", "a.b", "--data", "via the binary", "--proxy", &listen])
+        .args([
+            "send",
+            "rabbitmq",
+            "--server",
+            &url,
+            "--exchange",
+            &exchange,
+        ])
+        .args([
+            "--routing-key",
+            "a.b",
+            "--data",
+            "via the binary",
+            "--proxy",
+            &listen,
+        ])
         .output()
         .unwrap();
-    assert!(rabbit_send.status.success(), "{}", String::from_utf8_lossy(&rabbit_send.stderr));
+    assert!(
+        rabbit_send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rabbit_send.stderr)
+    );
 
     // A message that cannot be delivered: exit 1 and one line on stderr naming the cause.
     let missing = Command::new(FERRY)
-        .args(["send", "kafka", "--brokers", &brokers, "--topic", "no-such-topic"])
+        .args([
+            "send",
+            "kafka",
+            "--brokers",
+            &brokers,
+            "--topic",
+            "no-such-topic",
+        ])
         .args(["--data", "x", "--proxy", &listen])
         .output()
         .unwrap();
@@ -123,5 +157,9 @@ fn the_daemon_is_not_reachable_when_down_and_send_says_so() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot reach the ferry daemon"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(7), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
 }

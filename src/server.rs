@@ -241,7 +241,11 @@ async fn serve(
         _ = stop => None,
         Some(ended) = done_rx.recv() => {
             running -= 1;
-            Some(ended.and(Err(ServeError::RuntimeGone)))
+            // A server that ends before it was told to has failed, whatever it returned.
+            Some(match ended {
+                Err(error) => Err(error),
+                Ok(()) => Err(ServeError::RuntimeGone),
+            })
         }
     };
     log::info!("Shutting down in_flight={}", forwarder.in_flight());

@@ -245,3 +245,73 @@ async fn a_thousand_concurrent_rabbitmq_sends_all_succeed_far_faster_than_sequen
         "every confirmed message is in the queue"
     );
 }
+
+#[tokio::test]
+async fn idle_producers_are_stopped_and_the_target_cap_evicts_the_least_recently_used() {
+    let url = shared_amqp_url();
+    let brokers = shared_kafka();
+    let topic = unique("cap");
+    kafka::create_topic(&brokers, &topic).await;
+    let exchange = unique("ferry.test.cap");
+    let mut settings = settings();
+    settings.registry.max_targets = 2;
+    settings.registry.idle_timeout = Duration::from_secs(1);
+    let connection_name = unique("ferry-idle");
+    settings.producer.amqp.connection_name = connection_name.clone();
+    let daemon = start(settings);
+    let mut client = client(&daemon).await;
+    let registry = daemon.forwarder().registry().clone();
+
+    let (r, _) = send_kafka(&mut client, common::kafka(&brokers, &topic, "a")).await;
+    assert_eq!(r.error_no, 0, "{}", r.error_message);
+    let (r, _) = send_rabbitmq(&mut client, rabbitmq(&url, &exchange, "k", "b")).await;
+    assert_eq!(r.error_no, 0, "{}", r.error_message);
+    // The same broker named by host name is a third target: the cap evicts the Kafka one,
+    // the least recently used.
+    let by_name = brokers.replace("127.0.0.1", "localhost");
+    let (r, _) = send_kafka(&mut client, common::kafka(&by_name, &topic, "c")).await;
+    assert_eq!(r.error_no, 0, "{}", r.error_message);
+    assert_eq!(registry.len(), 2);
+    assert_eq!(registry.evictions(), 1);
+    let targets: Vec<_> = stats(&daemon).into_iter().map(|s| s.target).collect();
+    assert!(
+        targets.iter().any(|t| t.contains("localhost")),
+        "{targets:?}"
+    );
+    assert!(
+        targets.iter().any(|t| t.contains("rabbitmq")),
+        "{targets:?}"
+    );
+
+    // Unused for longer than idle_timeout: both are stopped and the AMQP connection closed.
+    let idle_since = Instant::now();
+    let deadline = idle_since + Duration::from_secs(20);
+    while !registry.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still cached: {:?}",
+            stats(&daemon)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("idle producers stopped after {:?}", idle_since.elapsed());
+    let amqp_dir = ferry_testkit::brokers::shared_amqp_dir();
+    loop {
+        let connections = ferry_testkit::brokers::rabbitmqctl(
+            &amqp_dir,
+            &["list_connections", "client_properties"],
+        );
+        if !connections.contains(connection_name.as_str()) {
+            println!(
+                "their AMQP connection was gone after {:?}",
+                idle_since.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle producer's connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -268,3 +268,41 @@ async fn rabbitmq_broker_killed_then_restarted_fails_within_the_bound_then_recov
         .collect();
     assert_eq!(bodies, [b"before".to_vec(), b"after".to_vec()]);
 }
+
+#[tokio::test]
+async fn an_exchange_of_another_type_is_rejected_not_retried() {
+    let url = shared_amqp_url();
+    let exchange = unique("ferry.test.direct");
+    // Someone declared the exchange as `direct`; ferry declares `topic`, as its predecessor did.
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+    for _ in 0..2 {
+        let (response, took) =
+            send_rabbitmq(&mut client, rabbitmq(&url, &exchange, "k", "x")).await;
+        println!(
+            "exchange of another type: error_no {} in {took:?}: {}",
+            response.error_no, response.error_message
+        );
+        assert_eq!(response.error_no, REJECTED, "{}", response.error_message);
+        assert!(
+            response.error_message.contains("PRECONDITION"),
+            "{}",
+            response.error_message
+        );
+    }
+    assert_eq!(stats_of(&daemon, "rabbitmq").retried, 0);
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -276,10 +276,12 @@ pub(crate) fn mailbox_error(error: MailboxError) -> ProduceError {
     ProduceError::Unavailable(format!("the producer restarted while sending ({error})"))
 }
 
-/// The error for a message that arrives while the producer is down.
+/// The error for a message that arrives while the producer is down: the reason it went
+/// down, so a broker that refused the connection (bad credentials, an exchange of another
+/// type) is reported as a rejection, not retried as an outage.
 fn down(reason: &ProduceError) -> ProduceError {
     match reason {
-        ProduceError::Unavailable(_) => reason.clone(),
+        ProduceError::Unavailable(_) | ProduceError::Rejected(_) => reason.clone(),
         other => ProduceError::Unavailable(other.to_string()),
     }
 }

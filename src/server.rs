@@ -104,12 +104,6 @@ impl Daemon {
         self.shutdown()
     }
 
-    /// Blocks until the runtime ends by itself (a server failed) and returns why.
-    pub fn wait(mut self) -> Result<(), ServeError> {
-        self.stop = None;
-        self.join()
-    }
-
     fn shutdown(&mut self) -> Result<(), ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -189,7 +189,6 @@ async fn serve(
         registry,
         settings.policy,
         settings.max_in_flight,
-        settings.producer.max_in_flight_per_target,
     ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -23,26 +23,19 @@ pub struct Forwarder {
     in_flight: InFlight,
     /// Bound of `in_flight`.
     max_in_flight: usize,
-    /// Bound of each target's in-flight count.
-    max_in_flight_per_target: usize,
     /// Set once shutdown began: new messages are refused.
     closing: AtomicBool,
 }
 
 impl Forwarder {
-    /// A forwarder over `registry`.
-    pub fn new(
-        registry: Arc<Registry>,
-        policy: RetryPolicy,
-        max_in_flight: usize,
-        max_in_flight_per_target: usize,
-    ) -> Self {
+    /// A forwarder over `registry`; each target's in-flight bound is the registry's
+    /// `ProducerSettings::max_in_flight_per_target`.
+    pub fn new(registry: Arc<Registry>, policy: RetryPolicy, max_in_flight: usize) -> Self {
         Self {
             registry,
             policy,
             in_flight: InFlight::default(),
             max_in_flight,
-            max_in_flight_per_target,
             closing: AtomicBool::new(false),
         }
     }
@@ -73,12 +66,11 @@ impl Forwarder {
             .producer(target)
             .map_err(ForwardError::refused)?;
         let stats = producer.stats();
-        let Some(_admitted_to_target) = stats.in_flight.try_enter(self.max_in_flight_per_target)
-        else {
+        let per_target = self.registry.max_in_flight_per_target();
+        let Some(_admitted_to_target) = stats.in_flight.try_enter(per_target) else {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(ForwardError::refused(ProduceError::Overloaded(format!(
-                "{} messages in flight to this target (max_in_flight_per_target)",
-                self.max_in_flight_per_target
+                "{per_target} messages in flight to this target (max_in_flight_per_target)"
             ))));
         };
         let result = self

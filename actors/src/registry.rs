@@ -192,6 +192,11 @@ impl Registry {
         self.len() == 0
     }
 
+    /// The bound of messages in flight to one target.
+    pub fn max_in_flight_per_target(&self) -> usize {
+        self.producer_settings.max_in_flight_per_target
+    }
+
     /// How many producers were evicted to make room for new targets.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)

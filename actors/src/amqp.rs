@@ -1,9 +1,11 @@
 //! The RabbitMQ backend: one AMQP connection and one confirm-mode channel per server URL
 //! and exchange; the exchange is declared once per connection.
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -29,28 +31,112 @@ pub struct AmqpBackend {
     target: AmqpTarget,
     /// Connection settings.
     settings: Arc<AmqpSettings>,
-    /// The exchange name as sent on the wire (built once).
-    exchange: ShortString,
 }
 
 impl AmqpBackend {
     /// A backend for `target`.
     pub fn new(target: AmqpTarget, settings: Arc<AmqpSettings>) -> Self {
-        let exchange = ShortString::from(target.exchange());
-        Self {
-            target,
-            settings,
-            exchange,
-        }
+        Self { target, settings }
     }
 }
 
-/// An open connection with its publishing channel.
+/// An open connection with its confirm-mode publishing channel and declared exchange.
+///
+/// The producer actor caches one; the client's direct mode (`ferry ecflow-client` without
+/// a daemon) opens one for a single message.
 pub struct AmqpLink {
     /// The connection; kept so it can be closed cleanly.
     connection: Connection,
     /// The confirm-mode channel messages are published on.
     channel: Channel,
+    /// The exchange name as sent on the wire.
+    exchange: ShortString,
+}
+
+impl AmqpLink {
+    /// Connects to `target`'s server, puts a channel in confirm mode and declares the
+    /// exchange (durable, type topic, as the predecessor did).
+    pub async fn open(target: &AmqpTarget, settings: &AmqpSettings) -> Result<Self, ProduceError> {
+        // The URL was validated when the target was built; this cannot fail.
+        let uri = AMQPUri::from_str(target.url())
+            .map_err(|e| ProduceError::Rejected(format!("invalid AMQP URL: {e}")))?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(settings.connection_name.clone().into());
+        let connection = Connection::connect_uri(uri, properties)
+            .await
+            .map_err(|e| classify(&e))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| classify(&e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| classify(&e))?;
+        let exchange = ShortString::from(target.exchange());
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.clone(),
+                lapin::ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(Self {
+            connection,
+            channel,
+            exchange,
+        })
+    }
+
+    /// Publishes `payload` persistent, as `text/plain`, with routing key `route`. The
+    /// future resolves once the broker confirmed it, and borrows nothing from `self`.
+    pub fn publish(
+        &self,
+        route: String,
+        payload: Bytes,
+    ) -> impl Future<Output = Result<(), ProduceError>> + 'static {
+        let channel = self.channel.clone();
+        let exchange = self.exchange.clone();
+        async move {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(PERSISTENT)
+                .with_content_type("text/plain".into());
+            let confirmation = channel
+                .basic_publish(
+                    exchange,
+                    route.into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    properties,
+                )
+                .await
+                .map_err(|e| classify(&e))?
+                .await
+                .map_err(|e| classify(&e))?;
+            match confirmation {
+                Confirmation::Ack(_) => Ok(()),
+                Confirmation::Nack(_) => Err(ProduceError::Rejected(
+                    "the broker nacked the message".into(),
+                )),
+                Confirmation::NotRequested => Err(ProduceError::Unavailable(
+                    "the channel is not in confirm mode".into(),
+                )),
+            }
+        }
+    }
+
+    /// Closes the connection cleanly (reply code 200), if it is still open.
+    pub async fn close(self, reason: &str) {
+        if self.connection.status().connected() {
+            let _ = self.connection.close(200, reason.into()).await;
+        }
+    }
 }
 
 impl Backend for AmqpBackend {
@@ -60,43 +146,12 @@ impl Backend for AmqpBackend {
         &self,
         lost: LostSignal<Self>,
     ) -> LocalBoxFuture<'static, Result<AmqpLink, ProduceError>> {
-        let uri = AMQPUri::from_str(self.target.url());
-        let properties = ConnectionProperties::default()
-            .with_connection_name(self.settings.connection_name.clone().into());
-        let exchange = self.exchange.clone();
+        let target = self.target.clone();
+        let settings = Arc::clone(&self.settings);
         async move {
-            // The URL was validated when the target was built; this cannot fail.
-            let uri = uri.map_err(|e| ProduceError::Rejected(format!("invalid AMQP URL: {e}")))?;
-            let connection = Connection::connect_uri(uri, properties)
-                .await
-                .map_err(|e| classify(&e))?;
-            watch(&connection, lost);
-            let channel = connection
-                .create_channel()
-                .await
-                .map_err(|e| classify(&e))?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| classify(&e))?;
-            // As the predecessor did: a durable topic exchange, declared once per connection.
-            let options = ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            channel
-                .exchange_declare(
-                    exchange,
-                    lapin::ExchangeKind::Topic,
-                    options,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| classify(&e))?;
-            Ok(AmqpLink {
-                connection,
-                channel,
-            })
+            let link = AmqpLink::open(&target, &settings).await?;
+            watch(&link.connection, lost);
+            Ok(link)
         }
         .boxed_local()
     }
@@ -107,41 +162,19 @@ impl Backend for AmqpBackend {
         lost: &LostSignal<Self>,
         message: Publish,
     ) -> LocalBoxFuture<'static, Result<(), ProduceError>> {
+        let published = link.publish(message.route, message.payload);
         let channel = link.channel.clone();
-        let exchange = self.exchange.clone();
         let lost = lost.clone();
         async move {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_content_type("text/plain".into());
-            let outcome = async {
-                channel
-                    .basic_publish(
-                        exchange,
-                        message.route.into(),
-                        BasicPublishOptions::default(),
-                        &message.payload,
-                        properties,
-                    )
-                    .await?
-                    .await
+            let outcome = published.await;
+            if let Err(error) = &outcome
+                && !channel.status().connected()
+            {
+                // A failed publish on a closed channel (connection gone, or a channel
+                // error such as a deleted exchange): open everything again.
+                lost.signal(error.clone());
             }
-            .await;
-            match outcome {
-                Ok(Confirmation::Ack(_)) => Ok(()),
-                Ok(Confirmation::Nack(_)) => Err(ProduceError::Rejected(
-                    "the broker nacked the message".into(),
-                )),
-                Ok(Confirmation::NotRequested) => Err(ProduceError::Unavailable(
-                    "the channel is not in confirm mode".into(),
-                )),
-                Err(error) => {
-                    let error = classify(&error);
-                    // A failed publish means the channel or connection is gone.
-                    lost.signal(error.clone());
-                    Err(error)
-                }
-            }
+            outcome
         }
         .boxed_local()
     }
@@ -150,14 +183,7 @@ impl Backend for AmqpBackend {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
-            if link.connection.status().connected() {
-                let _ = link
-                    .connection
-                    .close(200, "ferry: producer closed".into())
-                    .await;
-            }
-        });
+        runtime.spawn(link.close("ferry: producer closed"));
     }
 }
 

@@ -1,12 +1,35 @@
-//! The client side: sends one message through a ferry daemon and reports the outcome.
+//! The client side: sends one message through a list of ferry daemons, moving to the next
+//! daemon when one is unreachable or cannot deliver.
+//!
+//! On each daemon, attempt n may take n × `attempt_step` and there are at most `attempts`
+//! attempts, the daemon's own policy. What happens after a failed attempt depends on why:
+//!
+//! | failure                                             | next step                     |
+//! |-----------------------------------------------------|-------------------------------|
+//! | no answer within the attempt's time                 | next attempt, same daemon     |
+//! | answered 2 (timeout) or 4 (broker unavailable)      | next attempt, same daemon     |
+//! | cannot connect, connection lost, any gRPC error     | next daemon                   |
+//! | answered 5 (overloaded) or 6 (shutting down)        | next daemon                   |
+//! | answered 1 (invalid request) or 3 (rejected)        | stop: no daemon would deliver |
+//!
+//! A retry after an early failure waits [`RETRY_PAUSE`] (within the failed attempt's time)
+//! so a daemon that answers "unavailable" at once is not asked again at once. The whole
+//! send therefore takes at most `daemons × (1 + 2 + … + attempts) × attempt_step`
+//! ([`Client::bound`]), or the optional overall deadline if that is shorter.
 
-use std::time::Duration;
+use std::fmt;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tonic::transport::Endpoint;
+use ferry_actors::RetryPolicy;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::message_broker_client::MessageBrokerClient;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
+use crate::wire::ErrorNo;
+
+/// How long a retry on the same daemon waits after an attempt that failed early.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Where a message goes.
 #[derive(Debug, Clone)]
@@ -29,95 +52,469 @@ pub enum Destination {
     },
 }
 
-/// Why a message was not delivered.
+/// A client that cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The daemon address is not a valid URI.
-    #[error("invalid daemon address {0:?}")]
+    /// No daemon address was given.
+    #[error("no ferry daemon address given")]
+    NoDaemon,
+    /// A daemon address is not `host:port`.
+    #[error("invalid ferry daemon address {0:?} (expected host:port)")]
     Address(String),
+}
+
+/// Why one attempt on one daemon failed.
+#[derive(Debug)]
+pub enum AttemptError {
     /// The daemon could not be reached.
-    #[error("cannot reach the ferry daemon at {address}: {source}")]
-    Connect {
-        /// The daemon.
-        address: String,
-        /// Why.
-        source: tonic::transport::Error,
-    },
-    /// The call failed at the gRPC level.
-    #[error("the ferry daemon failed the call: {0}")]
-    Rpc(#[from] tonic::Status),
-    /// No answer in time.
-    #[error("no answer from the ferry daemon within {} ms", .0.as_millis())]
+    Connect(String),
+    /// The call failed at the gRPC level (connection lost, not a ferry daemon, …).
+    Rpc(tonic::Status),
+    /// No answer within the attempt's time.
     Timeout(Duration),
     /// The daemon answered that the message was not delivered.
-    #[error("not delivered (error_no {error_no}): {message}")]
-    NotDelivered {
-        /// The documented code.
+    Answered {
+        /// The `error_no` of the answer.
         error_no: i32,
         /// The daemon's explanation.
         message: String,
     },
 }
 
-/// Sends `data` to `destination` through the daemon at `address` (`host:port`), waiting at
-/// most `timeout` in all.
-pub async fn send(
-    address: &str,
-    destination: Destination,
-    data: Bytes,
-    timeout: Duration,
-) -> Result<(), ClientError> {
-    tokio::time::timeout(timeout, send_unbounded(address, destination, data))
-        .await
-        .unwrap_or(Err(ClientError::Timeout(timeout)))
+impl AttemptError {
+    /// Whether another attempt on the same daemon may succeed.
+    fn retry_same_daemon(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Answered { error_no, .. } => matches!(
+                ErrorNo::from_wire(*error_no),
+                Some(ErrorNo::Timeout | ErrorNo::Unavailable)
+            ),
+            Self::Connect(_) | Self::Rpc(_) => false,
+        }
+    }
+
+    /// Whether the message is refused for what it is, so no daemon would deliver it.
+    fn is_final(&self) -> bool {
+        match self {
+            Self::Answered { error_no, .. } => !matches!(
+                ErrorNo::from_wire(*error_no),
+                Some(
+                    ErrorNo::Timeout
+                        | ErrorNo::Unavailable
+                        | ErrorNo::Overloaded
+                        | ErrorNo::ShuttingDown
+                )
+            ),
+            _ => false,
+        }
+    }
 }
 
-async fn send_unbounded(
-    address: &str,
-    destination: Destination,
-    data: Bytes,
-) -> Result<(), ClientError> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|_| ClientError::Address(address.to_owned()))?
-        .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|source| ClientError::Connect {
-            address: address.to_owned(),
-            source,
-        })?;
-    let mut client = MessageBrokerClient::new(channel);
-    let message = Some(proto::Message { data });
-    let response = match destination {
-        Destination::Kafka { brokers, topic } => client
-            .send_kafka_message(KafkaMessage {
-                target: Some(proto::KafkaTarget { brokers, topic }),
-                message,
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(reason) => write!(f, "cannot connect: {reason}"),
+            Self::Rpc(status) => write!(f, "gRPC {:?}: {}", status.code(), status.message()),
+            Self::Timeout(limit) => write!(f, "no answer within {} ms", limit.as_millis()),
+            Self::Answered { error_no, message } => write!(f, "error_no {error_no}: {message}"),
+        }
+    }
+}
+
+/// The last failure on one daemon.
+#[derive(Debug)]
+pub struct DaemonFailure {
+    /// The daemon's address.
+    pub daemon: String,
+    /// How many attempts it got.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub error: AttemptError,
+}
+
+/// A message that no daemon delivered.
+#[derive(Debug)]
+pub struct NotDelivered {
+    /// One entry per daemon tried, in order.
+    pub failures: Vec<DaemonFailure>,
+    /// How long the client tried.
+    pub elapsed: Duration,
+}
+
+impl NotDelivered {
+    /// Whether the message itself was refused (invalid or rejected by the broker), as
+    /// opposed to daemons or brokers being unreachable.
+    pub fn is_refused(&self) -> bool {
+        self.failures.last().is_some_and(|f| f.error.is_final())
+    }
+}
+
+impl fmt::Display for NotDelivered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not delivered ({} ms): ", self.elapsed.as_millis())?;
+        for (i, failure) in self.failures.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            let plural = if failure.attempts == 1 { "" } else { "s" };
+            write!(
+                f,
+                "{} ({} attempt{plural}): {}",
+                failure.daemon, failure.attempts, failure.error
+            )?;
+        }
+        if self.failures.is_empty() {
+            f.write_str("the deadline passed before any attempt")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NotDelivered {}
+
+/// A delivered message: which daemon confirmed it and after how many attempts there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The daemon's address.
+    pub daemon: String,
+    /// Attempts on that daemon, counted from 1.
+    pub attempts: u32,
+}
+
+/// One daemon to send through.
+#[derive(Debug, Clone)]
+struct Daemon {
+    /// As given, for messages.
+    address: String,
+    /// Where to connect.
+    endpoint: Endpoint,
+}
+
+/// Sends messages through ferry daemons with failover.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The daemons, tried in order.
+    daemons: Vec<Daemon>,
+    /// Attempts per daemon and their time limits.
+    policy: RetryPolicy,
+    /// An overall limit, when shorter than the policy's bound.
+    deadline: Option<Duration>,
+}
+
+impl Client {
+    /// A client for `daemons` (each `host:port`, tried in this order) with `policy` on
+    /// each, and optionally an overall `deadline`.
+    pub fn new<I, S>(
+        daemons: I,
+        policy: RetryPolicy,
+        deadline: Option<Duration>,
+    ) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let daemons = daemons
+            .into_iter()
+            .map(|address| {
+                let address = address.as_ref().trim();
+                if address.is_empty() || address.contains('/') || !address.contains(':') {
+                    return Err(ClientError::Address(address.to_owned()));
+                }
+                let endpoint = Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|_| ClientError::Address(address.to_owned()))?
+                    .tcp_nodelay(true);
+                Ok(Daemon {
+                    address: address.to_owned(),
+                    endpoint,
+                })
             })
-            .await?
-            .into_inner(),
+            .collect::<Result<Vec<_>, _>>()?;
+        if daemons.is_empty() {
+            return Err(ClientError::NoDaemon);
+        }
+        Ok(Self {
+            daemons,
+            policy,
+            deadline,
+        })
+    }
+
+    /// The longest [`Client::send`] can take, connection set-up and name lookup included
+    /// (give or take the scheduler's delays).
+    pub fn bound(&self) -> Duration {
+        let policy_bound = self.policy.total_budget() * self.daemons.len() as u32;
+        self.deadline
+            .map_or(policy_bound, |deadline| deadline.min(policy_bound))
+    }
+
+    /// Sends `data` to `destination`, trying each daemon in turn.
+    pub async fn send(
+        &self,
+        destination: &Destination,
+        data: Bytes,
+    ) -> Result<Delivered, NotDelivered> {
+        let started = Instant::now();
+        let deadline = self.deadline.map(|limit| started + limit);
+        let mut failures = Vec::new();
+        for daemon in &self.daemons {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
+            }
+            match self.via(daemon, destination, &data, deadline).await {
+                Ok(attempts) => {
+                    return Ok(Delivered {
+                        daemon: daemon.address.clone(),
+                        attempts,
+                    });
+                }
+                Err(failure) => {
+                    let last = failure.error.is_final();
+                    log::info!("Daemon {} failed: {}", failure.daemon, failure.error);
+                    failures.push(failure);
+                    if last {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(NotDelivered {
+            failures,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Sends through one daemon under the policy; the attempt count on success.
+    async fn via(
+        &self,
+        daemon: &Daemon,
+        destination: &Destination,
+        data: &Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<u32, DaemonFailure> {
+        let mut channel: Option<Channel> = None;
+        let mut n = 1;
+        loop {
+            let started = Instant::now();
+            let mut limit = self.policy.attempt_timeout(n);
+            if let Some(deadline) = deadline {
+                limit = limit.min(deadline.saturating_duration_since(started));
+            }
+            let outcome = attempt(daemon, &mut channel, destination, data, limit).await;
+            let error = match outcome {
+                Ok(()) => return Ok(n),
+                Err(error) => error,
+            };
+            let pause = RETRY_PAUSE.min(limit.saturating_sub(started.elapsed()));
+            if !error.retry_same_daemon()
+                || n >= self.policy.max_attempts()
+                || deadline.is_some_and(|deadline| Instant::now() + pause >= deadline)
+            {
+                return Err(DaemonFailure {
+                    daemon: daemon.address.clone(),
+                    attempts: n,
+                    error,
+                });
+            }
+            log::info!("Attempt {n} on {} failed: {error}", daemon.address);
+            tokio::time::sleep(pause).await;
+            n += 1;
+        }
+    }
+}
+
+/// One call on one daemon within `limit`, connecting first if needed. A connection not
+/// made in time is a connection failure (the next daemon is tried); a call not answered
+/// in time is a timeout (the same daemon gets the next attempt).
+async fn attempt(
+    daemon: &Daemon,
+    channel: &mut Option<Channel>,
+    destination: &Destination,
+    data: &Bytes,
+    limit: Duration,
+) -> Result<(), AttemptError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let connected = match channel {
+        Some(channel) => channel.clone(),
+        None => {
+            let connected = tokio::time::timeout_at(deadline, daemon.endpoint.connect())
+                .await
+                .map_err(|_| {
+                    AttemptError::Connect(format!("no connection within {} ms", limit.as_millis()))
+                })?
+                .map_err(|e| AttemptError::Connect(chain(&e)))?;
+            *channel = Some(connected.clone());
+            connected
+        }
+    };
+    tokio::time::timeout_at(deadline, call(connected, destination, data, limit))
+        .await
+        .unwrap_or(Err(AttemptError::Timeout(limit)))
+}
+
+/// The gRPC call of one attempt.
+async fn call(
+    connected: Channel,
+    destination: &Destination,
+    data: &Bytes,
+    limit: Duration,
+) -> Result<(), AttemptError> {
+    let mut client = MessageBrokerClient::new(connected);
+    let message = Some(proto::Message { data: data.clone() });
+    let response = match destination {
+        Destination::Kafka { brokers, topic } => {
+            let mut request = tonic::Request::new(KafkaMessage {
+                target: Some(proto::KafkaTarget {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                }),
+                message,
+            });
+            // Tells the daemon when the client stops waiting (the grpc-timeout header).
+            request.set_timeout(limit);
+            client.send_kafka_message(request).await
+        }
         Destination::RabbitMq {
             server,
             exchange,
             routing_key,
-        } => client
-            .send_rabbit_mq_message(RabbitMqMessage {
+        } => {
+            let mut request = tonic::Request::new(RabbitMqMessage {
                 target: Some(proto::RabbitMqTarget {
-                    server,
-                    exchange,
-                    route_key: routing_key,
+                    server: server.clone(),
+                    exchange: exchange.clone(),
+                    route_key: routing_key.clone(),
                 }),
                 message,
-            })
-            .await?
-            .into_inner(),
-    };
+            });
+            request.set_timeout(limit);
+            client.send_rabbit_mq_message(request).await
+        }
+    }
+    .map_err(|status| {
+        if status.code() == tonic::Code::DeadlineExceeded
+            || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
+        {
+            AttemptError::Timeout(limit)
+        } else {
+            AttemptError::Rpc(status)
+        }
+    })?
+    .into_inner();
     match response.error_no {
         0 => Ok(()),
-        error_no => Err(ClientError::NotDelivered {
+        error_no => Err(AttemptError::Answered {
             error_no,
             message: response.error_message,
         }),
+    }
+}
+
+/// An error and its sources, joined by ": " (tonic's transport error alone says only
+/// "transport error").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(error_no: i32) -> AttemptError {
+        AttemptError::Answered {
+            error_no,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn failures_choose_retry_failover_or_stop() {
+        let timeout = AttemptError::Timeout(Duration::from_secs(2));
+        assert!(timeout.retry_same_daemon() && !timeout.is_final());
+        for code in [2, 4] {
+            assert!(answered(code).retry_same_daemon(), "{code}");
+            assert!(!answered(code).is_final(), "{code}");
+        }
+        for code in [5, 6] {
+            assert!(!answered(code).retry_same_daemon(), "{code}");
+            assert!(!answered(code).is_final(), "{code}");
+        }
+        for code in [1, 3, 99] {
+            assert!(!answered(code).retry_same_daemon(), "{code}");
+            assert!(answered(code).is_final(), "{code}");
+        }
+        let connect = AttemptError::Connect("refused".into());
+        assert!(!connect.retry_same_daemon() && !connect.is_final());
+    }
+
+    #[test]
+    fn the_bound_grows_with_daemons_and_honours_the_deadline() {
+        let policy = RetryPolicy::default();
+        let one = Client::new(["a:1"], policy, None).unwrap();
+        assert_eq!(one.bound(), Duration::from_secs(6));
+        let two = Client::new(["a:1", "b:2"], policy, None).unwrap();
+        assert_eq!(two.bound(), Duration::from_secs(12));
+        let capped = Client::new(["a:1", "b:2"], policy, Some(Duration::from_secs(3))).unwrap();
+        assert_eq!(capped.bound(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        let policy = RetryPolicy::default();
+        let none: [&str; 0] = [];
+        assert!(matches!(
+            Client::new(none, policy, None),
+            Err(ClientError::NoDaemon)
+        ));
+        for bad in ["", "nohost", "http://a:1", "a b:1"] {
+            assert!(
+                matches!(
+                    Client::new([bad], policy, None),
+                    Err(ClientError::Address(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn all_daemons_down_fails_over_and_reports_each() {
+        // Two ports nothing listens on: both refuse at once, so the send ends quickly
+        // with one failure per daemon.
+        let ports: Vec<String> = (0..2)
+            .map(|_| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().to_string()
+            })
+            .collect();
+        let client = Client::new(&ports, RetryPolicy::default(), None).unwrap();
+        let destination = Destination::Kafka {
+            brokers: vec!["k:1".into()],
+            topic: "t".into(),
+        };
+        let failure = client
+            .send(&destination, Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.failures.len(), 2);
+        assert!(!failure.is_refused());
+        for (failure, port) in failure.failures.iter().zip(&ports) {
+            assert_eq!(&failure.daemon, port);
+            assert_eq!(failure.attempts, 1);
+            assert!(matches!(failure.error, AttemptError::Connect(_)));
+        }
+        let line = failure.to_string();
+        assert!(line.contains("refused"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
     }
 }

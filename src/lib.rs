@@ -5,7 +5,9 @@
 //! - [`server`]: the runtime (actix arbiters serving gRPC on SO_REUSEPORT listeners).
 //! - [`ingress`]: the `messagebroker.MessageBroker` gRPC service.
 //! - [`wire`]: protobuf ↔ domain conversion and the `error_no` codes.
-//! - [`client`]: sending a message through a daemon.
+//! - [`client`]: sending a message through daemons, with failover.
+//! - [`envelope`]: the JSON event envelope of `ecflow-client` and `production`.
+//! - [`direct`]: publishing to RabbitMQ without a daemon (the predecessor's default).
 //! - [`cli`]: the `ferry` command line.
 //!
 //! The forwarding itself (producer actors, supervisor, retry policy) is the
@@ -14,6 +16,8 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod direct;
+pub mod envelope;
 pub mod ingress;
 pub mod proto;
 pub mod server;

@@ -28,6 +28,21 @@ pub enum ErrorNo {
 }
 
 impl ErrorNo {
+    /// The code with wire value `value`, if it is one of the documented codes.
+    pub fn from_wire(value: i32) -> Option<Self> {
+        [
+            Self::Delivered,
+            Self::InvalidRequest,
+            Self::Timeout,
+            Self::Rejected,
+            Self::Unavailable,
+            Self::Overloaded,
+            Self::ShuttingDown,
+        ]
+        .into_iter()
+        .find(|code| *code as i32 == value)
+    }
+
     /// The code for a message that was not delivered.
     pub fn of(error: &ProduceError) -> Self {
         match error {
@@ -219,6 +234,11 @@ mod tests {
         assert_eq!(code(forward(ProduceError::Unavailable("x".into()))), 4);
         assert_eq!(code(forward(ProduceError::Overloaded("x".into()))), 5);
         assert_eq!(code(forward(ProduceError::ShuttingDown)), 6);
+        for value in 0..=6 {
+            assert_eq!(ErrorNo::from_wire(value).map(|c| c as i32), Some(value));
+        }
+        assert_eq!(ErrorNo::from_wire(7), None);
+        assert_eq!(ErrorNo::from_wire(-1), None);
         let answer = response(&forward(ProduceError::Unavailable("refused".into())));
         assert_eq!(
             answer.error_message,

@@ -3,18 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferry::cli::{self, Cli, Command};
+use ferry::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Serve(_) => "info",
-        Command::Send(_) => "warn",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
-    match cli.command {
-        Command::Serve(args) => cli::serve(args),
-        Command::Send(command) => cli::send(command),
-    }
+    let level = cli.command.default_log_level();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    cli::run(cli.command)
 }

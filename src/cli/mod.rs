@@ -1,26 +1,43 @@
 //! The `ferry` command line: flag definitions and the command implementations the binary
 //! dispatches to.
+//!
+//! - [`serve`]: the daemon.
+//! - [`send`]: one message of any payload to a Kafka topic or RabbitMQ exchange, through
+//!   daemons with failover.
+//! - [`event`]: the predecessor's `ecflow-client` and `production` commands, drop-in.
 
-use std::io::Read;
-use std::path::PathBuf;
+use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use ferry_actors::RetryPolicy;
 
-use crate::client::{self, Destination};
-use crate::config::{Config, DEFAULT_LISTEN};
-use crate::server::Daemon;
+use crate::client::{Client, Destination};
 
-/// Exit code for a configuration that cannot be used (EX_USAGE).
-const EXIT_BAD_CONFIG: u8 = 64;
+pub mod event;
+pub mod send;
+pub mod serve;
+
 /// Exit code when a message was not delivered.
-const EXIT_NOT_DELIVERED: u8 = 1;
+pub const EXIT_NOT_DELIVERED: u8 = 1;
+/// Exit code for flags or input that cannot be used (clap's own code for usage errors).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a daemon configuration that cannot be used (EX_CONFIG).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Exit codes, shown at the end of `ferry --help`.
+const EXIT_CODES: &str = "\
+Exit codes of the client commands (send, ecflow-client, production):
+  0  delivered: the broker confirmed the message (or --disable-send)
+  1  not delivered: one line on stderr says why, for each daemon tried
+  2  usage error: a flag or the payload cannot be used
+`ferry serve` exits 0 after a clean stop and 64 when its configuration is invalid.";
 
 /// ferry forwards messages from compute nodes to Kafka and RabbitMQ.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version)]
+#[command(name = "ferry", version, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -33,176 +50,94 @@ pub enum Command {
     /// Run the daemon: accept messages over gRPC and forward them.
     ///
     /// Example: ferry serve --config /etc/ferry/ferry.toml
-    Serve(ServeArgs),
-    /// Send one message through a ferry daemon.
-    ///
-    /// Example: ferry send kafka --brokers kafka1:9092 --topic events --data '{"a":1}'
+    Serve(serve::ServeArgs),
+    /// Send one message through ferry daemons, failing over from one to the next.
     #[command(subcommand)]
-    Send(SendCommand),
+    Send(send::SendCommand),
+    /// Send an ecflow_client event (drop-in for the predecessor's command).
+    EcflowClient(event::EcflowClientArgs),
+    /// Send a product event (drop-in for the predecessor's command).
+    Production(event::ProductionArgs),
 }
 
-/// Flags of `ferry serve`.
+impl Command {
+    /// The log level when `RUST_LOG` is not set: the daemon reports its life at info,
+    /// the client commands stay quiet unless something is wrong.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Self::Serve(_) => "info",
+            Self::Send(_) | Self::EcflowClient(_) | Self::Production(_) => "warn",
+        }
+    }
+}
+
+/// Runs `command` to completion.
+pub fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Send(command) => send::send(command),
+        Command::EcflowClient(args) => event::ecflow_client(args),
+        Command::Production(args) => event::production(args),
+    }
+}
+
+/// The time limits of every client command.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// TOML config file (see config/ferry.toml); without it, built-in defaults.
-    #[arg(long, env = "FERRY_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Listen address, overriding the config's server.listen.
-    #[arg(long)]
-    pub listen: Option<String>,
+pub struct LimitArgs {
+    /// Time step of the attempts: attempt n may take n × this. Example: --attempt-timeout-ms 1000
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    pub attempt_timeout_ms: u64,
+    /// Give up after this long in all, even with daemons left to try. Without it the bound
+    /// is (1 + … + attempts) × attempt timeout per daemon: 6 s per daemon by default.
+    /// Example: --timeout-ms 5000
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
 }
 
-/// Targets of `ferry send`.
-#[derive(Debug, Subcommand)]
-pub enum SendCommand {
-    /// Send to a Kafka topic.
-    Kafka {
-        /// Bootstrap brokers of the cluster, host:port, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        brokers: Vec<String>,
-        /// The topic.
-        #[arg(long)]
-        topic: String,
-        /// Payload and daemon.
-        #[command(flatten)]
-        common: SendArgs,
-    },
-    /// Send to a RabbitMQ exchange.
-    Rabbitmq {
-        /// AMQP URL of the server, e.g. amqp://user:pass@host:5672/%2f.
-        #[arg(long)]
-        server: String,
-        /// The exchange (declared durable, type topic).
-        #[arg(long)]
-        exchange: String,
-        /// The routing key.
-        #[arg(long, default_value = "")]
-        routing_key: String,
-        /// Payload and daemon.
-        #[command(flatten)]
-        common: SendArgs,
-    },
+/// Prints `message` as the one line a client command writes on failure and returns `code`.
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    let line = message.to_string().replace(['\n', '\r'], " ");
+    eprintln!("ferry: {line}");
+    ExitCode::from(code)
 }
 
-/// Flags shared by every `ferry send` target.
-#[derive(Debug, Args)]
-pub struct SendArgs {
-    /// The ferry daemon, host:port.
-    #[arg(long, env = "FERRY_PROXY", default_value = DEFAULT_LISTEN)]
-    pub proxy: String,
-    /// The payload as a string.
-    #[arg(long, conflicts_with = "file")]
-    pub data: Option<String>,
-    /// Read the payload from this file (default: standard input).
-    #[arg(long)]
-    pub file: Option<PathBuf>,
-    /// Give up after this many milliseconds in all.
-    #[arg(long, default_value_t = 7_000)]
-    pub timeout_ms: u64,
+/// The per-daemon policy from `--attempts`/`--broker-tries` and `--attempt-timeout-ms`.
+fn policy(attempts: u32, attempt_timeout_ms: u64) -> Result<RetryPolicy, ExitCode> {
+    RetryPolicy::try_new(Duration::from_millis(attempt_timeout_ms), attempts)
+        .map_err(|error| fail(EXIT_USAGE, error))
 }
 
-/// `ferry serve`: runs the daemon until SIGTERM or SIGINT.
-pub fn serve(args: ServeArgs) -> ExitCode {
-    let config = match &args.config {
-        Some(path) => Config::from_file(path),
-        None => Ok(Config::default()),
-    };
-    let settings = config.and_then(|mut config| {
-        if let Some(listen) = args.listen {
-            config.server.listen = listen;
-        }
-        config.validate()
-    });
-    let settings = match settings {
-        Ok(settings) => settings,
-        Err(error) => {
-            log::error!("{error}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
-    let daemon = match Daemon::start(settings) {
-        Ok(daemon) => daemon,
-        Err(error) => {
-            log::error!("Cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let signals = tokio::runtime::Builder::new_current_thread()
+/// Runs `future` on a runtime on the calling thread: a client needs no worker threads.
+fn block_on<F: Future>(future: F) -> Result<F::Output, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .and_then(|runtime| runtime.block_on(crate::signal::terminated()));
-    if let Err(error) = signals {
-        log::error!("Cannot wait for signals: {error}");
-    }
-    match daemon.stop() {
-        Ok(()) => {
-            log::info!("Stopped");
+        .map(|runtime| runtime.block_on(future))
+        .map_err(|error| fail(EXIT_NOT_DELIVERED, format!("cannot start: {error}")))
+}
+
+/// Sends `payload` through the daemons at `proxies` and turns the outcome into an exit code.
+fn through_daemons(
+    proxies: &[String],
+    policy: RetryPolicy,
+    timeout_ms: Option<u64>,
+    destination: &Destination,
+    payload: Bytes,
+) -> ExitCode {
+    let client = match Client::new(proxies, policy, timeout_ms.map(Duration::from_millis)) {
+        Ok(client) => client,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    match block_on(client.send(destination, payload)) {
+        Ok(Ok(delivered)) => {
+            log::info!(
+                "Delivered via {} (attempt {})",
+                delivered.daemon,
+                delivered.attempts
+            );
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            log::error!("Stopped with an error: {error}");
-            ExitCode::FAILURE
-        }
+        Ok(Err(not_delivered)) => fail(EXIT_NOT_DELIVERED, not_delivered),
+        Err(code) => code,
     }
-}
-
-/// `ferry send`: sends one message; exit 0 when delivered, 1 with one line on stderr when not.
-pub fn send(command: SendCommand) -> ExitCode {
-    let (destination, common) = match command {
-        SendCommand::Kafka {
-            brokers,
-            topic,
-            common,
-        } => (Destination::Kafka { brokers, topic }, common),
-        SendCommand::Rabbitmq {
-            server,
-            exchange,
-            routing_key,
-            common,
-        } => (
-            Destination::RabbitMq {
-                server,
-                exchange,
-                routing_key,
-            },
-            common,
-        ),
-    };
-    let data = match read_payload(&common) {
-        Ok(data) => data,
-        Err(error) => {
-            eprintln!("ferry: cannot read the payload: {error}");
-            return ExitCode::from(EXIT_NOT_DELIVERED);
-        }
-    };
-    let outcome = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            let timeout = Duration::from_millis(common.timeout_ms);
-            runtime
-                .block_on(client::send(&common.proxy, destination, data, timeout))
-                .map_err(|e| e.to_string())
-        });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("ferry: {error}");
-            ExitCode::from(EXIT_NOT_DELIVERED)
-        }
-    }
-}
-
-/// The payload from `--data`, `--file` or standard input.
-fn read_payload(args: &SendArgs) -> std::io::Result<Bytes> {
-    if let Some(data) = &args.data {
-        return Ok(Bytes::from(data.clone().into_bytes()));
-    }
-    if let Some(path) = &args.file {
-        return std::fs::read(path).map(Bytes::from);
-    }
-    let mut buffer = Vec::new();
-    std::io::stdin().read_to_end(&mut buffer)?;
-    Ok(Bytes::from(buffer))
 }

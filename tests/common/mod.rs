@@ -13,6 +13,8 @@ use ferry::server::Daemon;
 use ferry_actors::StatsSnapshot;
 use tonic::transport::Channel;
 
+pub mod process;
+
 /// Settings for a test daemon: defaults (the production policy), on a free port.
 pub fn settings() -> Settings {
     let mut config = Config::default();

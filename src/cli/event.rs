@@ -1,0 +1,270 @@
+//! `ferry ecflow-client` and `ferry production`: the predecessor's event commands, with its
+//! flags and defaults, so an existing wrapper works by changing only the program name.
+//!
+//! Without `--with-broker` they publish straight to RabbitMQ, as the predecessor did; with
+//! it they send through the ferry daemons of `--broker-address`, with failover.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use ferry_actors::target::validate_routing_key;
+use ferry_actors::{AmqpTarget, RetryPolicy};
+use serde::Serialize;
+
+use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons};
+use crate::client::Destination;
+use crate::config::DEFAULT_LISTEN;
+use crate::direct;
+use crate::envelope::{
+    DEFAULT_APP, ECFLOW_CLIENT_EXCHANGE, ECFLOW_CLIENT_ROUTING_KEY, ECFLOW_CLIENT_TYPE,
+    EcflowClientData, Envelope, EventStatus, PRODUCTION_EXCHANGE, PRODUCTION_TYPE, ProductionData,
+};
+
+/// Examples shown by `ferry ecflow-client --help`.
+const ECFLOW_CLIENT_EXAMPLES: &str = "\
+The message is {\"app\", \"type\": \"ecflow-client\", \"time\", \"data\": {\"command\", \"args\",
+\"envs\", \"ecf_host\", \"ecf_port\", \"ecf_name\", \"ecf_rid\", \"ecf_tryno\", \"ecf_date\"}}, the
+ecf_* fields from ECF_HOST, ECF_PORT, ECF_NAME, ECF_RID, ECF_TRYNO and ECF_DATE (--host and
+--port inside --command-options override the first two).
+
+Examples:
+  # in a wrapper around ecflow_client, through two ferry daemons:
+  ferry ecflow-client --command-options=\"$*\" \\
+      --rabbitmq-server=amqp://user:pass@mq1:5672/%2f \\
+      --with-broker --broker-address=login1:33383,login2:33383
+  # straight to RabbitMQ, as the predecessor did without --with-broker:
+  ferry ecflow-client --command-options='--complete' --rabbitmq-server=amqp://mq1:5672/%2f
+  # print the message and send nothing:
+  ferry ecflow-client --command-options='--init=12345' --rabbitmq-server=amqp://mq1 --disable-send";
+
+/// Examples shown by `ferry production --help`.
+const PRODUCTION_EXAMPLES: &str = "\
+The message is {\"app\", \"type\": \"production\", \"time\", \"data\": {\"system\", \"type\",
+\"stream\", \"product\", \"start_time\", \"forecast_time\", \"event\", \"status\"}}, sent to exchange
+nwpc.operation.production with routing key {system}.production.{type}.
+
+Example:
+  ferry production --system=grapes_gfs_gmf --production-type=grib2 --production-stream=oper \\
+      --production-name=orig --event=storage --status=complete \\
+      --start-time=2026112100 --forecast-time=24h \\
+      --rabbitmq-server=amqp://user:pass@mq1:5672/%2f --with-broker --broker-address=login1:33383";
+
+/// Where an event goes and how: the predecessor's target flags plus ferry's failover and
+/// time limits.
+#[derive(Debug, Args)]
+pub struct EventTargetArgs {
+    /// AMQP URL of the RabbitMQ server. Example: --rabbitmq-server=amqp://user:pass@mq1:5672/%2f
+    #[arg(long, value_name = "URL")]
+    pub rabbitmq_server: String,
+    /// Send through ferry daemons (--broker-address) instead of straight to RabbitMQ.
+    /// Example: --with-broker
+    #[arg(long)]
+    pub with_broker: bool,
+    /// ferry daemons for --with-broker, host:port, comma-separated, tried in order.
+    /// Example: --broker-address=login1:33383,login2:33383
+    #[arg(
+        long,
+        env = "FERRY_PROXY",
+        value_delimiter = ',',
+        default_value = DEFAULT_LISTEN,
+        value_name = "ADDR,..."
+    )]
+    pub broker_address: Vec<String>,
+    /// Attempts per daemon (straight to RabbitMQ: attempts in all), 1-10; 0 counts as 1.
+    /// Attempt n may take n × --attempt-timeout-ms. Example: --broker-tries=2
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub broker_tries: u32,
+    /// Time limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Print the message (indented JSON) on standard output and send nothing.
+    /// Example: --disable-send
+    #[arg(long)]
+    pub disable_send: bool,
+    /// The envelope's "app" field. Example: --app=my-wrapper
+    #[arg(long, default_value = DEFAULT_APP)]
+    pub app: String,
+}
+
+/// Flags of `ferry ecflow-client`.
+#[derive(Debug, Args)]
+#[command(after_help = ECFLOW_CLIENT_EXAMPLES)]
+pub struct EcflowClientArgs {
+    /// The arguments ecflow_client was called with. Example: --command-options="--complete"
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub command_options: String,
+    /// The exchange. Example: --exchange-name=nwpc.operation.workflow
+    #[arg(long, default_value = ECFLOW_CLIENT_EXCHANGE)]
+    pub exchange_name: String,
+    /// The routing key. Example: --route-key-name=ecflow.command.ecflow_client
+    #[arg(long, default_value = ECFLOW_CLIENT_ROUTING_KEY)]
+    pub route_key_name: String,
+    /// Where and how to send.
+    #[command(flatten)]
+    pub target: EventTargetArgs,
+}
+
+/// Flags of `ferry production`.
+#[derive(Debug, Args)]
+#[command(after_help = PRODUCTION_EXAMPLES)]
+pub struct ProductionArgs {
+    /// The system. Example: --system=grapes_gfs_gmf
+    #[arg(long)]
+    pub system: String,
+    /// The production type. Example: --production-type=grib2
+    #[arg(long)]
+    pub production_type: String,
+    /// The production stream. Example: --production-stream=oper
+    #[arg(long)]
+    pub production_stream: String,
+    /// The production name. Example: --production-name=orig
+    #[arg(long)]
+    pub production_name: String,
+    /// The event. Example: --event=storage
+    #[arg(long)]
+    pub event: String,
+    /// The event's status: unknown, complete, queued, aborted, submitted, active,
+    /// suspended, or its number 0-6. Example: --status=complete
+    #[arg(long, default_value = "complete")]
+    pub status: EventStatus,
+    /// Start time, YYYYMMDDHH. Example: --start-time=2026112100
+    #[arg(long)]
+    pub start_time: String,
+    /// Forecast time. Example: --forecast-time=24h
+    #[arg(long)]
+    pub forecast_time: String,
+    /// The exchange. Example: --exchange-name=nwpc.operation.production
+    #[arg(long, default_value = PRODUCTION_EXCHANGE)]
+    pub exchange_name: String,
+    /// The routing key [default: {system}.production.{type}].
+    /// Example: --route-key-name=grapes_gfs_gmf.production.grib2
+    #[arg(long)]
+    pub route_key_name: Option<String>,
+    /// Where and how to send.
+    #[command(flatten)]
+    pub target: EventTargetArgs,
+}
+
+/// Builds and sends an ecflow_client event.
+pub fn ecflow_client(args: EcflowClientArgs) -> ExitCode {
+    let data = EcflowClientData::from_command_options(&args.command_options, |name| {
+        std::env::var(name).ok()
+    });
+    let envelope = Envelope::now(&args.target.app, ECFLOW_CLIENT_TYPE, data);
+    deliver(
+        &args.target,
+        &envelope,
+        args.exchange_name,
+        args.route_key_name,
+    )
+}
+
+/// Builds and sends a product event.
+pub fn production(args: ProductionArgs) -> ExitCode {
+    let data = ProductionData {
+        system: args.system,
+        production_type: args.production_type,
+        stream: args.production_stream,
+        product: args.production_name,
+        start_time: args.start_time,
+        forecast_time: args.forecast_time,
+        event: args.event,
+        status: args.status,
+    };
+    let routing_key = args.route_key_name.unwrap_or_else(|| data.routing_key());
+    let envelope = Envelope::now(&args.target.app, PRODUCTION_TYPE, data);
+    deliver(&args.target, &envelope, args.exchange_name, routing_key)
+}
+
+/// Prints (`--disable-send`) or sends `envelope` to `exchange` with `routing_key`.
+fn deliver<T: Serialize>(
+    target: &EventTargetArgs,
+    envelope: &Envelope<T>,
+    exchange: String,
+    routing_key: String,
+) -> ExitCode {
+    if target.disable_send {
+        return match envelope.to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(EXIT_USAGE, format!("cannot build the message: {error}")),
+        };
+    }
+    let payload = match envelope.to_json() {
+        Ok(json) => Bytes::from(json),
+        Err(error) => return fail(EXIT_USAGE, format!("cannot build the message: {error}")),
+    };
+    // As the predecessor's `--broker-tries 0`: one try.
+    let policy = match policy(target.broker_tries.max(1), target.limits.attempt_timeout_ms) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    if target.with_broker {
+        let destination = Destination::RabbitMq {
+            server: target.rabbitmq_server.clone(),
+            exchange,
+            routing_key,
+        };
+        return through_daemons(
+            &target.broker_address,
+            policy,
+            target.limits.timeout_ms,
+            &destination,
+            payload,
+        );
+    }
+    let amqp = match AmqpTarget::try_new(&target.rabbitmq_server, &exchange)
+        .and_then(|amqp| validate_routing_key(&routing_key).map(|()| amqp))
+    {
+        Ok(amqp) => amqp,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    straight_to_rabbitmq(
+        &amqp,
+        &routing_key,
+        payload,
+        policy,
+        target.limits.timeout_ms,
+    )
+}
+
+/// Publishes without a daemon, bounded by the policy and the optional overall limit.
+fn straight_to_rabbitmq(
+    amqp: &AmqpTarget,
+    routing_key: &str,
+    payload: Bytes,
+    policy: RetryPolicy,
+    timeout_ms: Option<u64>,
+) -> ExitCode {
+    let bound = timeout_ms
+        .map(Duration::from_millis)
+        .map_or(policy.total_budget(), |limit| {
+            limit.min(policy.total_budget())
+        });
+    let published = block_on(async move {
+        tokio::time::timeout(bound, direct::publish(amqp, routing_key, payload, policy)).await
+    });
+    match published {
+        Ok(Ok(Ok(attempts))) => {
+            log::info!("Published to {} (attempt {attempts})", amqp.redacted_url());
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(Err(error))) => fail(
+            EXIT_NOT_DELIVERED,
+            format!("not delivered to {}: {error}", amqp.redacted_url()),
+        ),
+        Ok(Err(_)) => fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "not delivered to {}: no confirmation within {} ms",
+                amqp.redacted_url(),
+                bound.as_millis()
+            ),
+        ),
+        Err(code) => code,
+    }
+}

@@ -1,0 +1,92 @@
+//! The real `ferry` binary as a child process: daemons to start and kill, clients to run.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    ferry_testkit::brokers::run_script(&["free-port"])
+        .trim()
+        .parse()
+        .expect("a port number")
+}
+
+/// `127.0.0.1:` a free port.
+pub fn free_address() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A `ferry` command with `args`.
+pub fn ferry(args: &[&str]) -> Command {
+    let mut command = Command::new(FERRY);
+    command.args(args).env_remove("FERRY_PROXY");
+    command
+}
+
+/// A `ferry serve` child process, SIGKILLed if still running when dropped (a failing
+/// test must not leave daemons behind).
+pub struct Served {
+    /// The process.
+    child: Child,
+    /// Where it listens.
+    pub address: String,
+}
+
+impl Served {
+    /// Sends `signal` (e.g. "TERM", "KILL") to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {}", self.child.id());
+    }
+
+    /// Sends SIGTERM and returns the exit code and how long the exit took.
+    pub fn terminate(mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        self.signal("TERM");
+        let status = self.child.wait().expect("wait for ferry serve");
+        (status.code(), started.elapsed())
+    }
+
+    /// SIGKILLs the daemon (a crash) and reaps it.
+    pub fn kill(mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts `ferry serve` on `listen` and waits until it accepts connections.
+pub fn serve(listen: &str) -> Served {
+    let child = ferry(&["serve", "--listen", listen])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ferry serve starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ferry serve is not listening on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Served {
+        child,
+        address: listen.to_owned(),
+    }
+}

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 /// The address the daemon listens on when no config says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:33383";
+/// The address of the operations endpoint (HTTP) when no config says otherwise.
+pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:33384";
 
 /// The configuration file as written. See `config/ferry.toml` for every field documented.
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +28,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// RabbitMQ producer settings.
     pub rabbitmq: RabbitMqConfig,
+    /// The operations endpoint and process housekeeping.
+    pub ops: OpsConfig,
 }
 
 /// `[server]`: the gRPC ingress.
@@ -40,6 +44,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most messages in flight across all targets; beyond it: error_no 5 (overloaded).
     pub max_in_flight: usize,
+    /// On SIGTERM/SIGINT, how long messages in flight may take to finish, in milliseconds;
+    /// those still unanswered then are answered error_no 6.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +56,26 @@ impl Default for ServerConfig {
             workers: 0,
             max_message_bytes: default_max_message_bytes(),
             max_in_flight: 20_000,
+            shutdown_grace_ms: 7_000,
+        }
+    }
+}
+
+/// `[ops]`: the operations endpoint and process housekeeping.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Address of the HTTP endpoint serving /stats, /metrics and /healthz.
+    pub listen: String,
+    /// File to write the daemon's process id to ("" = none); removed on exit.
+    pub pid_file: String,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_OPS_LISTEN.to_owned(),
+            pid_file: String::new(),
         }
     }
 }
@@ -193,6 +220,12 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Most messages in flight in all.
     pub max_in_flight: usize,
+    /// How long messages in flight may take to finish once shutdown began.
+    pub shutdown_grace: Duration,
+    /// Address of the HTTP operations endpoint.
+    pub ops_listen: SocketAddr,
+    /// Where to write the process id, if anywhere.
+    pub pid_file: Option<PathBuf>,
     /// The retry policy.
     pub policy: RetryPolicy,
     /// Producer settings.
@@ -239,6 +272,13 @@ impl Config {
             ));
         }
         positive("server.max_in_flight", self.server.max_in_flight)?;
+        positive("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?;
+        let ops_listen = self.ops.listen.parse().map_err(|_| {
+            invalid(
+                "ops.listen",
+                "must be an IP address and port, e.g. 127.0.0.1:33384",
+            )
+        })?;
         let policy = RetryPolicy::try_new(
             Duration::from_millis(self.policy.timeout_step_ms),
             self.policy.max_attempts,
@@ -293,6 +333,9 @@ impl Config {
             workers,
             max_message_bytes,
             max_in_flight: self.server.max_in_flight,
+            shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
+            ops_listen,
+            pid_file: (!self.ops.pid_file.is_empty()).then(|| PathBuf::from(self.ops.pid_file)),
             policy,
             producer: ProducerSettings {
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
@@ -368,6 +411,11 @@ mod tests {
     fn bad_values_name_their_field() {
         for (text, field) in [
             ("[server]\nlisten = \"nowhere\"", "server.listen"),
+            (
+                "[server]\nshutdown_grace_ms = 0",
+                "server.shutdown_grace_ms",
+            ),
+            ("[ops]\nlisten = \"localhost\"", "ops.listen"),
             ("[policy]\nmax_attempts = 0", "policy.max_attempts"),
             ("[policy]\ntimeout_step_ms = 0", "policy.timeout_step_ms"),
             ("[producers]\nmax_targets = 0", "producers.max_targets"),

@@ -2,9 +2,11 @@
 //! request, forwards it, and answers with the outcome.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use ferry_actors::Forwarder;
+use ferry_actors::{ForwardError, Forwarder, ProduceError};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::proto::message_broker_server::MessageBroker;
@@ -17,14 +19,27 @@ pub struct Ingress {
     forwarder: Arc<Forwarder>,
     /// Largest payload accepted.
     max_message_bytes: usize,
+    /// Requests refused as invalid.
+    invalid: Arc<AtomicU64>,
+    /// Becomes true when the shutdown grace period ends: requests still waiting for their
+    /// broker are answered "shutting down" instead of being cut off.
+    abort: watch::Receiver<bool>,
 }
 
 impl Ingress {
-    /// A service forwarding through `forwarder`.
-    pub fn new(forwarder: Arc<Forwarder>, max_message_bytes: usize) -> Self {
+    /// A service forwarding through `forwarder`, counting invalid requests in `invalid`
+    /// and answering what is still in flight when `abort` becomes true.
+    pub fn new(
+        forwarder: Arc<Forwarder>,
+        max_message_bytes: usize,
+        invalid: Arc<AtomicU64>,
+        abort: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             forwarder,
             max_message_bytes,
+            invalid,
+            abort,
         }
     }
 
@@ -36,11 +51,15 @@ impl Ingress {
         let started = Instant::now();
         let outcome = match request {
             Ok(request) => {
-                let result = self
-                    .forwarder
-                    .forward(&request.target, request.route, request.payload)
-                    .await
-                    .map_err(Failure::from);
+                let forward =
+                    self.forwarder
+                        .forward(&request.target, request.route, request.payload);
+                let result = tokio::select! {
+                    result = forward => result.map_err(Failure::from),
+                    () = aborted(self.abort.clone()) => Err(Failure::Forward(
+                        ForwardError::refused(ProduceError::ShuttingDown),
+                    )),
+                };
                 if let Err(failure) = &result {
                     log::warn!(
                         "Message not delivered target={} error_no={} error={failure} ms={}",
@@ -52,11 +71,19 @@ impl Ingress {
                 result
             }
             Err(invalid) => {
+                self.invalid.fetch_add(1, Ordering::Relaxed);
                 log::info!("Request refused error={invalid}");
                 Err(Failure::Invalid(invalid))
             }
         };
         wire::response(&outcome)
+    }
+}
+
+/// Resolves when `abort` becomes true (never, if its sender is gone without setting it).
+async fn aborted(mut abort: watch::Receiver<bool>) {
+    if abort.wait_for(|abort| *abort).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`server`]: the runtime (actix arbiters serving gRPC on SO_REUSEPORT listeners).
 //! - [`ingress`]: the `messagebroker.MessageBroker` gRPC service.
 //! - [`wire`]: protobuf ↔ domain conversion and the `error_no` codes.
+//! - [`report`], [`http`], [`metrics`]: the operations endpoint (`/stats`, `/metrics`,
+//!   `/healthz`).
 //! - [`client`]: sending a message through daemons, with failover.
 //! - [`envelope`]: the JSON event envelope of `ecflow-client` and `production`.
 //! - [`direct`]: publishing to RabbitMQ without a daemon (the predecessor's default).
@@ -18,8 +20,11 @@ pub mod client;
 pub mod config;
 pub mod direct;
 pub mod envelope;
+pub mod http;
 pub mod ingress;
+pub mod metrics;
 pub mod proto;
+pub mod report;
 pub mod server;
 pub mod signal;
 pub mod wire;

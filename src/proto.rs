@@ -3,3 +3,7 @@
 #![allow(missing_docs, clippy::all)]
 
 tonic::include_proto!("messagebroker");
+
+/// The encoded descriptors of `proto/messagebroker.proto`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("messagebroker_descriptor");

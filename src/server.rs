@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -13,15 +14,22 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::ingress::Ingress;
 use crate::proto::message_broker_server::MessageBrokerServer;
+use crate::report::Source;
 
 /// Pending connections each listener queues before the kernel refuses more.
 const LISTEN_BACKLOG: i32 = 1024;
 /// Room for the gRPC request's own fields around the payload.
 const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
+/// How long servers may take to answer the aborted requests after the grace period.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+/// The service name grpc.health.v1 reports for the ingress.
+pub const HEALTH_SERVICE: &str = "messagebroker.MessageBroker";
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +51,26 @@ pub enum ServeError {
     /// The runtime thread ended without saying why (it panicked).
     #[error("the daemon's runtime stopped unexpectedly")]
     RuntimeGone,
+    /// The gRPC reflection service could not be built from the descriptors.
+    #[error("cannot build the gRPC reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The operations endpoint failed while serving.
+    #[error("operations endpoint failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// A running daemon; dropping it stops it.
 pub struct Daemon {
     /// Where the gRPC ingress listens.
     local_addr: SocketAddr,
+    /// Where the operations endpoint listens.
+    ops_addr: SocketAddr,
     /// The forwarding core, for in-process inspection.
     forwarder: Arc<Forwarder>,
     /// Tells the runtime to shut down.
     stop: Option<oneshot::Sender<()>>,
+    /// Closed when the runtime ends, whatever the reason.
+    ended: Option<oneshot::Receiver<()>>,
     /// The runtime thread.
     thread: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -68,17 +86,30 @@ impl Daemon {
                 addr: settings.listen,
                 source,
             })?;
+        let ops_bind = |source| ServeError::Bind {
+            addr: settings.ops_listen,
+            source,
+        };
+        let ops_listener = TcpListener::bind(settings.ops_listen).map_err(ops_bind)?;
+        ops_listener.set_nonblocking(true).map_err(ops_bind)?;
+        let ops_addr = ops_listener.local_addr().map_err(ops_bind)?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (ended_tx, ended_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("ferry-system".into())
-            .spawn(move || run_system(settings, listeners, ready_tx, stop_rx))
+            .spawn(move || {
+                let _ended = ended_tx;
+                run_system(settings, listeners, ops_listener, ready_tx, stop_rx)
+            })
             .map_err(ServeError::Thread)?;
         match ready_rx.recv() {
             Ok(forwarder) => Ok(Self {
                 local_addr,
+                ops_addr,
                 forwarder,
                 stop: Some(stop_tx),
+                ended: Some(ended_rx),
                 thread: Some(thread),
             }),
             Err(_) => Err(match thread.join() {
@@ -93,13 +124,31 @@ impl Daemon {
         self.local_addr
     }
 
+    /// Where the operations endpoint (HTTP) listens.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
     /// The forwarding core (its registry holds the per-target stats).
     pub fn forwarder(&self) -> &Arc<Forwarder> {
         &self.forwarder
     }
 
-    /// Stops accepting, lets requests in flight finish (bounded by the retry policy's
-    /// budget), stops the producers and waits for the runtime to end.
+    /// Resolves if the runtime ends without being told to (a server failed); the cause
+    /// is what [`Self::stop`] then returns.
+    pub async fn ended(&mut self) {
+        match &mut self.ended {
+            Some(ended) => {
+                let _ = ended.await;
+                self.ended = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Reports "not serving", stops accepting, lets requests in flight finish within
+    /// `server.shutdown_grace_ms` (answering those still waiting then with error_no 6),
+    /// stops the producers and waits for the runtime to end.
     pub fn stop(mut self) -> Result<(), ServeError> {
         self.shutdown()
     }
@@ -128,17 +177,36 @@ impl Drop for Daemon {
 }
 
 /// Binds `workers` listeners to `addr` with SO_REUSEPORT (all on the port the first got).
+///
+/// SO_REUSEPORT would also let a second daemon bind the same address and silently take
+/// half the connections, so the address is first bound once without it: that fails while
+/// any other process listens there.
 fn bind(addr: SocketAddr, workers: usize) -> Result<Vec<TcpListener>, ServeError> {
+    let addr = {
+        let probe = exclusive_probe(addr).map_err(|source| ServeError::Bind { addr, source })?;
+        probe
+            .local_addr()
+            .and_then(|bound| {
+                bound
+                    .as_socket()
+                    .ok_or_else(|| std::io::Error::other("not an IP address"))
+            })
+            .map_err(|source| ServeError::Bind { addr, source })?
+    };
     let mut listeners: Vec<TcpListener> = Vec::with_capacity(workers);
-    let mut addr = addr;
     for _ in 0..workers.max(1) {
         let listener = bind_one(addr).map_err(|source| ServeError::Bind { addr, source })?;
-        if let Ok(bound) = listener.local_addr() {
-            addr = bound;
-        }
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// A socket bound to `addr` without SO_REUSEPORT (closed again by the caller).
+fn exclusive_probe(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 /// One non-blocking listener with SO_REUSEPORT.
@@ -156,12 +224,20 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn run_system(
     settings: Settings,
     listeners: Vec<TcpListener>,
+    ops_listener: TcpListener,
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
     stop: oneshot::Receiver<()>,
 ) -> Result<(), ServeError> {
     let system = System::new();
     let arbiters: Vec<Arbiter> = listeners.iter().map(|_| Arbiter::new()).collect();
-    let result = system.block_on(serve(settings, listeners, &arbiters, ready, stop));
+    let result = system.block_on(serve(
+        settings,
+        listeners,
+        ops_listener,
+        &arbiters,
+        ready,
+        stop,
+    ));
     for arbiter in &arbiters {
         arbiter.stop();
     }
@@ -171,10 +247,31 @@ fn run_system(
     result
 }
 
-/// Serves until `stop` fires (or a server fails), then drains.
+/// The daemon's "serving" flag as seen by `/healthz` and grpc.health.v1.
+struct Health {
+    /// Read by `/healthz`.
+    serving: Arc<AtomicBool>,
+    /// Updates grpc.health.v1.
+    reporter: HealthReporter,
+}
+
+impl Health {
+    /// Reports `status` for the whole server and for the ingress service.
+    async fn set(&self, status: ServingStatus) {
+        self.serving
+            .store(status == ServingStatus::Serving, Ordering::Release);
+        self.reporter.set_service_status("", status).await;
+        self.reporter
+            .set_service_status(HEALTH_SERVICE, status)
+            .await;
+    }
+}
+
+/// Serves until `stop` fires (or a server fails), then shuts down in order.
 async fn serve(
     settings: Settings,
     listeners: Vec<TcpListener>,
+    ops_listener: TcpListener,
     arbiters: &[Arbiter],
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
     stop: oneshot::Receiver<()>,
@@ -190,13 +287,32 @@ async fn serve(
         settings.policy,
         settings.max_in_flight,
     ));
+    let invalid = Arc::new(AtomicU64::new(0));
+    let source = Source::new(forwarder.clone(), invalid.clone());
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health {
+        serving: Arc::new(AtomicBool::new(false)),
+        reporter,
+    };
+    health.set(ServingStatus::Serving).await;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (abort_tx, abort_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel(arbiters.len());
     for (arbiter, listener) in arbiters.iter().zip(listeners) {
-        let service =
-            MessageBrokerServer::new(Ingress::new(forwarder.clone(), settings.max_message_bytes))
-                .max_decoding_message_size(settings.max_message_bytes + REQUEST_OVERHEAD_BYTES);
+        let ingress = Ingress::new(
+            forwarder.clone(),
+            settings.max_message_bytes,
+            invalid.clone(),
+            abort_rx.clone(),
+        );
+        let service = MessageBrokerServer::new(ingress)
+            .max_decoding_message_size(settings.max_message_bytes + REQUEST_OVERHEAD_BYTES);
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let health_service = health_service.clone();
         let mut shutdown = shutdown_rx.clone();
         let done_tx = done_tx.clone();
         let addr = settings.listen;
@@ -210,6 +326,8 @@ async fn serve(
                 };
                 Server::builder()
                     .add_service(service)
+                    .add_service(health_service)
+                    .add_service(reflection)
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
                     .map_err(ServeError::from)
@@ -217,15 +335,42 @@ async fn serve(
             let _ = done_tx.send(served.await).await;
         });
     }
+    let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+    let (http_done_tx, http_done_rx) = oneshot::channel();
+    let router = crate::http::router(source, health.serving.clone());
+    let ops_addr = settings.ops_listen;
+    arbiters[0].spawn(async move {
+        let served = async move {
+            let listener = tokio::net::TcpListener::from_std(ops_listener).map_err(|source| {
+                ServeError::Bind {
+                    addr: ops_addr,
+                    source,
+                }
+            })?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop_rx.await;
+                })
+                .await
+                .map_err(ServeError::Http)
+        };
+        let _ = http_done_tx.send(served.await);
+    });
 
     log::info!(
-        "Serving gRPC listen={} workers={} max_in_flight={} max_targets={} policy_step_ms={} max_attempts={}",
+        "Serving gRPC on {} ({} workers), stats on http://{}/stats; limits: max_in_flight={} \
+         max_in_flight_per_target={} max_targets={} max_message_bytes={} policy={}x{}ms \
+         shutdown_grace_ms={}",
         settings.listen,
         arbiters.len(),
+        settings.ops_listen,
         settings.max_in_flight,
+        settings.producer.max_in_flight_per_target,
         settings.registry.max_targets,
-        settings.policy.attempt_timeout(1).as_millis(),
+        settings.max_message_bytes,
         settings.policy.max_attempts(),
+        settings.policy.attempt_timeout(1).as_millis(),
+        settings.shutdown_grace.as_millis(),
     );
     let _ = ready.send(forwarder.clone());
 
@@ -241,21 +386,38 @@ async fn serve(
             })
         }
     };
+
+    // 1. Say so, refuse new messages, stop accepting connections.
     log::info!("Shutting down in_flight={}", forwarder.in_flight());
+    health.set(ServingStatus::NotServing).await;
     forwarder.begin_shutdown();
     shutdown_tx.send_replace(true);
-    let drain = forwarder.policy().total_budget() + Duration::from_secs(1);
-    let drained = tokio::time::timeout(drain, async {
-        while running > 0 && done_rx.recv().await.is_some() {
-            running -= 1;
-        }
-    });
-    if drained.await.is_err() {
+    // 2. Let what is in flight finish within the grace period (the servers end when their
+    //    last request is answered); then answer the rest "shutting down".
+    let mut wait_servers = async |limit| {
+        tokio::time::timeout(limit, async {
+            while running > 0 && done_rx.recv().await.is_some() {
+                running -= 1;
+            }
+        })
+        .await
+        .is_ok()
+    };
+    if !wait_servers(settings.shutdown_grace).await {
         log::warn!(
-            "Requests still in flight after the drain period drain_ms={} in_flight={}",
-            drain.as_millis(),
+            "Grace period over, answering the rest as shutting down shutdown_grace_ms={} in_flight={}",
+            settings.shutdown_grace.as_millis(),
             forwarder.in_flight()
         );
+        abort_tx.send_replace(true);
+        if !wait_servers(ABORT_GRACE).await {
+            log::warn!("Servers still running after the grace period; stopping them");
+        }
     }
-    failure.unwrap_or(Ok(()))
+    // 3. Close the producers (each closes its connection), then the operations endpoint.
+    let producers = forwarder.registry().stop_all();
+    let _ = http_stop_tx.send(());
+    let http = http_done_rx.await.unwrap_or(Ok(()));
+    log::info!("Stopped producers={producers}");
+    failure.unwrap_or(http)
 }

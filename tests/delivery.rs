@@ -273,13 +273,18 @@ async fn idle_producers_are_stopped_and_the_target_cap_evicts_the_least_recently
     assert_eq!(r.error_no, 0, "{}", r.error_message);
     assert_eq!(registry.len(), 2);
     assert_eq!(registry.evictions(), 1);
-    let targets: Vec<_> = stats(&daemon).into_iter().map(|s| s.target).collect();
+    let targets: Vec<_> = stats(&daemon)
+        .into_iter()
+        .map(|s| (s.kind, s.target))
+        .collect();
     assert!(
-        targets.iter().any(|t| t.contains("localhost")),
+        targets
+            .iter()
+            .any(|(kind, t)| *kind == "kafka" && t.contains("localhost")),
         "{targets:?}"
     );
     assert!(
-        targets.iter().any(|t| t.contains("rabbitmq")),
+        targets.iter().any(|(kind, _)| *kind == "rabbitmq"),
         "{targets:?}"
     );
 

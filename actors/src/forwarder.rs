@@ -2,7 +2,8 @@
 //! and runs the retry policy around the producer's attempts.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -25,6 +26,20 @@ pub struct Forwarder {
     max_in_flight: usize,
     /// Set once shutdown began: new messages are refused.
     closing: AtomicBool,
+    /// Outcomes of every message since start, whatever became of its producer.
+    totals: Totals,
+}
+
+/// Message outcomes over the daemon's life (per-target counters go with their producer
+/// when it is stopped or evicted; these stay).
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Messages delivered.
+    pub sent: AtomicU64,
+    /// Messages not delivered, including those refused before reaching a producer.
+    pub failed: AtomicU64,
+    /// Attempts beyond the first.
+    pub retried: AtomicU64,
 }
 
 impl Forwarder {
@@ -37,6 +52,7 @@ impl Forwarder {
             in_flight: InFlight::default(),
             max_in_flight,
             closing: AtomicBool::new(false),
+            totals: Totals::default(),
         }
     }
 
@@ -44,6 +60,22 @@ impl Forwarder {
     /// broker confirmed it, or with the reason it was not delivered. Returns within the
     /// policy's total budget.
     pub async fn forward(
+        &self,
+        target: &Target,
+        route: String,
+        payload: Bytes,
+    ) -> Result<(), ForwardError> {
+        let result = self.forward_counted(target, route, payload).await;
+        let total = match &result {
+            Ok(()) => &self.totals.sent,
+            Err(_) => &self.totals.failed,
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// [`Self::forward`] without the daemon-wide totals.
+    async fn forward_counted(
         &self,
         target: &Target,
         route: String,
@@ -66,18 +98,23 @@ impl Forwarder {
             .producer(target)
             .map_err(ForwardError::refused)?;
         let stats = producer.stats();
+        stats.touch();
+        let arrived = Instant::now();
         let per_target = self.registry.max_in_flight_per_target();
         let Some(_admitted_to_target) = stats.in_flight.try_enter(per_target) else {
             stats.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(ForwardError::refused(ProduceError::Overloaded(format!(
+            let error = ForwardError::refused(ProduceError::Overloaded(format!(
                 "{per_target} messages in flight to this target (max_in_flight_per_target)"
-            ))));
+            )));
+            stats.record_error(error.to_string());
+            return Err(error);
         };
         let result = self
             .policy
             .run(|attempt| {
                 if attempt > 1 {
                     stats.retried.fetch_add(1, Ordering::Relaxed);
+                    self.totals.retried.fetch_add(1, Ordering::Relaxed);
                 }
                 producer.publish(Publish {
                     route: route.clone(),
@@ -85,18 +122,32 @@ impl Forwarder {
                 })
             })
             .await;
-        let counter = if result.is_ok() {
-            &stats.sent
-        } else {
-            &stats.failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                stats.latency.record(arrived.elapsed());
+            }
+            Err(error) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                stats.record_error(error.to_string());
+            }
+        }
         result
     }
 
     /// Refuses new messages from now on (those in flight go on).
     pub fn begin_shutdown(&self) {
         self.closing.store(true, Ordering::Release);
+    }
+
+    /// Outcomes since start.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Whether shutdown began.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Messages accepted and not yet answered.

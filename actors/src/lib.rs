@@ -26,5 +26,5 @@ pub use forwarder::Forwarder;
 pub use policy::RetryPolicy;
 pub use registry::Registry;
 pub use settings::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings};
-pub use stats::{ProducerState, StatsSnapshot, TargetStats};
+pub use stats::{LastError, LatencySnapshot, ProducerState, StatsSnapshot, TargetStats};
 pub use target::{AmqpTarget, KafkaTarget, Target};

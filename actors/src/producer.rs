@@ -189,6 +189,8 @@ impl<B: Backend> ProducerActor<B> {
             "Producer failed, restarting target={} error={error}",
             self.label
         );
+        self.stats
+            .record_error(format!("producer restarted: {error}"));
         self.drop_link(error);
         ctx.stop();
     }
@@ -218,6 +220,11 @@ impl<B: Backend> Actor for ProducerActor<B> {
             let delay = self.settings.restart_delay(self.consecutive_failures);
             self.reconnect_at = Instant::now() + delay;
             self.stats.set_state(ProducerState::Restarting);
+            ctx.run_later(delay, |act, _| {
+                if matches!(act.link, Link::Down(_)) {
+                    act.stats.set_state(ProducerState::Idle);
+                }
+            });
         }
     }
 

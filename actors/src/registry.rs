@@ -151,6 +151,15 @@ impl Registry {
         before - entries.len()
     }
 
+    /// Stops every producer (at shutdown, once nothing is in flight): each closes its
+    /// connection. Returns how many there were.
+    pub fn stop_all(&self) -> usize {
+        let mut entries = self.lock();
+        let count = entries.len();
+        entries.clear();
+        count
+    }
+
     /// Runs [`Self::stop_idle`] periodically on the first arbiter, for as long as the
     /// registry exists.
     pub fn spawn_idle_sweeper(self: &Arc<Self>) {
@@ -177,7 +186,7 @@ impl Registry {
                 entry
                     .producer
                     .stats
-                    .snapshot(target.kind(), target.to_string())
+                    .snapshot(target.kind(), target.endpoint())
             })
             .collect()
     }

@@ -1,7 +1,8 @@
 //! Per-target counters shared by a producer actor, the registry and the forwarder.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What a producer actor is doing now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,8 +14,10 @@ pub enum ProducerState {
     Ready = 1,
     /// Waiting to reconnect after a failure; messages are refused as unavailable.
     Restarting = 2,
+    /// Not connected, and past its backoff: the next message reconnects.
+    Idle = 3,
     /// Stopped (idle, evicted or shut down).
-    Stopped = 3,
+    Stopped = 4,
 }
 
 impl ProducerState {
@@ -23,6 +26,7 @@ impl ProducerState {
             0 => Self::Connecting,
             1 => Self::Ready,
             2 => Self::Restarting,
+            3 => Self::Idle,
             _ => Self::Stopped,
         }
     }
@@ -33,6 +37,7 @@ impl ProducerState {
             Self::Connecting => "connecting",
             Self::Ready => "ready",
             Self::Restarting => "restarting",
+            Self::Idle => "idle",
             Self::Stopped => "stopped",
         }
     }
@@ -71,8 +76,113 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The counters of one target's producer.
+/// Upper bounds of the delivery-latency buckets, in microseconds (the last is unbounded).
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    u64::MAX,
+];
+
+/// A lock-free histogram of delivery latencies with fixed buckets.
 #[derive(Debug, Default)]
+pub struct Latency {
+    /// Deliveries per bucket of [`LATENCY_BUCKETS_US`] (not cumulative).
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    /// Sum of all latencies, in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    /// Records one delivery that took `elapsed`.
+    pub fn record(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len() - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// A copy of the buckets.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The delivery latencies of one target at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LatencySnapshot {
+    /// Deliveries per bucket of [`LATENCY_BUCKETS_US`] (not cumulative).
+    pub buckets: Vec<u64>,
+    /// Sum of all latencies, in microseconds.
+    pub sum_us: u64,
+}
+
+impl LatencySnapshot {
+    /// Deliveries recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The latency below which a fraction `q` of deliveries fell, interpolated linearly
+    /// inside its bucket (as Prometheus' `histogram_quantile` does); `None` without data.
+    /// Above the last finite bound the answer is that bound.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * count as f64;
+        let mut below = 0u64;
+        let mut lower = 0u64;
+        for (bucket, upper) in self.buckets.iter().zip(LATENCY_BUCKETS_US) {
+            if *bucket > 0 && (below + bucket) as f64 >= rank {
+                if upper == u64::MAX {
+                    return Some(Duration::from_micros(lower));
+                }
+                let fraction = (rank - below as f64) / *bucket as f64;
+                let micros = lower as f64 + fraction * (upper - lower) as f64;
+                return Some(Duration::from_micros(micros as u64));
+            }
+            below += bucket;
+            lower = upper;
+        }
+        Some(Duration::from_micros(lower))
+    }
+}
+
+/// The last failure seen for a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// What went wrong.
+    pub message: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// The counters of one target's producer.
+#[derive(Debug)]
 pub struct TargetStats {
     /// Messages delivered and confirmed by the broker.
     pub sent: AtomicU64,
@@ -84,8 +194,33 @@ pub struct TargetStats {
     pub restarts: AtomicU64,
     /// Messages accepted for this target and not yet answered.
     pub in_flight: InFlight,
+    /// Latencies of delivered messages, from arrival to the broker's confirmation.
+    pub latency: Latency,
     /// The [`ProducerState`] as its `u8` value.
     state: AtomicU8,
+    /// When the producer was created.
+    created: SystemTime,
+    /// When the last message for this target arrived, in ms since the Unix epoch.
+    last_used_ms: AtomicU64,
+    /// The last failure (rare, so a lock is fine).
+    last_error: Mutex<Option<LastError>>,
+}
+
+impl Default for TargetStats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            in_flight: InFlight::default(),
+            latency: Latency::default(),
+            state: AtomicU8::new(ProducerState::Connecting as u8),
+            created: SystemTime::now(),
+            last_used_ms: AtomicU64::new(unix_ms(SystemTime::now())),
+            last_error: Mutex::new(None),
+        }
+    }
 }
 
 impl TargetStats {
@@ -99,6 +234,24 @@ impl TargetStats {
         ProducerState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Records that a message for this target arrived now.
+    pub fn touch(&self) {
+        self.last_used_ms
+            .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    /// Records a failure (a message not delivered, or the producer's connection lost).
+    pub fn record_error(&self, message: String) {
+        let record = LastError {
+            message,
+            at: SystemTime::now(),
+        };
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(record);
+    }
+
     /// A consistent-enough copy of the counters for reporting.
     pub fn snapshot(&self, kind: &'static str, target: String) -> StatsSnapshot {
         StatsSnapshot {
@@ -110,8 +263,23 @@ impl TargetStats {
             retried: self.retried.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             in_flight: self.in_flight.get(),
+            latency: self.latency.snapshot(),
+            created: self.created,
+            last_used: UNIX_EPOCH
+                + Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed)),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The counters of one target at one moment.
@@ -133,6 +301,14 @@ pub struct StatsSnapshot {
     pub restarts: u64,
     /// Messages in flight now.
     pub in_flight: u64,
+    /// Latencies of delivered messages.
+    pub latency: LatencySnapshot,
+    /// When the producer was created.
+    pub created: SystemTime,
+    /// When the last message for it arrived.
+    pub last_used: SystemTime,
+    /// The last failure, if any.
+    pub last_error: Option<LastError>,
 }
 
 #[cfg(test)]
@@ -148,5 +324,36 @@ mod tests {
         assert_eq!(gauge.get(), 2);
         drop(a);
         assert!(gauge.try_enter(2).is_some());
+    }
+
+    #[test]
+    fn latency_quantiles_interpolate_inside_buckets() {
+        let latency = Latency::default();
+        assert_eq!(latency.snapshot().quantile(0.5), None);
+        // 100 deliveries spread evenly inside the 1–2.5 ms bucket, one slow outlier.
+        for i in 0..100u64 {
+            latency.record(Duration::from_micros(1_001 + i * 15));
+        }
+        latency.record(Duration::from_millis(300));
+        let snapshot = latency.snapshot();
+        assert_eq!(snapshot.count(), 101);
+        let p50 = snapshot.quantile(0.5).unwrap();
+        assert!(
+            p50 > Duration::from_millis(1) && p50 < Duration::from_micros(2_500),
+            "{p50:?}"
+        );
+        let p99 = snapshot.quantile(0.99).unwrap();
+        assert!(p99 <= Duration::from_micros(2_500), "{p99:?}");
+        let max = snapshot.quantile(1.0).unwrap();
+        assert!(
+            max > Duration::from_millis(250) && max <= Duration::from_millis(500),
+            "{max:?}"
+        );
+        // Beyond the last finite bound: that bound.
+        latency.record(Duration::from_secs(3600));
+        assert_eq!(
+            latency.snapshot().quantile(1.0),
+            Some(Duration::from_secs(10))
+        );
     }
 }

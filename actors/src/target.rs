@@ -37,12 +37,20 @@ impl Target {
 }
 
 /// Shows the target with any password replaced by `***`.
+impl Target {
+    /// Where it points, without its kind and with credentials redacted: the broker list,
+    /// or `URL exchange NAME`.
+    pub fn endpoint(&self) -> String {
+        match self {
+            Self::Kafka(t) => t.bootstrap_servers().to_owned(),
+            Self::Amqp(t) => format!("{} exchange {}", t.redacted_url(), t.exchange()),
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Kafka(t) => write!(f, "kafka {}", t.bootstrap_servers()),
-            Self::Amqp(t) => write!(f, "rabbitmq {} exchange {}", t.redacted_url(), t.exchange()),
-        }
+        write!(f, "{} {}", self.kind(), self.endpoint())
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`send`]: one message of any payload to a Kafka topic or RabbitMQ exchange, through
 //!   daemons with failover.
 //! - [`event`]: the predecessor's `ecflow-client` and `production` commands, drop-in.
+//! - [`ops`]: `check` (for ecFlow) and `stats` (for a human).
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use ferry_actors::RetryPolicy;
 use crate::client::{Client, Destination};
 
 pub mod event;
+pub mod ops;
 pub mod send;
 pub mod serve;
 
@@ -33,7 +35,8 @@ Exit codes of the client commands (send, ecflow-client, production):
   0  delivered: the broker confirmed the message (or --disable-send)
   1  not delivered: one line on stderr says why, for each daemon tried
   2  usage error: a flag or the payload cannot be used
-`ferry serve` exits 0 after a clean stop and 64 when its configuration is invalid.";
+`ferry check` exits 0 when the daemon serves and 1 otherwise; `ferry serve` exits 0 after a
+clean stop and 64 when its configuration is invalid.";
 
 /// ferry forwards messages from compute nodes to Kafka and RabbitMQ.
 #[derive(Debug, Parser)]
@@ -58,6 +61,10 @@ pub enum Command {
     EcflowClient(event::EcflowClientArgs),
     /// Send a product event (drop-in for the predecessor's command).
     Production(event::ProductionArgs),
+    /// Check that a daemon serves (grpc.health.v1): exit 0 if it does, 1 if not.
+    Check(ops::CheckArgs),
+    /// Print a daemon's per-producer stats as a table.
+    Stats(ops::StatsArgs),
 }
 
 impl Command {
@@ -66,7 +73,11 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Self::Serve(_) => "info",
-            Self::Send(_) | Self::EcflowClient(_) | Self::Production(_) => "warn",
+            Self::Send(_)
+            | Self::EcflowClient(_)
+            | Self::Production(_)
+            | Self::Check(_)
+            | Self::Stats(_) => "warn",
         }
     }
 }
@@ -78,6 +89,8 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(command) => send::send(command),
         Command::EcflowClient(args) => event::ecflow_client(args),
         Command::Production(args) => event::production(args),
+        Command::Check(args) => ops::check(args),
+        Command::Stats(args) => ops::stats(args),
     }
 }
 

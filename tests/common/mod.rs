@@ -19,6 +19,7 @@ pub mod process;
 pub fn settings() -> Settings {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
+    config.ops.listen = "127.0.0.1:0".into();
     config.server.workers = 2;
     config.validate().expect("test settings")
 }

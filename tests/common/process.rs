@@ -31,11 +31,18 @@ pub fn ferry(args: &[&str]) -> Command {
 pub struct Served {
     /// The process.
     child: Child,
-    /// Where it listens.
+    /// Where it listens for gRPC.
     pub address: String,
+    /// Where its operations endpoint (HTTP) listens.
+    pub ops_address: String,
 }
 
 impl Served {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (e.g. "TERM", "KILL") to the daemon.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
@@ -69,9 +76,17 @@ impl Drop for Served {
     }
 }
 
-/// Starts `ferry serve` on `listen` and waits until it accepts connections.
+/// Starts `ferry serve` on `listen` (its operations endpoint on a free port) and waits
+/// until it accepts connections.
 pub fn serve(listen: &str) -> Served {
-    let child = ferry(&["serve", "--listen", listen])
+    serve_with(listen, &[])
+}
+
+/// [`serve`] with extra flags.
+pub fn serve_with(listen: &str, extra: &[&str]) -> Served {
+    let ops_address = free_address();
+    let child = ferry(&["serve", "--listen", listen, "--ops-listen", &ops_address])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -88,5 +103,6 @@ pub fn serve(listen: &str) -> Served {
     Served {
         child,
         address: listen.to_owned(),
+        ops_address,
     }
 }

@@ -1,0 +1,239 @@
+//! `ferry check` (the command an ecFlow task calls) and `ferry stats` (the per-actor table
+//! for a human).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use axum::http::Uri;
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tonic::transport::Endpoint;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, block_on, fail};
+use crate::config::{DEFAULT_LISTEN, DEFAULT_OPS_LISTEN};
+use crate::report::{Producer, Report};
+use crate::server::HEALTH_SERVICE;
+
+/// Flags of `ferry check`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example (an ecFlow task): ferry check --address 127.0.0.1:33383 || restart_ferry"
+)]
+pub struct CheckArgs {
+    /// The daemon's gRPC address. Example: --address 127.0.0.1:33383
+    #[arg(long, env = "FERRY_PROXY", default_value = DEFAULT_LISTEN, value_name = "HOST:PORT")]
+    pub address: String,
+    /// Give up after this long. Example: --timeout-ms 2000
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+/// Flags of `ferry stats`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example: ferry stats --http 127.0.0.1:33384")]
+pub struct StatsArgs {
+    /// The daemon's operations endpoint ([ops] listen). Example: --http 127.0.0.1:33384
+    #[arg(long, default_value = DEFAULT_OPS_LISTEN, value_name = "HOST:PORT")]
+    pub http: String,
+    /// Print the JSON document as served by /stats instead of the table. Example: --json
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this long. Example: --timeout-ms 2000
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+/// Asks the daemon's grpc.health.v1 service; exit 0 and "serving" when it serves, else 1.
+pub fn check(args: CheckArgs) -> ExitCode {
+    let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", args.address)) else {
+        return fail(EXIT_USAGE, format!("invalid address {:?}", args.address));
+    };
+    let limit = Duration::from_millis(args.timeout_ms);
+    let started = Instant::now();
+    let asked = block_on(async move {
+        tokio::time::timeout(limit, async {
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let request = HealthCheckRequest {
+                service: HEALTH_SERVICE.to_owned(),
+            };
+            HealthClient::new(channel)
+                .check(request)
+                .await
+                .map(|response| response.into_inner().status())
+                .map_err(|status| status.message().to_owned())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
+    });
+    let answer = match asked {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    let ms = started.elapsed().as_millis();
+    match answer {
+        Ok(ServingStatus::Serving) => {
+            println!("ferry at {}: serving ({ms} ms)", args.address);
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!(
+                "ferry at {}: {} ({ms} ms)",
+                args.address,
+                status.as_str_name()
+            );
+            ExitCode::from(EXIT_NOT_DELIVERED)
+        }
+        Err(error) => {
+            println!("ferry at {}: down: {error}", args.address);
+            ExitCode::from(EXIT_NOT_DELIVERED)
+        }
+    }
+}
+
+/// Reads `/stats` and prints it as an aligned table (or the JSON with `--json`).
+pub fn stats(args: StatsArgs) -> ExitCode {
+    let Ok(uri) = format!("http://{}/stats", args.http).parse::<Uri>() else {
+        return fail(EXIT_USAGE, format!("invalid address {:?}", args.http));
+    };
+    let limit = Duration::from_millis(args.timeout_ms);
+    let fetched = block_on(async move {
+        tokio::time::timeout(limit, fetch(uri))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
+    });
+    let body = match fetched {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => {
+            return fail(
+                EXIT_NOT_DELIVERED,
+                format!("cannot read http://{}/stats: {error}", args.http),
+            );
+        }
+        Err(code) => return code,
+    };
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_slice::<Report>(&body) {
+        Ok(report) => {
+            print!("{}", render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(
+            EXIT_NOT_DELIVERED,
+            format!("unexpected /stats document: {error}"),
+        ),
+    }
+}
+
+/// GETs `uri` and returns the body of a 200 answer.
+pub async fn fetch(uri: Uri) -> Result<Bytes, String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let response = client.get(uri).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// The report as a summary line and a table with aligned columns.
+pub fn render(report: &Report) -> String {
+    let t = &report.totals;
+    let mut out = format!(
+        "ferry {} up {}s, {}; in flight {}; sent {} failed {} invalid {} retried {}; \
+         producers {} evictions {}\n",
+        report.version,
+        report.uptime_s.round(),
+        if report.serving {
+            "serving"
+        } else {
+            "not serving"
+        },
+        report.in_flight,
+        t.sent,
+        t.failed,
+        t.invalid,
+        t.retried,
+        t.producers,
+        t.evictions
+    );
+    let header = [
+        "KIND",
+        "TARGET",
+        "STATE",
+        "SENT",
+        "FAILED",
+        "RETRIED",
+        "RESTARTS",
+        "IN_FLIGHT",
+        "P50_MS",
+        "P99_MS",
+        "LAST_USED",
+        "LAST_ERROR",
+    ];
+    let rows: Vec<[String; 12]> = report.producers.iter().map(row).collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            // Numbers right-aligned, text left-aligned, the last column unpadded.
+            if i == last {
+                text.push_str(cell);
+            } else if (3..10).contains(&i) {
+                text.push_str(&format!("{cell:>width$}  "));
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// One producer's cells.
+fn row(p: &Producer) -> [String; 12] {
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    [
+        p.kind.clone(),
+        p.target.clone(),
+        p.state.clone(),
+        p.sent.to_string(),
+        p.failed.to_string(),
+        p.retried.to_string(),
+        p.restarts.to_string(),
+        p.in_flight.to_string(),
+        ms(p.latency_p50_ms),
+        ms(p.latency_p99_ms),
+        p.last_used_at.clone(),
+        match (&p.last_error, &p.last_error_at) {
+            (Some(error), Some(at)) => format!("{at} {error}"),
+            _ => "-".to_owned(),
+        },
+    ]
+}

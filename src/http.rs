@@ -1,0 +1,57 @@
+//! The operations endpoint (HTTP, on its own address): `/stats` (JSON), `/metrics`
+//! (OpenMetrics text for Prometheus) and `/healthz` (200 while serving, 503 otherwise).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+
+use crate::metrics;
+use crate::report::Source;
+
+/// What the handlers read.
+#[derive(Clone)]
+struct Ops {
+    /// The stats.
+    source: Source,
+    /// Whether the daemon serves (false from the start of shutdown).
+    serving: Arc<AtomicBool>,
+}
+
+/// The HTTP routes over `source`, reporting `serving` on `/healthz`.
+pub fn router(source: Source, serving: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/stats", get(stats))
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(healthz))
+        .with_state(Ops { source, serving })
+}
+
+/// `/stats`: the report as JSON.
+async fn stats(State(ops): State<Ops>) -> Json<crate::report::Report> {
+    Json(ops.source.report())
+}
+
+/// `/metrics`: the report as OpenMetrics text.
+async fn prometheus(State(ops): State<Ops>) -> Response {
+    match metrics::render(ops.source.report()) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => {
+            log::error!("Cannot encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// `/healthz`: 200 "serving" or 503 "not serving".
+async fn healthz(State(ops): State<Ops>) -> (StatusCode, &'static str) {
+    if ops.serving.load(Ordering::Acquire) {
+        (StatusCode::OK, "serving\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
+}

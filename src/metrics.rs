@@ -1,0 +1,185 @@
+//! `/metrics`: a [`Report`] in the OpenMetrics text format (which Prometheus scrapes),
+//! encoded by `prometheus-client`. Per-producer series carry two labels, `kind` and
+//! `target`; their number is bounded by `producers.max_targets`.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::report::{Producer, Report};
+use ferry_actors::stats::LATENCY_BUCKETS_US;
+
+/// The content type of the text this module writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Renders `report` as OpenMetrics text.
+pub fn render(report: Report) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("ferry");
+    registry.register_collector(Box::new(Snapshot(report)));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// A report, collected once.
+#[derive(Debug)]
+struct Snapshot(Report);
+
+/// A per-producer counter: name, help, and how to read it.
+type ProducerCounter = (&'static str, &'static str, fn(&Producer) -> u64);
+
+/// The per-producer counters.
+const PRODUCER_COUNTERS: [ProducerCounter; 4] = [
+    ("producer_sent", "Messages delivered to this target.", |p| {
+        p.sent
+    }),
+    (
+        "producer_failed",
+        "Messages not delivered to this target.",
+        |p| p.failed,
+    ),
+    (
+        "producer_retried",
+        "Attempts beyond the first for this target.",
+        |p| p.retried,
+    ),
+    (
+        "producer_restarts",
+        "Supervisor restarts of this target's producer.",
+        |p| p.restarts,
+    ),
+];
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let report = &self.0;
+        let totals = &report.totals;
+        for (name, help, value) in [
+            (
+                "messages_sent",
+                "Messages delivered since start.",
+                totals.sent,
+            ),
+            (
+                "messages_failed",
+                "Messages not delivered since start.",
+                totals.failed,
+            ),
+            (
+                "requests_invalid",
+                "Requests refused as invalid since start.",
+                totals.invalid,
+            ),
+            (
+                "attempts_retried",
+                "Attempts beyond the first since start.",
+                totals.retried,
+            ),
+            (
+                "producer_evictions",
+                "Producers evicted to make room.",
+                totals.evictions,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        for (name, help, value) in [
+            (
+                "in_flight",
+                "Messages accepted and not yet answered.",
+                report.in_flight as i64,
+            ),
+            (
+                "producers",
+                "Producer actors cached now.",
+                totals.producers as i64,
+            ),
+            (
+                "serving",
+                "1 while the daemon accepts messages.",
+                i64::from(report.serving),
+            ),
+            (
+                "uptime_seconds",
+                "Seconds since start.",
+                report.uptime_s as i64,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+
+        for (name, help, value) in PRODUCER_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for producer in &report.producers {
+                let labels = labels(producer);
+                ConstCounter::new(value(producer)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "producer_in_flight",
+            "Messages in flight to this target.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for producer in &report.producers {
+            let labels = labels(producer);
+            ConstGauge::new(producer.in_flight as i64).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "producer_ready",
+            "1 while this target's producer is connected.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for producer in &report.producers {
+            let labels = labels(producer);
+            let ready = i64::from(producer.state == "ready");
+            ConstGauge::new(ready).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "producer_delivery_seconds",
+            "Time from a message's arrival to the broker's confirmation.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for producer in &report.producers {
+            let labels = labels(producer);
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+                .iter()
+                .zip(&producer.latency.buckets)
+                .map(|(bound, count)| {
+                    let bound = if *bound == u64::MAX {
+                        f64::MAX
+                    } else {
+                        *bound as f64 / 1e6
+                    };
+                    (bound, *count)
+                })
+                .collect();
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(
+                    producer.latency.sum_us as f64 / 1e6,
+                    producer.latency.count(),
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
+}
+
+/// The labels of one producer's series.
+fn labels(producer: &Producer) -> [(&'static str, &str); 2] {
+    [("kind", &producer.kind), ("target", &producer.target)]
+}

@@ -1,0 +1,167 @@
+//! The daemon's stats document: what `/stats` serves as JSON, `/metrics` renders for
+//! Prometheus and `ferry stats` prints as a table.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use ferry_actors::{Forwarder, StatsSnapshot};
+use serde::{Deserialize, Serialize};
+
+/// The whole daemon at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// ferry's version.
+    pub version: String,
+    /// When the daemon started (RFC 3339, UTC).
+    pub started_at: String,
+    /// Seconds since it started.
+    pub uptime_s: f64,
+    /// Whether it accepts messages (false once shutdown began).
+    pub serving: bool,
+    /// Messages accepted and not yet answered.
+    pub in_flight: u64,
+    /// Counts since start.
+    pub totals: Totals,
+    /// One entry per cached producer actor, sorted by kind and target.
+    pub producers: Vec<Producer>,
+}
+
+/// Counts since the daemon started.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    /// Messages delivered.
+    pub sent: u64,
+    /// Messages not delivered (every `error_no` other than 0 and 1).
+    pub failed: u64,
+    /// Requests refused as invalid (`error_no` 1).
+    pub invalid: u64,
+    /// Attempts beyond the first.
+    pub retried: u64,
+    /// Producers evicted to make room for new targets.
+    pub evictions: u64,
+    /// Producers cached now.
+    pub producers: u64,
+}
+
+/// One producer actor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Producer {
+    /// `kafka` or `rabbitmq`.
+    pub kind: String,
+    /// The target (broker set, or AMQP URL with the password as `***` plus exchange).
+    pub target: String,
+    /// `connecting`, `ready`, `restarting`, `idle` or `stopped`.
+    pub state: String,
+    /// Messages delivered.
+    pub sent: u64,
+    /// Messages not delivered.
+    pub failed: u64,
+    /// Attempts beyond the first.
+    pub retried: u64,
+    /// Supervisor restarts.
+    pub restarts: u64,
+    /// Messages in flight now.
+    pub in_flight: u64,
+    /// Median delivery latency in milliseconds (none before the first delivery).
+    pub latency_p50_ms: Option<f64>,
+    /// 99th-percentile delivery latency in milliseconds.
+    pub latency_p99_ms: Option<f64>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// When it happened (RFC 3339, UTC).
+    pub last_error_at: Option<String>,
+    /// When the producer was created (RFC 3339, UTC).
+    pub created_at: String,
+    /// When its last message arrived (RFC 3339, UTC).
+    pub last_used_at: String,
+    /// Delivery latencies per bucket (upper bounds in
+    /// [`ferry_actors::stats::LATENCY_BUCKETS_US`]) and their sum, for `/metrics`.
+    #[serde(skip)]
+    pub latency: ferry_actors::LatencySnapshot,
+}
+
+impl Producer {
+    /// The entry of one snapshot.
+    fn of(snapshot: StatsSnapshot) -> Self {
+        let millis = |q| snapshot.latency.quantile(q).map(|d| d.as_secs_f64() * 1e3);
+        Self {
+            kind: snapshot.kind.to_owned(),
+            target: snapshot.target,
+            state: snapshot.state.as_str().to_owned(),
+            sent: snapshot.sent,
+            failed: snapshot.failed,
+            retried: snapshot.retried,
+            restarts: snapshot.restarts,
+            in_flight: snapshot.in_flight,
+            latency_p50_ms: millis(0.5),
+            latency_p99_ms: millis(0.99),
+            last_error_at: snapshot.last_error.as_ref().map(|e| rfc3339(e.at)),
+            last_error: snapshot.last_error.map(|e| e.message),
+            created_at: rfc3339(snapshot.created),
+            last_used_at: rfc3339(snapshot.last_used),
+            latency: snapshot.latency,
+        }
+    }
+}
+
+/// What the report is built from: the forwarding core and the daemon's own counters.
+#[derive(Clone)]
+pub struct Source {
+    /// The forwarding core.
+    pub forwarder: Arc<Forwarder>,
+    /// Requests refused as invalid, counted by the ingress.
+    pub invalid: Arc<std::sync::atomic::AtomicU64>,
+    /// When the daemon started, by the wall clock.
+    pub started_at: SystemTime,
+    /// When the daemon started, by the monotonic clock.
+    pub started: Instant,
+}
+
+impl Source {
+    /// A source for a daemon starting now.
+    pub fn new(forwarder: Arc<Forwarder>, invalid: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            forwarder,
+            invalid,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The report now.
+    pub fn report(&self) -> Report {
+        let registry = self.forwarder.registry();
+        let mut producers: Vec<Producer> =
+            registry.snapshot().into_iter().map(Producer::of).collect();
+        producers.sort_by(|a, b| (&a.kind, &a.target).cmp(&(&b.kind, &b.target)));
+        let totals = self.forwarder.totals();
+        Report {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: rfc3339(self.started_at),
+            uptime_s: round_ms(self.started.elapsed()),
+            serving: !self.forwarder.is_closing(),
+            in_flight: self.forwarder.in_flight(),
+            totals: Totals {
+                sent: totals.sent.load(Ordering::Relaxed),
+                failed: totals.failed.load(Ordering::Relaxed),
+                invalid: self.invalid.load(Ordering::Relaxed),
+                retried: totals.retried.load(Ordering::Relaxed),
+                evictions: registry.evictions(),
+                producers: producers.len() as u64,
+            },
+            producers,
+        }
+    }
+}
+
+/// A time as RFC 3339 in UTC with milliseconds.
+fn rfc3339(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Seconds with millisecond precision.
+fn round_ms(duration: Duration) -> f64 {
+    (duration.as_millis() as f64) / 1e3
+}

@@ -1,0 +1,376 @@
+//! The operations surface end to end: `/stats` and `/metrics` after known traffic (and a
+//! broker kill), `/healthz`, `ferry check`, the pid file, and SIGTERM under load.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use common::process::{ferry, free_address, serve, serve_with};
+use common::{client, kafka, rabbitmq, send_kafka, send_rabbitmq, settings, start, unique};
+use ferry::cli::ops::fetch;
+use ferry::report::Report;
+use ferry_testkit::{BrokerKind, PrivateBroker, amqp, shared_amqp_url, shared_kafka};
+
+/// GETs `path` from the operations endpoint at `address`.
+async fn get(address: &str, path: &str) -> Result<Vec<u8>, String> {
+    let uri = format!("http://{address}{path}").parse().unwrap();
+    fetch(uri).await.map(|body| body.to_vec())
+}
+
+/// `/stats`, parsed.
+async fn report(address: &str) -> Report {
+    serde_json::from_slice(&get(address, "/stats").await.unwrap()).expect("a /stats document")
+}
+
+/// Samples by name, each with its labels and value.
+type Samples = HashMap<String, Vec<(HashMap<String, String>, f64)>>;
+
+/// `/metrics`, parsed as Prometheus text.
+async fn metrics(address: &str) -> Samples {
+    let text = String::from_utf8(get(address, "/metrics").await.unwrap()).unwrap();
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let mut samples = Samples::new();
+    for sample in scrape.samples {
+        let value = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        let labels: HashMap<String, String> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        samples
+            .entry(sample.metric)
+            .or_default()
+            .push((labels, value));
+    }
+    samples
+}
+
+/// The value of `name` for the producer whose target is `target`.
+fn per_target(samples: &Samples, name: &str, target: &str) -> f64 {
+    samples[name]
+        .iter()
+        .find(|(labels, _)| labels.get("target").map(String::as_str) == Some(target))
+        .unwrap_or_else(|| panic!("{name} for {target}"))
+        .1
+}
+
+#[tokio::test]
+async fn stats_and_metrics_count_known_traffic_per_actor() {
+    let daemon = start(settings());
+    let ops = daemon.ops_addr().to_string();
+    assert_eq!(get(&ops, "/healthz").await.unwrap(), b"serving\n");
+    let mut grpc = client(&daemon).await;
+    let brokers = shared_kafka();
+    let topic = unique("ops");
+    ferry_testkit::kafka::create_topic(&brokers, &topic).await;
+    let url = shared_amqp_url();
+    let exchange = unique("ferry.test.ops");
+    let nowhere = free_address();
+
+    for i in 0..5 {
+        let (answer, _) = send_kafka(&mut grpc, kafka(&brokers, &topic, format!("k{i}"))).await;
+        assert_eq!(answer.error_no, 0, "{}", answer.error_message);
+    }
+    for i in 0..3 {
+        let request = rabbitmq(&url, &exchange, "ops", format!("r{i}"));
+        let (answer, _) = send_rabbitmq(&mut grpc, request).await;
+        assert_eq!(answer.error_no, 0, "{}", answer.error_message);
+    }
+    for _ in 0..2 {
+        let (answer, _) = send_kafka(&mut grpc, kafka(&nowhere, "t", "x")).await;
+        assert_eq!(answer.error_no, 4, "{}", answer.error_message);
+    }
+    let (answer, _) = send_kafka(&mut grpc, kafka(&brokers, "", "no topic")).await;
+    assert_eq!(answer.error_no, 1);
+
+    let report = report(&ops).await;
+    assert!(report.serving);
+    assert_eq!(report.totals.sent, 8);
+    assert_eq!(report.totals.failed, 2);
+    assert_eq!(report.totals.invalid, 1);
+    assert_eq!(report.totals.producers, 3);
+    let producer = |kind: &str, target: &str| {
+        report
+            .producers
+            .iter()
+            .find(|p| p.kind == kind && p.target == target)
+            .unwrap_or_else(|| panic!("{kind} {target} in {:?}", report.producers))
+            .clone()
+    };
+    let to_kafka = producer("kafka", &brokers);
+    assert_eq!(
+        (to_kafka.sent, to_kafka.failed, to_kafka.state.as_str()),
+        (5, 0, "ready")
+    );
+    assert!(to_kafka.latency_p50_ms.is_some() && to_kafka.latency_p99_ms.is_some());
+    assert!(to_kafka.last_error.is_none());
+    let amqp_target = format!(
+        "{} exchange {exchange}",
+        url.replace("guest:guest@", "guest:***@")
+    );
+    let to_rabbitmq = producer("rabbitmq", &amqp_target);
+    assert_eq!((to_rabbitmq.sent, to_rabbitmq.failed), (3, 0));
+    let to_nowhere = producer("kafka", &nowhere);
+    assert_eq!((to_nowhere.sent, to_nowhere.failed), (0, 2));
+    assert!(to_nowhere.restarts >= 1, "{to_nowhere:?}");
+    assert!(to_nowhere.last_error.is_some() && to_nowhere.last_error_at.is_some());
+    assert!(to_nowhere.latency_p50_ms.is_none());
+
+    // /metrics parses as Prometheus text and says the same.
+    let samples = metrics(&ops).await;
+    assert_eq!(samples["ferry_messages_sent_total"][0].1, 8.0);
+    assert_eq!(samples["ferry_messages_failed_total"][0].1, 2.0);
+    assert_eq!(samples["ferry_requests_invalid_total"][0].1, 1.0);
+    for p in [&to_kafka, &to_rabbitmq, &to_nowhere] {
+        assert_eq!(
+            per_target(&samples, "ferry_producer_sent_total", &p.target),
+            p.sent as f64
+        );
+        assert_eq!(
+            per_target(&samples, "ferry_producer_failed_total", &p.target),
+            p.failed as f64
+        );
+    }
+    let restarts = per_target(&samples, "ferry_producer_restarts_total", &nowhere);
+    assert!(restarts >= 1.0);
+    daemon.stop().unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_after_a_broker_kill_shows_up_in_stats_and_metrics() {
+    let broker = PrivateBroker::start(BrokerKind::Kafka);
+    let brokers = broker.address();
+    let topic = unique("ops-kill");
+    ferry_testkit::kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+    let ops = daemon.ops_addr().to_string();
+    let mut grpc = client(&daemon).await;
+    let (answer, _) = send_kafka(&mut grpc, kafka(&brokers, &topic, "before")).await;
+    assert_eq!(answer.error_no, 0, "{}", answer.error_message);
+    let before = report(&ops).await;
+    assert_eq!(before.producers[0].restarts, 0);
+
+    broker.kill();
+    let (answer, _) = send_kafka(&mut grpc, kafka(&brokers, &topic, "during")).await;
+    assert_ne!(answer.error_no, 0);
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (answer, _) = send_kafka(&mut grpc, kafka(&brokers, &topic, "after")).await;
+        if answer.error_no == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", answer.error_message);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = report(&ops).await;
+    let producer = &after.producers[0];
+    assert!(producer.restarts >= 1, "{producer:?}");
+    assert!(producer.sent >= 2 && producer.failed >= 1, "{producer:?}");
+    assert!(producer.last_error.is_some());
+    let samples = metrics(&ops).await;
+    let restarts = per_target(&samples, "ferry_producer_restarts_total", &brokers);
+    assert_eq!(restarts, producer.restarts as f64);
+    daemon.stop().unwrap();
+}
+
+#[test]
+fn ferry_check_says_serving_or_not_in_one_line() {
+    let daemon = serve(&free_address());
+    let live = ferry(&["check", "--address", &daemon.address])
+        .output()
+        .unwrap();
+    assert_eq!(live.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&live.stdout);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains("serving"), "{line}");
+
+    let stats = ferry(&["stats", "--http", &daemon.ops_address])
+        .output()
+        .unwrap();
+    assert_eq!(stats.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&stats.stdout).contains("KIND"));
+
+    let dead = free_address();
+    let down = ferry(&["check", "--address", &dead]).output().unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&down.stdout);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains("down"), "{line}");
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn the_pid_file_is_written_guarded_and_removed() {
+    let dir = std::env::temp_dir().join(unique("ferry-pid"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("ferry.pid");
+    let config = dir.join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!("[ops]\npid_file = {:?}\n", pid_file.to_str().unwrap()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let daemon = serve_with(&free_address(), &["--config", config]);
+    let written: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, daemon.pid());
+    // A second daemon with the same pid file refuses to start.
+    let second = ferry(&["serve", "--listen", &free_address(), "--config", config])
+        .args(["--ops-listen", &free_address()])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("is another ferry serving"));
+    assert_eq!(daemon.terminate().0, Some(0));
+    assert!(!pid_file.exists(), "removed at exit");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_nothing_that_was_answered_delivered() {
+    const SENDERS: usize = 32;
+    let daemon = serve(&free_address());
+    let url = shared_amqp_url();
+    let exchange = unique("ferry.test.drain");
+    let queue = unique("drain");
+    amqp::bind_queue(&url, &exchange, &queue, "#").await;
+    let endpoint = format!("http://{}", daemon.address);
+
+    // Senders on 4 connections, each sending one message after another until the
+    // daemon stops answering; every answer is recorded.
+    let mut tasks = Vec::new();
+    for sender in 0..SENDERS {
+        let endpoint = endpoint.clone();
+        let (url, exchange) = (url.clone(), exchange.clone());
+        tasks.push(tokio::spawn(async move {
+            let channel = tonic::transport::Channel::from_shared(endpoint)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut grpc = ferry::proto::message_broker_client::MessageBrokerClient::new(channel);
+            let mut answers = Vec::new();
+            for i in 0.. {
+                let body = format!("{sender}-{i}");
+                let request = rabbitmq(&url, &exchange, "drain", body.clone());
+                match grpc.send_rabbit_mq_message(request).await {
+                    Ok(answer) => answers.push((body, Some(answer.into_inner().error_no))),
+                    Err(_) => {
+                        answers.push((body, None));
+                        break;
+                    }
+                }
+                if answers.last().is_some_and(|(_, code)| *code == Some(6)) {
+                    break;
+                }
+            }
+            answers
+        }));
+        if sender % (SENDERS / 4) == SENDERS / 4 - 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let signalled = Instant::now();
+    let exit = tokio::task::spawn_blocking(move || daemon.terminate());
+    let mut answered = Vec::new();
+    for task in tasks {
+        answered.extend(task.await.unwrap());
+    }
+    let (code, took) = exit.await.unwrap();
+    assert_eq!(code, Some(0), "exit code after SIGTERM");
+    assert!(
+        took < Duration::from_secs(7),
+        "exit took {took:?} (grace 7 s)"
+    );
+
+    let delivered: BTreeSet<Vec<u8>> = answered
+        .iter()
+        .filter(|(_, code)| *code == Some(0))
+        .map(|(body, _)| body.clone().into_bytes())
+        .collect();
+    let refused = answered.iter().filter(|(_, code)| *code == Some(6)).count();
+    let cut = answered.iter().filter(|(_, code)| code.is_none()).count();
+    let other: Vec<_> = answered
+        .iter()
+        .filter(|(_, code)| !matches!(code, None | Some(0) | Some(6)))
+        .collect();
+    assert!(other.is_empty(), "unexpected answers: {other:?}");
+    assert!(
+        delivered.len() > 100,
+        "load was sustained: {}",
+        delivered.len()
+    );
+    let received = amqp::read_queue(&url, &queue, delivered.len(), Duration::from_secs(10)).await;
+    let received: BTreeSet<Vec<u8>> = received.into_iter().map(|m| m.data).collect();
+    let missing: Vec<_> = delivered.difference(&received).collect();
+    assert!(
+        missing.is_empty(),
+        "answered 0 but not in the broker: {missing:?}"
+    );
+    println!(
+        "drain: {} answered 0 (all in the broker), {refused} answered 6, {cut} calls refused \
+         at the transport after the stop; exit 0 after {took:?} ({:?} since SIGTERM)",
+        delivered.len(),
+        signalled.elapsed()
+    );
+}
+
+#[test]
+fn messages_still_waiting_when_the_grace_ends_are_answered_shutting_down() {
+    // A Kafka "broker" that accepts TCP and never answers: a message to it waits for
+    // its whole policy budget (6 s), longer than this daemon's 500 ms grace.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole = black_hole.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(unique("ferry-grace"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("ferry.toml");
+    std::fs::write(&config, "[server]\nshutdown_grace_ms = 500\n").unwrap();
+    let daemon = serve_with(&free_address(), &["--config", config.to_str().unwrap()]);
+    let sending = ferry(&[
+        "send",
+        "kafka",
+        "--brokers",
+        &hole,
+        "--topic",
+        "t",
+        "--data",
+        "x",
+    ])
+    .args([
+        "--proxy",
+        &daemon.address,
+        "--attempts",
+        "1",
+        "--attempt-timeout-ms",
+        "10000",
+    ])
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, took) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    let output = sending.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("error_no 6"), "{stderr}");
+    drop(black_hole);
+    std::fs::remove_dir_all(dir).unwrap();
+}

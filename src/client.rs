@@ -412,7 +412,7 @@ async fn call(
 
 /// An error and its sources, joined by ": " (tonic's transport error alone says only
 /// "transport error").
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

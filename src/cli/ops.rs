@@ -58,7 +58,10 @@ pub fn check(args: CheckArgs) -> ExitCode {
     let started = Instant::now();
     let asked = block_on(async move {
         tokio::time::timeout(limit, async {
-            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| crate::client::chain(&e))?;
             let request = HealthCheckRequest {
                 service: HEALTH_SERVICE.to_owned(),
             };

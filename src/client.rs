@@ -61,6 +61,9 @@ pub enum ClientError {
     /// A daemon address is not `host:port`.
     #[error("invalid ferry daemon address {0:?} (expected host:port)")]
     Address(String),
+    /// The bearer token cannot be sent in a header.
+    #[error("the bearer token must be printable ASCII")]
+    Token,
 }
 
 /// Why one attempt on one daemon failed.
@@ -200,6 +203,8 @@ pub struct Client {
     policy: RetryPolicy,
     /// An overall limit, when shorter than the policy's bound.
     deadline: Option<Duration>,
+    /// `authorization` header value for daemons that require a bearer token.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Client {
@@ -237,7 +242,17 @@ impl Client {
             daemons,
             policy,
             deadline,
+            authorization: None,
         })
+    }
+
+    /// Sends `token` as `authorization: Bearer <token>` with every call.
+    pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Token)?;
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     /// The longest [`Client::send`] can take, connection set-up and name lookup included
@@ -300,7 +315,13 @@ impl Client {
             if let Some(deadline) = deadline {
                 limit = limit.min(deadline.saturating_duration_since(started));
             }
-            let outcome = attempt(daemon, &mut channel, destination, data, limit).await;
+            let call = Call {
+                destination,
+                data,
+                limit,
+                authorization: self.authorization.as_ref(),
+            };
+            let outcome = attempt(daemon, &mut channel, call).await;
             let error = match outcome {
                 Ok(()) => return Ok(n),
                 Err(error) => error,
@@ -329,10 +350,9 @@ impl Client {
 async fn attempt(
     daemon: &Daemon,
     channel: &mut Option<Channel>,
-    destination: &Destination,
-    data: &Bytes,
-    limit: Duration,
+    call: Call<'_>,
 ) -> Result<(), AttemptError> {
+    let limit = call.limit;
     let deadline = tokio::time::Instant::now() + limit;
     let connected = match channel {
         Some(channel) => channel.clone(),
@@ -347,66 +367,88 @@ async fn attempt(
             connected
         }
     };
-    tokio::time::timeout_at(deadline, call(connected, destination, data, limit))
+    tokio::time::timeout_at(deadline, call.run(connected))
         .await
         .unwrap_or(Err(AttemptError::Timeout(limit)))
 }
 
-/// The gRPC call of one attempt.
-async fn call(
-    connected: Channel,
-    destination: &Destination,
-    data: &Bytes,
+/// One gRPC call: what to send, within what time, with what credentials.
+struct Call<'a> {
+    /// Where the message goes.
+    destination: &'a Destination,
+    /// The payload.
+    data: &'a Bytes,
+    /// The attempt's time limit, also sent as grpc-timeout.
     limit: Duration,
-) -> Result<(), AttemptError> {
-    let mut client = MessageBrokerClient::new(connected);
-    let message = Some(proto::Message { data: data.clone() });
-    let response = match destination {
-        Destination::Kafka { brokers, topic } => {
-            let mut request = tonic::Request::new(KafkaMessage {
-                target: Some(proto::KafkaTarget {
-                    brokers: brokers.clone(),
-                    topic: topic.clone(),
-                }),
-                message,
-            });
-            // Tells the daemon when the client stops waiting (the grpc-timeout header).
-            request.set_timeout(limit);
-            client.send_kafka_message(request).await
+    /// The `authorization` header, if the daemon needs one.
+    authorization: Option<&'a tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Call<'_> {
+    /// Makes the call on `connected`.
+    async fn run(self, connected: Channel) -> Result<(), AttemptError> {
+        let Self {
+            destination,
+            data,
+            limit,
+            authorization,
+        } = self;
+        let prepare = |request: &mut tonic::metadata::MetadataMap| {
+            if let Some(value) = authorization {
+                request.insert("authorization", value.clone());
+            }
+        };
+        let mut client = MessageBrokerClient::new(connected);
+        let message = Some(proto::Message { data: data.clone() });
+        let response = match destination {
+            Destination::Kafka { brokers, topic } => {
+                let mut request = tonic::Request::new(KafkaMessage {
+                    target: Some(proto::KafkaTarget {
+                        brokers: brokers.clone(),
+                        topic: topic.clone(),
+                    }),
+                    message,
+                });
+                // Tells the daemon when the client stops waiting (the grpc-timeout header).
+                request.set_timeout(limit);
+                prepare(request.metadata_mut());
+                client.send_kafka_message(request).await
+            }
+            Destination::RabbitMq {
+                server,
+                exchange,
+                routing_key,
+            } => {
+                let mut request = tonic::Request::new(RabbitMqMessage {
+                    target: Some(proto::RabbitMqTarget {
+                        server: server.clone(),
+                        exchange: exchange.clone(),
+                        route_key: routing_key.clone(),
+                    }),
+                    message,
+                });
+                request.set_timeout(limit);
+                prepare(request.metadata_mut());
+                client.send_rabbit_mq_message(request).await
+            }
         }
-        Destination::RabbitMq {
-            server,
-            exchange,
-            routing_key,
-        } => {
-            let mut request = tonic::Request::new(RabbitMqMessage {
-                target: Some(proto::RabbitMqTarget {
-                    server: server.clone(),
-                    exchange: exchange.clone(),
-                    route_key: routing_key.clone(),
-                }),
-                message,
-            });
-            request.set_timeout(limit);
-            client.send_rabbit_mq_message(request).await
+        .map_err(|status| {
+            if status.code() == tonic::Code::DeadlineExceeded
+                || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
+            {
+                AttemptError::Timeout(limit)
+            } else {
+                AttemptError::Rpc(status)
+            }
+        })?
+        .into_inner();
+        match response.error_no {
+            0 => Ok(()),
+            error_no => Err(AttemptError::Answered {
+                error_no,
+                message: response.error_message,
+            }),
         }
-    }
-    .map_err(|status| {
-        if status.code() == tonic::Code::DeadlineExceeded
-            || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
-        {
-            AttemptError::Timeout(limit)
-        } else {
-            AttemptError::Rpc(status)
-        }
-    })?
-    .into_inner();
-    match response.error_no {
-        0 => Ok(()),
-        error_no => Err(AttemptError::Answered {
-            error_no,
-            message: response.error_message,
-        }),
     }
 }
 

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_actors::policy::PolicyError;
+use ferry_actors::target::normalise_host_port;
 use ferry_actors::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings, RetryPolicy};
 use serde::Deserialize;
+
+use crate::access::{Access, Allowlist, Exchanges};
 
 /// The address the daemon listens on when no config says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:33383";
@@ -30,6 +33,8 @@ pub struct Config {
     pub rabbitmq: RabbitMqConfig,
     /// The operations endpoint and process housekeeping.
     pub ops: OpsConfig,
+    /// Which targets requests may name, and the bearer token.
+    pub access: AccessConfig,
 }
 
 /// `[server]`: the gRPC ingress.
@@ -47,6 +52,8 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long messages in flight may take to finish, in milliseconds;
     /// those still unanswered then are answered error_no 6.
     pub shutdown_grace_ms: u64,
+    /// Most client connections open at once; beyond it a new connection is closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +64,7 @@ impl Default for ServerConfig {
             max_message_bytes: default_max_message_bytes(),
             max_in_flight: 20_000,
             shutdown_grace_ms: 7_000,
+            max_connections: 4_096,
         }
     }
 }
@@ -83,6 +91,30 @@ impl Default for OpsConfig {
 /// 4 MiB, tonic's own default bound of a decoded request.
 const fn default_max_message_bytes() -> usize {
     4 * 1024 * 1024
+}
+
+/// `[access]`: which targets requests may name, and the bearer token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Allow any target even when listening beyond loopback (no allowlist).
+    pub allow_any_target: bool,
+    /// Kafka bootstrap addresses (`host:port`) requests may name.
+    pub kafka_brokers: Vec<String>,
+    /// RabbitMQ servers requests may name, with their exchanges.
+    pub rabbitmq: Vec<RabbitMqAccess>,
+    /// File holding the bearer token clients must send ("" = no token).
+    pub token_file: String,
+}
+
+/// One `[[access.rabbitmq]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitMqAccess {
+    /// `host:port` of the server (port 5672 if omitted).
+    pub server: String,
+    /// Exchanges allowed on it; `"*"` allows any.
+    pub exchanges: Vec<String>,
 }
 
 /// `[policy]`: attempt n may take n × `timeout_step_ms`; at most `max_attempts` attempts.
@@ -222,10 +254,16 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// How long messages in flight may take to finish once shutdown began.
     pub shutdown_grace: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// Address of the HTTP operations endpoint.
     pub ops_listen: SocketAddr,
     /// Where to write the process id, if anywhere.
     pub pid_file: Option<PathBuf>,
+    /// Which targets requests may name.
+    pub access: Access,
+    /// The bearer token clients must send, if any.
+    pub token: Option<String>,
     /// The retry policy.
     pub policy: RetryPolicy,
     /// Producer settings.
@@ -273,6 +311,7 @@ impl Config {
         }
         positive("server.max_in_flight", self.server.max_in_flight)?;
         positive("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?;
+        positive("server.max_connections", self.server.max_connections)?;
         let ops_listen = self.ops.listen.parse().map_err(|_| {
             invalid(
                 "ops.listen",
@@ -287,6 +326,9 @@ impl Config {
             PolicyError::ZeroStep => invalid("policy.timeout_step_ms", "must be greater than 0"),
             PolicyError::Attempts(_) => invalid("policy.max_attempts", &e.to_string()),
         })?;
+
+        let access = self.access.validate(listen)?;
+        let token = read_token(&self.access.token_file)?;
 
         let p = &self.producers;
         positive("producers.max_targets", p.max_targets)?;
@@ -334,8 +376,11 @@ impl Config {
             max_message_bytes,
             max_in_flight: self.server.max_in_flight,
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
+            max_connections: self.server.max_connections,
             ops_listen,
             pid_file: (!self.ops.pid_file.is_empty()).then(|| PathBuf::from(self.ops.pid_file)),
+            access,
+            token,
             policy,
             producer: ProducerSettings {
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
@@ -353,6 +398,87 @@ impl Config {
             },
         })
     }
+}
+
+impl AccessConfig {
+    /// The access rule: the allowlist if one is given; any target on loopback; refused
+    /// beyond loopback unless `allow_any_target` says so.
+    fn validate(&self, listen: SocketAddr) -> Result<Access, ConfigError> {
+        let invalid = |field, reason: String| ConfigError::Invalid { field, reason };
+        let listed = !self.kafka_brokers.is_empty() || !self.rabbitmq.is_empty();
+        if self.allow_any_target {
+            if listed {
+                return Err(invalid(
+                    "access.allow_any_target",
+                    "cannot be true together with an allowlist; choose one".into(),
+                ));
+            }
+            return Ok(Access::Any);
+        }
+        if !listed {
+            if listen.ip().is_loopback() {
+                return Ok(Access::Any);
+            }
+            return Err(invalid(
+                "access",
+                format!(
+                    "listening on {listen}, beyond loopback, needs an allowlist \
+                     (kafka_brokers, rabbitmq) or allow_any_target = true"
+                ),
+            ));
+        }
+        let mut list = Allowlist::default();
+        for broker in &self.kafka_brokers {
+            let broker = normalise_host_port(broker)
+                .map_err(|e| invalid("access.kafka_brokers", e.reason))?;
+            list.kafka_brokers.insert(broker);
+        }
+        for entry in &self.rabbitmq {
+            let server = if entry
+                .server
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                entry.server.clone()
+            } else {
+                format!("{}:5672", entry.server)
+            };
+            let server = normalise_host_port(&server)
+                .map_err(|e| invalid("access.rabbitmq.server", e.reason))?;
+            if entry.exchanges.is_empty() {
+                return Err(invalid(
+                    "access.rabbitmq.exchanges",
+                    format!("{server}: list the exchanges allowed, or \"*\" for any"),
+                ));
+            }
+            let exchanges = if entry.exchanges.iter().any(|e| e == "*") {
+                Exchanges::Any
+            } else {
+                Exchanges::Only(entry.exchanges.iter().cloned().collect())
+            };
+            list.rabbitmq.insert(server, exchanges);
+        }
+        Ok(Access::Only(list))
+    }
+}
+
+/// Reads the bearer token from `path` ("" = no token).
+fn read_token(path: &str) -> Result<Option<String>, ConfigError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: PathBuf::from(path),
+        source,
+    })?;
+    let token = text.trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid {
+            field: "access.token_file",
+            reason: format!("{path}: the token must be at least 16 printable characters"),
+        });
+    }
+    Ok(Some(token.to_owned()))
 }
 
 /// Refuses a zero where only a positive bound makes sense.
@@ -402,6 +528,23 @@ mod tests {
     }
 
     #[test]
+    fn beyond_loopback_an_allowlist_or_an_explicit_any_is_needed() {
+        let open = parse("[server]\nlisten = \"0.0.0.0:1\"\n[access]\nallow_any_target = true");
+        assert_eq!(open.unwrap().access, Access::Any);
+        let listed = parse(
+            "[server]\nlisten = \"0.0.0.0:1\"\n[access]\nkafka_brokers = [\"K:9092\"]\n\
+             [[access.rabbitmq]]\nserver = \"MQ\"\nexchanges = [\"*\"]",
+        )
+        .unwrap();
+        let Access::Only(list) = listed.access else {
+            panic!("an allowlist")
+        };
+        assert!(list.kafka_brokers.contains("k:9092"));
+        assert_eq!(list.rabbitmq.get("mq:5672"), Some(&Exchanges::Any));
+        assert_eq!(parse("").unwrap().access, Access::Any, "loopback");
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let err = parse("[server]\nlisten_addr = \"x\"").unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
@@ -416,6 +559,19 @@ mod tests {
                 "server.shutdown_grace_ms",
             ),
             ("[ops]\nlisten = \"localhost\"", "ops.listen"),
+            ("[server]\nlisten = \"0.0.0.0:1\"", "access"),
+            (
+                "[access]\nallow_any_target = true\nkafka_brokers = [\"k:1\"]",
+                "access.allow_any_target",
+            ),
+            (
+                "[access]\nkafka_brokers = [\"nohost\"]",
+                "access.kafka_brokers",
+            ),
+            (
+                "[[access.rabbitmq]]\nserver = \"mq\"\nexchanges = []",
+                "access.rabbitmq.exchanges",
+            ),
             ("[policy]\nmax_attempts = 0", "policy.max_attempts"),
             ("[policy]\ntimeout_step_ms = 0", "policy.timeout_step_ms"),
             ("[producers]\nmax_targets = 0", "producers.max_targets"),

@@ -9,36 +9,51 @@ use ferry_actors::{ForwardError, Forwarder, ProduceError};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::access::Access;
 use crate::proto::message_broker_server::MessageBroker;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
 use crate::wire::{self, Failure, SendRequest};
+
+/// Requests refused before forwarding, by reason.
+#[derive(Debug, Default)]
+pub struct Refused {
+    /// Invalid requests (`error_no` 1).
+    pub invalid: AtomicU64,
+    /// Targets outside the allowlist (`error_no` 7).
+    pub not_allowed: AtomicU64,
+}
 
 /// The `MessageBroker` service over a [`Forwarder`].
 pub struct Ingress {
     /// Where messages go.
     forwarder: Arc<Forwarder>,
+    /// Which targets requests may name.
+    access: Arc<Access>,
     /// Largest payload accepted.
     max_message_bytes: usize,
-    /// Requests refused as invalid.
-    invalid: Arc<AtomicU64>,
+    /// Requests refused before forwarding.
+    refused: Arc<Refused>,
     /// Becomes true when the shutdown grace period ends: requests still waiting for their
     /// broker are answered "shutting down" instead of being cut off.
     abort: watch::Receiver<bool>,
 }
 
 impl Ingress {
-    /// A service forwarding through `forwarder`, counting invalid requests in `invalid`
-    /// and answering what is still in flight when `abort` becomes true.
+    /// A service forwarding through `forwarder` the requests `access` allows, counting
+    /// refusals in `refused` and answering what is still in flight when `abort` becomes
+    /// true.
     pub fn new(
         forwarder: Arc<Forwarder>,
+        access: Arc<Access>,
         max_message_bytes: usize,
-        invalid: Arc<AtomicU64>,
+        refused: Arc<Refused>,
         abort: watch::Receiver<bool>,
     ) -> Self {
         Self {
             forwarder,
+            access,
             max_message_bytes,
-            invalid,
+            refused,
             abort,
         }
     }
@@ -50,6 +65,11 @@ impl Ingress {
     ) -> proto::Response {
         let started = Instant::now();
         let outcome = match request {
+            Ok(request) if let Err(refusal) = self.access.check(&request.target) => {
+                self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
+                log::warn!("Request refused error={refusal}");
+                Err(Failure::NotAllowed(refusal))
+            }
             Ok(request) => {
                 let forward =
                     self.forwarder
@@ -71,7 +91,7 @@ impl Ingress {
                 result
             }
             Err(invalid) => {
-                self.invalid.fetch_add(1, Ordering::Relaxed);
+                self.refused.invalid.fetch_add(1, Ordering::Relaxed);
                 log::info!("Request refused error={invalid}");
                 Err(Failure::Invalid(invalid))
             }

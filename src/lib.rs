@@ -1,6 +1,7 @@
 //! ferry: a daemon that accepts messages over gRPC on a supercomputer's login node and
 //! forwards them to Kafka or RabbitMQ, and the client job scripts call.
 //!
+//! - [`access`]: the target allowlist and the bearer token.
 //! - [`config`]: the TOML configuration, validated into [`config::Settings`].
 //! - [`server`]: the runtime (actix arbiters serving gRPC on SO_REUSEPORT listeners).
 //! - [`ingress`]: the `messagebroker.MessageBroker` gRPC service.
@@ -15,9 +16,11 @@
 //! The forwarding itself (producer actors, supervisor, retry policy) is the
 //! `ferry-actors` crate, which knows nothing of gRPC.
 
+pub mod access;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod direct;
 pub mod envelope;
 pub mod http;

@@ -74,9 +74,19 @@ impl Collector for Snapshot {
                 totals.invalid,
             ),
             (
+                "requests_not_allowed",
+                "Requests naming a target outside the allowlist since start.",
+                totals.not_allowed,
+            ),
+            (
                 "attempts_retried",
                 "Attempts beyond the first since start.",
                 totals.retried,
+            ),
+            (
+                "connections_refused",
+                "Client connections closed at once because max_connections was reached.",
+                totals.connections_refused,
             ),
             (
                 "producer_evictions",

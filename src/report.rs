@@ -9,6 +9,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ferry_actors::{Forwarder, StatsSnapshot};
 use serde::{Deserialize, Serialize};
 
+use crate::connections::ConnectionLimit;
+use crate::ingress::Refused;
+
 /// The whole daemon at one moment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -37,12 +40,18 @@ pub struct Totals {
     pub failed: u64,
     /// Requests refused as invalid (`error_no` 1).
     pub invalid: u64,
+    /// Requests naming a target outside the allowlist (`error_no` 7).
+    pub not_allowed: u64,
     /// Attempts beyond the first.
     pub retried: u64,
     /// Producers evicted to make room for new targets.
     pub evictions: u64,
     /// Producers cached now.
     pub producers: u64,
+    /// Client connections open now.
+    pub connections: u64,
+    /// Client connections closed at once because `max_connections` was reached.
+    pub connections_refused: u64,
 }
 
 /// One producer actor.
@@ -111,8 +120,10 @@ impl Producer {
 pub struct Source {
     /// The forwarding core.
     pub forwarder: Arc<Forwarder>,
-    /// Requests refused as invalid, counted by the ingress.
-    pub invalid: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests refused before forwarding, counted by the ingress.
+    pub refused: Arc<Refused>,
+    /// The client connections.
+    pub connections: ConnectionLimit,
     /// When the daemon started, by the wall clock.
     pub started_at: SystemTime,
     /// When the daemon started, by the monotonic clock.
@@ -121,10 +132,15 @@ pub struct Source {
 
 impl Source {
     /// A source for a daemon starting now.
-    pub fn new(forwarder: Arc<Forwarder>, invalid: Arc<std::sync::atomic::AtomicU64>) -> Self {
+    pub fn new(
+        forwarder: Arc<Forwarder>,
+        refused: Arc<Refused>,
+        connections: ConnectionLimit,
+    ) -> Self {
         Self {
             forwarder,
-            invalid,
+            refused,
+            connections,
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
@@ -146,10 +162,13 @@ impl Source {
             totals: Totals {
                 sent: totals.sent.load(Ordering::Relaxed),
                 failed: totals.failed.load(Ordering::Relaxed),
-                invalid: self.invalid.load(Ordering::Relaxed),
+                invalid: self.refused.invalid.load(Ordering::Relaxed),
+                not_allowed: self.refused.not_allowed.load(Ordering::Relaxed),
                 retried: totals.retried.load(Ordering::Relaxed),
                 evictions: registry.evictions(),
                 producers: producers.len() as u64,
+                connections: self.connections.open(),
+                connections_refused: self.connections.refused(),
             },
             producers,
         }

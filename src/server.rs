@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -12,13 +12,16 @@ use actix_rt::{Arbiter, System};
 use ferry_actors::{Forwarder, Registry};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::access::TokenCheck;
 use crate::config::Settings;
-use crate::ingress::Ingress;
+use crate::connections::ConnectionLimit;
+use crate::ingress::{Ingress, Refused};
 use crate::proto::message_broker_server::MessageBrokerServer;
 use crate::report::Source;
 
@@ -247,6 +250,20 @@ fn run_system(
     result
 }
 
+/// Raises the soft open-file limit so `max_connections` connections fit, with room for
+/// broker connections and files; warns when the hard limit does not allow it.
+fn raise_open_file_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 1024;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => log::warn!(
+            "Open-file limit {limit} is below max_connections + 1024 = {wanted}; \
+             connections may fail before max_connections is reached"
+        ),
+        Ok(_) => {}
+        Err(error) => log::warn!("Cannot raise the open-file limit: {error}"),
+    }
+}
+
 /// The daemon's "serving" flag as seen by `/healthz` and grpc.health.v1.
 struct Health {
     /// Read by `/healthz`.
@@ -287,8 +304,12 @@ async fn serve(
         settings.policy,
         settings.max_in_flight,
     ));
-    let invalid = Arc::new(AtomicU64::new(0));
-    let source = Source::new(forwarder.clone(), invalid.clone());
+    let refused = Arc::new(Refused::default());
+    let connections = ConnectionLimit::new(settings.max_connections);
+    raise_open_file_limit(settings.max_connections);
+    let source = Source::new(forwarder.clone(), refused.clone(), connections.clone());
+    let access = Arc::new(settings.access.clone());
+    let token_check = TokenCheck::new(settings.token.clone());
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {
         serving: Arc::new(AtomicBool::new(false)),
@@ -302,12 +323,16 @@ async fn serve(
     for (arbiter, listener) in arbiters.iter().zip(listeners) {
         let ingress = Ingress::new(
             forwarder.clone(),
+            access.clone(),
             settings.max_message_bytes,
-            invalid.clone(),
+            refused.clone(),
             abort_rx.clone(),
         );
-        let service = MessageBrokerServer::new(ingress)
-            .max_decoding_message_size(settings.max_message_bytes + REQUEST_OVERHEAD_BYTES);
+        let service = InterceptedService::new(
+            MessageBrokerServer::new(ingress)
+                .max_decoding_message_size(settings.max_message_bytes + REQUEST_OVERHEAD_BYTES),
+            token_check.clone(),
+        );
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -316,11 +341,13 @@ async fn serve(
         let mut shutdown = shutdown_rx.clone();
         let done_tx = done_tx.clone();
         let addr = settings.listen;
+        let connections = connections.clone();
         arbiter.spawn(async move {
             let served = async move {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .map_err(|source| ServeError::Bind { addr, source })?;
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming =
+                    connections.apply(TcpIncoming::from(listener).with_nodelay(Some(true)));
                 let shutdown = async move {
                     let _ = shutdown.wait_for(|stop| *stop).await;
                 };
@@ -358,12 +385,13 @@ async fn serve(
     });
 
     log::info!(
-        "Serving gRPC on {} ({} workers), stats on http://{}/stats; limits: max_in_flight={} \
+        "Serving gRPC on {} ({} workers), stats on http://{}/stats; limits: max_connections={} max_in_flight={} \
          max_in_flight_per_target={} max_targets={} max_message_bytes={} policy={}x{}ms \
-         shutdown_grace_ms={}",
+         shutdown_grace_ms={}; access: {}; bearer token {}",
         settings.listen,
         arbiters.len(),
         settings.ops_listen,
+        settings.max_connections,
         settings.max_in_flight,
         settings.producer.max_in_flight_per_target,
         settings.registry.max_targets,
@@ -371,6 +399,12 @@ async fn serve(
         settings.policy.max_attempts(),
         settings.policy.attempt_timeout(1).as_millis(),
         settings.shutdown_grace.as_millis(),
+        settings.access,
+        if settings.token.is_some() {
+            "required"
+        } else {
+            "not required"
+        },
     );
     let _ = ready.send(forwarder.clone());
 

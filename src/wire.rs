@@ -25,6 +25,8 @@ pub enum ErrorNo {
     Overloaded = 5,
     /// The daemon is stopping.
     ShuttingDown = 6,
+    /// The target is not in the daemon's allowlist.
+    NotAllowed = 7,
 }
 
 impl ErrorNo {
@@ -38,6 +40,7 @@ impl ErrorNo {
             Self::Unavailable,
             Self::Overloaded,
             Self::ShuttingDown,
+            Self::NotAllowed,
         ]
         .into_iter()
         .find(|code| *code as i32 == value)
@@ -72,6 +75,9 @@ pub enum Failure {
     /// Refused before forwarding.
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),
+    /// The target is not in the allowlist; nothing was connected.
+    #[error(transparent)]
+    NotAllowed(#[from] crate::access::NotAllowed),
     /// Forwarded and not delivered.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -82,6 +88,7 @@ impl Failure {
     pub fn error_no(&self) -> ErrorNo {
         match self {
             Self::Invalid(_) => ErrorNo::InvalidRequest,
+            Self::NotAllowed(_) => ErrorNo::NotAllowed,
             Self::Forward(e) => ErrorNo::of(&e.last),
         }
     }
@@ -234,10 +241,12 @@ mod tests {
         assert_eq!(code(forward(ProduceError::Unavailable("x".into()))), 4);
         assert_eq!(code(forward(ProduceError::Overloaded("x".into()))), 5);
         assert_eq!(code(forward(ProduceError::ShuttingDown)), 6);
-        for value in 0..=6 {
+        let not_allowed = crate::access::NotAllowed("x".into());
+        assert_eq!(code(Err(not_allowed.into())), 7);
+        for value in 0..=7 {
             assert_eq!(ErrorNo::from_wire(value).map(|c| c as i32), Some(value));
         }
-        assert_eq!(ErrorNo::from_wire(7), None);
+        assert_eq!(ErrorNo::from_wire(8), None);
         assert_eq!(ErrorNo::from_wire(-1), None);
         let answer = response(&forward(ProduceError::Unavailable("refused".into())));
         assert_eq!(

@@ -62,6 +62,14 @@ impl AmqpLink {
             .map_err(|e| ProduceError::Rejected(format!("invalid AMQP URL: {e}")))?;
         let properties = ConnectionProperties::default()
             .with_connection_name(settings.connection_name.clone().into());
+        // lapin 4.12 leaks two tasks (about 10 KiB) whenever its own TCP connect fails: its
+        // I/O thread returns before stopping its internal RPC task. Reaching the server
+        // first means lapin is only asked to connect where a listener answered, so a
+        // broker that is down costs nothing however often it is retried.
+        let server = (uri.authority.host.as_str(), uri.authority.port);
+        drop(tokio::net::TcpStream::connect(server).await.map_err(|e| {
+            ProduceError::Unavailable(format!("cannot connect to {}: {e}", target.server()))
+        })?);
         let connection = Connection::connect_uri(uri, properties)
             .await
             .map_err(|e| classify(&e))?;

@@ -96,6 +96,11 @@ impl KafkaTarget {
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
     }
+
+    /// Each normalised `host:port` address.
+    pub fn brokers(&self) -> impl Iterator<Item = &str> {
+        self.bootstrap.split(',')
+    }
 }
 
 impl fmt::Debug for KafkaTarget {
@@ -104,8 +109,9 @@ impl fmt::Debug for KafkaTarget {
     }
 }
 
-/// Checks one `host:port` address and lower-cases its host.
-fn normalise_host_port(addr: &str) -> Result<String, InvalidRequest> {
+/// Checks one `host:port` address and lower-cases its host (the form targets are compared
+/// in).
+pub fn normalise_host_port(addr: &str) -> Result<String, InvalidRequest> {
     let bad = |reason: String| InvalidRequest::new("brokers", reason);
     let (host, port) = addr
         .rsplit_once(':')
@@ -134,6 +140,8 @@ fn normalise_host_port(addr: &str) -> Result<String, InvalidRequest> {
 pub struct AmqpTarget {
     /// The URL as the sender gave it (credentials included; never shown).
     url: String,
+    /// The server's `host:port` (host lower-cased, port 5672 unless given).
+    server: String,
     /// The exchange messages are published to.
     exchange: String,
 }
@@ -158,8 +166,15 @@ impl AmqpTarget {
             ));
         }
         validate_exchange(exchange)?;
+        let host = parsed.authority.host.to_ascii_lowercase();
+        let server = if host.contains(':') {
+            format!("[{host}]:{}", parsed.authority.port)
+        } else {
+            format!("{host}:{}", parsed.authority.port)
+        };
         Ok(Self {
             url: url.to_owned(),
+            server,
             exchange: exchange.to_owned(),
         })
     }
@@ -172,6 +187,11 @@ impl AmqpTarget {
     /// The URL with its password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
+    }
+
+    /// The server's `host:port`, host lower-cased, port 5672 unless the URL gives one.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// The exchange messages are published to.

@@ -13,7 +13,9 @@ use ferry_actors::target::validate_routing_key;
 use ferry_actors::{AmqpTarget, RetryPolicy};
 use serde::Serialize;
 
-use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons};
+use super::{
+    EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, TokenArgs, block_on, fail, policy, through_daemons,
+};
 use crate::client::Destination;
 use crate::config::DEFAULT_LISTEN;
 use crate::direct;
@@ -79,6 +81,9 @@ pub struct EventTargetArgs {
     /// Time limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The bearer token (with --with-broker).
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Print the message (indented JSON) on standard output and send nothing.
     /// Example: --disable-send
     #[arg(long)]
@@ -212,7 +217,8 @@ fn deliver<T: Serialize>(
         return through_daemons(
             &target.broker_address,
             policy,
-            target.limits.timeout_ms,
+            &target.limits,
+            &target.token,
             &destination,
             payload,
         );

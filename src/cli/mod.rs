@@ -107,6 +107,27 @@ pub struct LimitArgs {
     pub timeout_ms: Option<u64>,
 }
 
+/// The bearer token of daemons that require one.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// File holding the bearer token the daemons require ([access] token_file).
+    /// Example: --token-file ~/.ferry/token
+    #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token, read from its file.
+    fn read(&self) -> Result<Option<String>, ExitCode> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(path)
+            .map(|text| Some(text.trim().to_owned()))
+            .map_err(|e| fail(EXIT_USAGE, format!("cannot read {}: {e}", path.display())))
+    }
+}
+
 /// Prints `message` as the one line a client command writes on failure and returns `code`.
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     let line = message.to_string().replace(['\n', '\r'], " ");
@@ -133,11 +154,21 @@ fn block_on<F: Future>(future: F) -> Result<F::Output, ExitCode> {
 fn through_daemons(
     proxies: &[String],
     policy: RetryPolicy,
-    timeout_ms: Option<u64>,
+    limits: &LimitArgs,
+    token: &TokenArgs,
     destination: &Destination,
     payload: Bytes,
 ) -> ExitCode {
-    let client = match Client::new(proxies, policy, timeout_ms.map(Duration::from_millis)) {
+    let token = match token.read() {
+        Ok(token) => token,
+        Err(code) => return code,
+    };
+    let deadline = limits.timeout_ms.map(Duration::from_millis);
+    let client = Client::new(proxies, policy, deadline).and_then(|client| match &token {
+        Some(token) => client.with_token(token),
+        None => Ok(client),
+    });
+    let client = match client {
         Ok(client) => client,
         Err(error) => return fail(EXIT_USAGE, error),
     };

@@ -158,7 +158,7 @@ pub async fn fetch(uri: Uri) -> Result<Bytes, String> {
 pub fn render(report: &Report) -> String {
     let t = &report.totals;
     let mut out = format!(
-        "ferry {} up {}s, {}; in flight {}; sent {} failed {} invalid {} retried {}; \
+        "ferry {} up {}s, {}; in flight {}; sent {} failed {} invalid {} not allowed {} retried {}; \
          producers {} evictions {}\n",
         report.version,
         report.uptime_s.round(),
@@ -171,6 +171,7 @@ pub fn render(report: &Report) -> String {
         t.sent,
         t.failed,
         t.invalid,
+        t.not_allowed,
         t.retried,
         t.producers,
         t.evictions

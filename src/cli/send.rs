@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 
-use super::{EXIT_USAGE, LimitArgs, fail, policy, through_daemons};
+use super::{EXIT_USAGE, LimitArgs, TokenArgs, fail, policy, through_daemons};
 use crate::client::Destination;
 use crate::config::DEFAULT_LISTEN;
 
@@ -129,6 +129,9 @@ pub struct DeliveryArgs {
     /// Time limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The bearer token.
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// Sends one message; exit 0 when delivered, 1 with one line on stderr when not, 2 for a
@@ -168,7 +171,8 @@ pub fn send(command: SendCommand) -> ExitCode {
     through_daemons(
         &delivery.proxy,
         policy,
-        delivery.limits.timeout_ms,
+        &delivery.limits,
+        &delivery.token,
         &destination,
         payload,
     )

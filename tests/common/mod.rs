@@ -15,13 +15,18 @@ use tonic::transport::Channel;
 
 pub mod process;
 
-/// Settings for a test daemon: defaults (the production policy), on a free port.
-pub fn settings() -> Settings {
+/// The config of a test daemon: defaults (the production policy), on free ports.
+pub fn config() -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.ops.listen = "127.0.0.1:0".into();
     config.server.workers = 2;
-    config.validate().expect("test settings")
+    config
+}
+
+/// [`config`], validated.
+pub fn settings() -> Settings {
+    config().validate().expect("test settings")
 }
 
 /// Starts a daemon with `settings`.

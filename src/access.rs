@@ -1,0 +1,205 @@
+//! Access control: which targets a request may name (so the daemon cannot be used to reach
+//! anything else on the site LAN), and the bearer token a client must present.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use ferry_actors::Target;
+use subtle::ConstantTimeEq;
+use tonic::{Request, Status};
+
+/// The targets requests may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Any target (the daemon listens on loopback only, or `allow_any_target = true`).
+    Any,
+    /// Only those listed.
+    Only(Allowlist),
+}
+
+/// Listed Kafka broker addresses and RabbitMQ servers with their exchanges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    /// Normalised `host:port` Kafka bootstrap addresses.
+    pub kafka_brokers: BTreeSet<String>,
+    /// Normalised RabbitMQ `host:port` → the exchanges allowed there.
+    pub rabbitmq: BTreeMap<String, Exchanges>,
+}
+
+/// The exchanges allowed on one RabbitMQ server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchanges {
+    /// Any exchange (`"*"`).
+    Any,
+    /// Only these.
+    Only(BTreeSet<String>),
+}
+
+/// A request named a target outside the allowlist; answered `error_no` 7.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("target not allowed: {0}")]
+pub struct NotAllowed(pub String);
+
+impl Access {
+    /// Whether a request may name `target`. Nothing is connected to decide it.
+    pub fn check(&self, target: &Target) -> Result<(), NotAllowed> {
+        let Self::Only(list) = self else {
+            return Ok(());
+        };
+        match target {
+            Target::Kafka(kafka) => {
+                match kafka.brokers().find(|b| !list.kafka_brokers.contains(*b)) {
+                    Some(broker) => Err(NotAllowed(format!(
+                        "Kafka broker {broker} is not in [access] kafka_brokers"
+                    ))),
+                    None => Ok(()),
+                }
+            }
+            Target::Amqp(amqp) => match list.rabbitmq.get(amqp.server()) {
+                None => Err(NotAllowed(format!(
+                    "RabbitMQ server {} is not in [access] rabbitmq",
+                    amqp.server()
+                ))),
+                Some(Exchanges::Only(names)) if !names.contains(amqp.exchange()) => {
+                    Err(NotAllowed(format!(
+                        "exchange {:?} is not allowed on {}",
+                        amqp.exchange(),
+                        amqp.server()
+                    )))
+                }
+                Some(_) => Ok(()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any target"),
+            Self::Only(list) => write!(
+                f,
+                "allowlist of {} Kafka brokers and {} RabbitMQ servers",
+                list.kafka_brokers.len(),
+                list.rabbitmq.len()
+            ),
+        }
+    }
+}
+
+/// Checks the `authorization: Bearer <token>` header of every ingress call when a token is
+/// configured (compared in constant time).
+#[derive(Clone)]
+pub struct TokenCheck {
+    /// The expected token, if any.
+    token: Option<Vec<u8>>,
+}
+
+impl TokenCheck {
+    /// A check for `token` (`None`: every call passes).
+    pub fn new(token: Option<String>) -> Self {
+        Self {
+            token: token.map(String::into_bytes),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match given {
+            Some(given) if bool::from(given.as_bytes().ct_eq(expected)) => Ok(request),
+            Some(_) => {
+                log::warn!("Call refused: wrong bearer token");
+                Err(Status::unauthenticated("wrong bearer token"))
+            }
+            None => {
+                log::warn!("Call refused: no bearer token");
+                Err(Status::unauthenticated(
+                    "this daemon needs a bearer token (authorization: Bearer …)",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_actors::{AmqpTarget, KafkaTarget};
+    use tonic::service::Interceptor;
+
+    fn list() -> Access {
+        let mut list = Allowlist::default();
+        list.kafka_brokers.insert("kafka1:9092".into());
+        list.kafka_brokers.insert("kafka2:9092".into());
+        list.rabbitmq.insert(
+            "mq1:5672".into(),
+            Exchanges::Only(["nwpc.operation.workflow".to_owned()].into()),
+        );
+        list.rabbitmq.insert("mq2:5673".into(), Exchanges::Any);
+        Access::Only(list)
+    }
+
+    fn kafka(brokers: &[&str]) -> Target {
+        Target::Kafka(KafkaTarget::try_new(brokers).unwrap())
+    }
+
+    fn amqp(url: &str, exchange: &str) -> Target {
+        Target::Amqp(AmqpTarget::try_new(url, exchange).unwrap())
+    }
+
+    #[test]
+    fn only_listed_targets_pass() {
+        let access = list();
+        assert!(access.check(&kafka(&["KAFKA1:9092"])).is_ok());
+        assert!(
+            access
+                .check(&kafka(&["kafka1:9092", "kafka2:9092"]))
+                .is_ok()
+        );
+        let error = access
+            .check(&kafka(&["kafka1:9092", "intranet:22"]))
+            .unwrap_err();
+        assert!(error.to_string().contains("intranet:22"), "{error}");
+        assert!(access.check(&kafka(&["kafka1:9093"])).is_err());
+
+        let workflow = "nwpc.operation.workflow";
+        assert!(access.check(&amqp("amqp://u:p@MQ1/%2f", workflow)).is_ok());
+        assert!(access.check(&amqp("amqp://mq1:5672", workflow)).is_ok());
+        assert!(access.check(&amqp("amqp://mq1:5672", "other")).is_err());
+        assert!(access.check(&amqp("amqp://mq1:5673", workflow)).is_err());
+        assert!(access.check(&amqp("amqp://mq2:5673", "anything")).is_ok());
+        assert!(access.check(&amqp("amqp://mq3", workflow)).is_err());
+        assert!(Access::Any.check(&kafka(&["intranet:22"])).is_ok());
+    }
+
+    fn call(check: &mut TokenCheck, header: Option<&str>) -> Result<(), tonic::Code> {
+        let mut request = Request::new(());
+        if let Some(header) = header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.parse().unwrap());
+        }
+        check.call(request).map(drop).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn the_token_is_required_when_configured() {
+        let mut open = TokenCheck::new(None);
+        assert_eq!(call(&mut open, None), Ok(()));
+        let mut guarded = TokenCheck::new(Some("s3cret".into()));
+        assert_eq!(call(&mut guarded, Some("Bearer s3cret")), Ok(()));
+        let unauthenticated = Err(tonic::Code::Unauthenticated);
+        assert_eq!(call(&mut guarded, None), unauthenticated);
+        assert_eq!(call(&mut guarded, Some("Bearer s3cre")), unauthenticated);
+        assert_eq!(call(&mut guarded, Some("s3cret")), unauthenticated);
+    }
+}

@@ -10,7 +10,7 @@
 //! | answered 2 (timeout) or 4 (broker unavailable)      | next attempt, same daemon     |
 //! | cannot connect, connection lost, any gRPC error     | next daemon                   |
 //! | answered 5 (overloaded) or 6 (shutting down)        | next daemon                   |
-//! | answered 1 (invalid request) or 3 (rejected)        | stop: no daemon would deliver |
+//! | answered 1 (invalid), 3 (rejected), 7 (not allowed) | stop: no daemon would deliver |
 //!
 //! A retry after an early failure waits [`RETRY_PAUSE`] (within the failed attempt's time)
 //! so a daemon that answers "unavailable" at once is not asked again at once. The whole
@@ -491,7 +491,7 @@ mod tests {
             assert!(!answered(code).retry_same_daemon(), "{code}");
             assert!(!answered(code).is_final(), "{code}");
         }
-        for code in [1, 3, 99] {
+        for code in [1, 3, 7, 99] {
             assert!(!answered(code).retry_same_daemon(), "{code}");
             assert!(answered(code).is_final(), "{code}");
         }

@@ -64,12 +64,36 @@ pub async fn bind_queue(url: &str, exchange: &str, queue: &str, binding_key: &st
 
 /// Takes up to `count` messages from `queue`, waiting at most `timeout` for them.
 pub async fn read_queue(url: &str, queue: &str, count: usize, timeout: Duration) -> Vec<Received> {
+    read(url, queue, count, timeout, None).await
+}
+
+/// Takes every message from `queue` until it stayed empty for `quiet` (after the first
+/// message, or `timeout` in all).
+pub async fn drain_queue(
+    url: &str,
+    queue: &str,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<Received> {
+    read(url, queue, usize::MAX, timeout, Some(quiet)).await
+}
+
+/// Takes up to `count` messages, for at most `timeout`, stopping early after `quiet`
+/// without a new message once one arrived.
+async fn read(
+    url: &str,
+    queue: &str,
+    count: usize,
+    timeout: Duration,
+    quiet: Option<Duration>,
+) -> Vec<Received> {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
     let deadline = Instant::now() + timeout;
     let mut received = Vec::new();
+    let mut last = Instant::now();
     while received.len() < count && Instant::now() < deadline {
         let options = BasicGetOptions { no_ack: true };
         match channel
@@ -78,6 +102,7 @@ pub async fn read_queue(url: &str, queue: &str, count: usize, timeout: Duration)
             .expect("basic_get")
         {
             Some(message) => {
+                last = Instant::now();
                 let delivery = message.delivery;
                 received.push(Received {
                     data: delivery.data.clone(),
@@ -90,6 +115,7 @@ pub async fn read_queue(url: &str, queue: &str, count: usize, timeout: Duration)
                     routing_key: delivery.routing_key.to_string(),
                 });
             }
+            None if quiet.is_some_and(|q| !received.is_empty() && last.elapsed() >= q) => break,
             None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }

@@ -44,6 +44,29 @@ pub fn unique_topic(prefix: &str) -> String {
 /// Reads partition 0 of `topic` from the start until `count` messages arrived or `timeout`
 /// passed, and returns their payloads. Blocking: call from `spawn_blocking` in async tests.
 pub fn read_topic(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    read(bootstrap, topic, count, timeout, None)
+}
+
+/// Reads partition 0 of `topic` from the start until nothing new arrived for `quiet`
+/// (after the first message, or `timeout` in all). Blocking.
+pub fn drain_topic(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<Vec<u8>> {
+    read(bootstrap, topic, usize::MAX, timeout, Some(quiet))
+}
+
+/// Reads up to `count` messages, for at most `timeout`, stopping early after `quiet`
+/// without a new message once one arrived.
+fn read(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+    quiet: Option<Duration>,
+) -> Vec<Vec<u8>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("ferry-test-{topic}"))
@@ -60,10 +83,15 @@ pub fn read_topic(bootstrap: &str, topic: &str, count: usize, timeout: Duration)
     consumer.assign(&assignment).expect("assign");
     let deadline = Instant::now() + timeout;
     let mut payloads = Vec::new();
+    let mut last = Instant::now();
     while payloads.len() < count && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => payloads.push(message.payload().unwrap_or_default().to_vec()),
+            Some(Ok(message)) => {
+                payloads.push(message.payload().unwrap_or_default().to_vec());
+                last = Instant::now();
+            }
             Some(Err(error)) => panic!("consuming {topic}: {error}"),
+            None if quiet.is_some_and(|q| !payloads.is_empty() && last.elapsed() >= q) => break,
             None => {}
         }
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_actors::RetryPolicy;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::message_broker_client::MessageBrokerClient;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
@@ -64,6 +64,9 @@ pub enum ClientError {
     /// The bearer token cannot be sent in a header.
     #[error("the bearer token must be printable ASCII")]
     Token,
+    /// TLS cannot be set up (an unusable CA certificate).
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// Why one attempt on one daemon failed.
@@ -244,6 +247,19 @@ impl Client {
             deadline,
             authorization: None,
         })
+    }
+
+    /// Speaks TLS to every daemon, trusting the CA certificates in `ca_pem` (PEM). The
+    /// daemon's certificate must name the host (or IP address) it is addressed by.
+    pub fn with_tls(mut self, ca_pem: &[u8]) -> Result<Self, ClientError> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        for daemon in &mut self.daemons {
+            daemon.endpoint = Endpoint::from_shared(format!("https://{}", daemon.address))
+                .and_then(|endpoint| endpoint.tls_config(tls.clone()))
+                .map_err(|e| ClientError::Tls(chain(&e)))?
+                .tcp_nodelay(true);
+        }
+        Ok(self)
     }
 
     /// Sends `token` as `authorization: Bearer <token>` with every call.

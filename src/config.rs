@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Most client connections open at once; beyond it a new connection is closed at once.
     pub max_connections: usize,
+    /// PEM certificate chain for TLS on the gRPC ingress ("" = plain TCP).
+    pub tls_cert_file: String,
+    /// PEM private key of that certificate.
+    pub tls_key_file: String,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +69,8 @@ impl Default for ServerConfig {
             max_in_flight: 20_000,
             shutdown_grace_ms: 7_000,
             max_connections: 4_096,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -256,6 +262,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// The TLS identity of the gRPC ingress, if it speaks TLS.
+    pub tls: Option<TlsIdentity>,
     /// Address of the HTTP operations endpoint.
     pub ops_listen: SocketAddr,
     /// Where to write the process id, if anywhere.
@@ -270,6 +278,24 @@ pub struct Settings {
     pub producer: ProducerSettings,
     /// Producer cache bounds.
     pub registry: RegistrySettings,
+}
+
+/// A certificate chain and its private key, PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain.
+    pub cert: Vec<u8>,
+    /// The private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsIdentity")
+            .field("cert_bytes", &self.cert.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -312,6 +338,7 @@ impl Config {
         positive("server.max_in_flight", self.server.max_in_flight)?;
         positive("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?;
         positive("server.max_connections", self.server.max_connections)?;
+        let tls = tls_identity(&self.server.tls_cert_file, &self.server.tls_key_file)?;
         let ops_listen = self.ops.listen.parse().map_err(|_| {
             invalid(
                 "ops.listen",
@@ -377,6 +404,7 @@ impl Config {
             max_in_flight: self.server.max_in_flight,
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
             max_connections: self.server.max_connections,
+            tls,
             ops_listen,
             pid_file: (!self.ops.pid_file.is_empty()).then(|| PathBuf::from(self.ops.pid_file)),
             access,
@@ -459,6 +487,34 @@ impl AccessConfig {
             list.rabbitmq.insert(server, exchanges);
         }
         Ok(Access::Only(list))
+    }
+}
+
+/// Reads the TLS certificate chain and key (both or neither).
+fn tls_identity(cert: &str, key: &str) -> Result<Option<TlsIdentity>, ConfigError> {
+    let read = |field: &'static str, path: &str| {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: PathBuf::from(path),
+            source,
+        })?;
+        if !bytes.starts_with(b"-----BEGIN") {
+            return Err(ConfigError::Invalid {
+                field,
+                reason: format!("{path} is not a PEM file"),
+            });
+        }
+        Ok(bytes)
+    };
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(TlsIdentity {
+            cert: read("server.tls_cert_file", cert)?,
+            key: read("server.tls_key_file", key)?,
+        })),
+        _ => Err(ConfigError::Invalid {
+            field: "server.tls_key_file",
+            reason: "tls_cert_file and tls_key_file go together: set both or neither".into(),
+        }),
     }
 }
 

@@ -13,8 +13,8 @@ use ferry_actors::{Forwarder, Registry};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -317,10 +317,20 @@ async fn serve(
     };
     health.set(ServingStatus::Serving).await;
 
+    // One builder per worker, TLS set up before anything serves (a bad key fails start).
+    let builders = arbiters
+        .iter()
+        .map(|_| match &settings.tls {
+            Some(tls) => Server::builder().tls_config(
+                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)),
+            ),
+            None => Ok(Server::builder()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (abort_tx, abort_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel(arbiters.len());
-    for (arbiter, listener) in arbiters.iter().zip(listeners) {
+    for ((arbiter, listener), mut builder) in arbiters.iter().zip(listeners).zip(builders) {
         let ingress = Ingress::new(
             forwarder.clone(),
             access.clone(),
@@ -351,7 +361,7 @@ async fn serve(
                 let shutdown = async move {
                     let _ = shutdown.wait_for(|stop| *stop).await;
                 };
-                Server::builder()
+                builder
                     .add_service(service)
                     .add_service(health_service)
                     .add_service(reflection)
@@ -385,9 +395,14 @@ async fn serve(
     });
 
     log::info!(
-        "Serving gRPC on {} ({} workers), stats on http://{}/stats; limits: max_connections={} max_in_flight={} \
+        "Serving gRPC{} on {} ({} workers), stats on http://{}/stats; limits: max_connections={} max_in_flight={} \
          max_in_flight_per_target={} max_targets={} max_message_bytes={} policy={}x{}ms \
          shutdown_grace_ms={}; access: {}; bearer token {}",
+        if settings.tls.is_some() {
+            " with TLS"
+        } else {
+            ""
+        },
         settings.listen,
         arbiters.len(),
         settings.ops_listen,

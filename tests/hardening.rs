@@ -380,3 +380,62 @@ async fn ten_thousand_distinct_targets_keep_the_cap_and_memory_bounded() {
         registry.evictions()
     );
 }
+
+#[tokio::test]
+async fn the_ingress_speaks_tls_when_given_a_certificate() {
+    let dir = std::env::temp_dir().join(unique("ferry-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut config = config();
+    config.server.tls_cert_file = cert.to_str().unwrap().to_owned();
+    config.server.tls_key_file = key.to_str().unwrap().to_owned();
+    let daemon = start(config.validate().unwrap());
+    let address = daemon.local_addr().to_string();
+    let brokers = shared_kafka();
+    let topic = unique("tls");
+    kafka::create_topic(&brokers, &topic).await;
+    let destination = Destination::Kafka {
+        brokers: vec![brokers],
+        topic,
+    };
+    let policy = RetryPolicy::default();
+
+    let over_tls = Client::new([&address], policy, None)
+        .unwrap()
+        .with_tls(certified.cert.pem().as_bytes())
+        .unwrap();
+    let delivered = over_tls
+        .send(&destination, Bytes::from("tls"))
+        .await
+        .unwrap();
+    assert_eq!(delivered.attempts, 1);
+    let plain = Client::new([&address], policy, Some(Duration::from_secs(2))).unwrap();
+    assert!(
+        plain
+            .send(&destination, Bytes::from("plain"))
+            .await
+            .is_err()
+    );
+
+    let check = ferry(&[
+        "check",
+        "--address",
+        &address,
+        "--tls-ca",
+        cert.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -14,7 +14,7 @@ use ferry_actors::{AmqpTarget, RetryPolicy};
 use serde::Serialize;
 
 use super::{
-    EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, TokenArgs, block_on, fail, policy, through_daemons,
+    ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons,
 };
 use crate::client::Destination;
 use crate::config::DEFAULT_LISTEN;
@@ -81,9 +81,9 @@ pub struct EventTargetArgs {
     /// Time limits.
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// The bearer token (with --with-broker).
+    /// Bearer token and TLS (with --with-broker).
     #[command(flatten)]
-    pub token: TokenArgs,
+    pub connect: ConnectArgs,
     /// Print the message (indented JSON) on standard output and send nothing.
     /// Example: --disable-send
     #[arg(long)]
@@ -218,7 +218,7 @@ fn deliver<T: Serialize>(
             &target.broker_address,
             policy,
             &target.limits,
-            &target.token,
+            &target.connect,
             &destination,
             payload,
         );

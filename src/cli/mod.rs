@@ -107,25 +107,47 @@ pub struct LimitArgs {
     pub timeout_ms: Option<u64>,
 }
 
-/// The bearer token of daemons that require one.
+/// How to reach daemons that require a bearer token or TLS.
 #[derive(Debug, Args)]
-pub struct TokenArgs {
+pub struct ConnectArgs {
     /// File holding the bearer token the daemons require ([access] token_file).
     /// Example: --token-file ~/.ferry/token
     #[arg(long, env = "FERRY_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Speak TLS to the daemons, trusting the CA certificate(s) in this PEM file.
+    /// Example: --tls-ca /etc/ferry/ca.pem
+    #[arg(long, env = "FERRY_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
-impl TokenArgs {
+impl ConnectArgs {
     /// The token, read from its file.
     fn read(&self) -> Result<Option<String>, ExitCode> {
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        std::fs::read_to_string(path)
-            .map(|text| Some(text.trim().to_owned()))
-            .map_err(|e| fail(EXIT_USAGE, format!("cannot read {}: {e}", path.display())))
+        self.token_file
+            .as_ref()
+            .map(|path| {
+                read_file(path).map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+            })
+            .transpose()
     }
+
+    /// `client` with the token and TLS trust applied.
+    fn apply(&self, mut client: Client) -> Result<Client, ExitCode> {
+        let usage = |error| fail(EXIT_USAGE, error);
+        if let Some(token) = self.read()? {
+            client = client.with_token(&token).map_err(usage)?;
+        }
+        if let Some(path) = &self.tls_ca {
+            client = client.with_tls(&read_file(path)?).map_err(usage)?;
+        }
+        Ok(client)
+    }
+}
+
+/// The bytes of `path`, or a usage error naming it.
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ExitCode> {
+    std::fs::read(path)
+        .map_err(|e| fail(EXIT_USAGE, format!("cannot read {}: {e}", path.display())))
 }
 
 /// Prints `message` as the one line a client command writes on failure and returns `code`.
@@ -155,22 +177,18 @@ fn through_daemons(
     proxies: &[String],
     policy: RetryPolicy,
     limits: &LimitArgs,
-    token: &TokenArgs,
+    connect: &ConnectArgs,
     destination: &Destination,
     payload: Bytes,
 ) -> ExitCode {
-    let token = match token.read() {
-        Ok(token) => token,
-        Err(code) => return code,
-    };
     let deadline = limits.timeout_ms.map(Duration::from_millis);
-    let client = Client::new(proxies, policy, deadline).and_then(|client| match &token {
-        Some(token) => client.with_token(token),
-        None => Ok(client),
-    });
-    let client = match client {
+    let client = match Client::new(proxies, policy, deadline) {
         Ok(client) => client,
         Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let client = match connect.apply(client) {
+        Ok(client) => client,
+        Err(code) => return code,
     };
     match block_on(client.send(destination, payload)) {
         Ok(Ok(delivered)) => {

@@ -10,7 +10,7 @@ use clap::Args;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -32,6 +32,10 @@ pub struct CheckArgs {
     /// Give up after this long. Example: --timeout-ms 2000
     #[arg(long, default_value_t = 2_000, value_name = "MS")]
     pub timeout_ms: u64,
+    /// Speak TLS, trusting the CA certificate(s) in this PEM file.
+    /// Example: --tls-ca /etc/ferry/ca.pem
+    #[arg(long, env = "FERRY_TLS_CA", value_name = "PATH")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Flags of `ferry stats`.
@@ -51,9 +55,25 @@ pub struct StatsArgs {
 
 /// Asks the daemon's grpc.health.v1 service; exit 0 and "serving" when it serves, else 1.
 pub fn check(args: CheckArgs) -> ExitCode {
-    let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", args.address)) else {
+    let scheme = if args.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let Ok(mut endpoint) = Endpoint::from_shared(format!("{scheme}://{}", args.address)) else {
         return fail(EXIT_USAGE, format!("invalid address {:?}", args.address));
     };
+    if let Some(path) = &args.tls_ca {
+        let ca = match std::fs::read(path) {
+            Ok(ca) => ca,
+            Err(e) => return fail(EXIT_USAGE, format!("cannot read {}: {e}", path.display())),
+        };
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        endpoint = match endpoint.tls_config(tls) {
+            Ok(endpoint) => endpoint,
+            Err(e) => return fail(EXIT_USAGE, format!("cannot set up TLS: {e}")),
+        };
+    }
     let limit = Duration::from_millis(args.timeout_ms);
     let started = Instant::now();
     let asked = block_on(async move {

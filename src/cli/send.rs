@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 
-use super::{EXIT_USAGE, LimitArgs, TokenArgs, fail, policy, through_daemons};
+use super::{ConnectArgs, EXIT_USAGE, LimitArgs, fail, policy, through_daemons};
 use crate::client::Destination;
 use crate::config::DEFAULT_LISTEN;
 
@@ -129,9 +129,9 @@ pub struct DeliveryArgs {
     /// Time limits.
     #[command(flatten)]
     pub limits: LimitArgs,
-    /// The bearer token.
+    /// Bearer token and TLS.
     #[command(flatten)]
-    pub token: TokenArgs,
+    pub connect: ConnectArgs,
 }
 
 /// Sends one message; exit 0 when delivered, 1 with one line on stderr when not, 2 for a
@@ -172,7 +172,7 @@ pub fn send(command: SendCommand) -> ExitCode {
         &delivery.proxy,
         policy,
         &delivery.limits,
-        &delivery.token,
+        &delivery.connect,
         &destination,
         payload,
     )

@@ -490,13 +490,28 @@ impl AccessConfig {
     }
 }
 
-/// Reads the TLS certificate chain and key (both or neither).
-fn tls_identity(cert: &str, key: &str) -> Result<Option<TlsIdentity>, ConfigError> {
-    let read = |field: &'static str, path: &str| {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+/// Largest certificate chain or key file read.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+/// Largest token file read.
+const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+
+/// Reads at most `limit` bytes of `path` (a config naming /dev/zero must not hang start-up).
+fn read_bounded(path: &str, limit: u64) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(limit).read_to_end(&mut bytes))
+        .map_err(|source| ConfigError::Read {
             path: PathBuf::from(path),
             source,
         })?;
+    Ok(bytes)
+}
+
+/// Reads the TLS certificate chain and key (both or neither).
+fn tls_identity(cert: &str, key: &str) -> Result<Option<TlsIdentity>, ConfigError> {
+    let read = |field: &'static str, path: &str| {
+        let bytes = read_bounded(path, MAX_PEM_BYTES)?;
         if !bytes.starts_with(b"-----BEGIN") {
             return Err(ConfigError::Invalid {
                 field,
@@ -523,15 +538,13 @@ fn read_token(path: &str) -> Result<Option<String>, ConfigError> {
     if path.is_empty() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: PathBuf::from(path),
-        source,
-    })?;
+    let bytes = read_bounded(path, MAX_TOKEN_BYTES)?;
+    let text = String::from_utf8_lossy(&bytes);
     let token = text.trim();
-    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+    if !(16..=4096).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::Invalid {
             field: "access.token_file",
-            reason: format!("{path}: the token must be at least 16 printable characters"),
+            reason: format!("{path}: the token must be 16 to 4096 printable characters"),
         });
     }
     Ok(Some(token.to_owned()))

@@ -216,16 +216,22 @@ pub fn redact_url(url: &str) -> String {
     };
     let rest = &url[scheme_end..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
+    if let Some(at) = rest[..authority_end].rfind('@') {
+        return match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_owned(),
+        };
+    }
+    // An '@' past the first '/' (a password holding '/', or a malformed URL): what comes
+    // before it may be a password, so all of it is hidden.
+    let before_query = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..before_query].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
         None => url.to_owned(),
     }
 }
@@ -363,5 +369,12 @@ mod tests {
         assert_eq!(redact_url("amqp://user@host"), "amqp://user@host");
         assert_eq!(redact_url("amqp://u:p@h/v@x"), "amqp://u:***@h/v@x");
         assert_eq!(redact_url("not a url"), "not a url");
+        // Found by the fuzzer: an '@' after the first '/' hides everything before it.
+        assert_eq!(
+            redact_url("amqp:///:er:secretpw@mq1:5672/%2"),
+            "amqp://***@mq1:5672/%2"
+        );
+        assert_eq!(redact_url("amqp://u:pa/ss@h"), "amqp://***@h");
+        assert_eq!(redact_url("amqp://h/v?x=@y"), "amqp://h/v?x=@y");
     }
 }

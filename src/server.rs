@@ -343,10 +343,14 @@ async fn serve(
                 .max_decoding_message_size(settings.max_message_bytes + REQUEST_OVERHEAD_BYTES),
             token_check.clone(),
         );
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // v1 for current tools, v1alpha for older grpcurl releases.
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
         let health_service = health_service.clone();
         let mut shutdown = shutdown_rx.clone();
         let done_tx = done_tx.clone();
@@ -364,7 +368,8 @@ async fn serve(
                 builder
                     .add_service(service)
                     .add_service(health_service)
-                    .add_service(reflection)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
                     .map_err(ServeError::from)

@@ -210,6 +210,9 @@ impl fmt::Debug for AmqpTarget {
 }
 
 /// Replaces the password in `scheme://user:password@host…` by `***`; other text is kept.
+/// When an `@` comes after the authority (a password holding `/`, `?` or `#`, or a
+/// malformed URL), everything between `://` and the last `@` is hidden: better too much
+/// than a password.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
@@ -227,10 +230,9 @@ pub fn redact_url(url: &str) -> String {
             None => url.to_owned(),
         };
     }
-    // An '@' past the first '/' (a password holding '/', or a malformed URL): what comes
-    // before it may be a password, so all of it is hidden.
-    let before_query = rest.find(['?', '#']).unwrap_or(rest.len());
-    match rest[..before_query].rfind('@') {
+    // An '@' past the first '/', '?' or '#' (a password holding one of them, or a
+    // malformed URL): what comes before it may be a password, so all of it is hidden.
+    match rest.rfind('@') {
         Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
         None => url.to_owned(),
     }
@@ -375,6 +377,7 @@ mod tests {
             "amqp://***@mq1:5672/%2"
         );
         assert_eq!(redact_url("amqp://u:pa/ss@h"), "amqp://***@h");
-        assert_eq!(redact_url("amqp://h/v?x=@y"), "amqp://h/v?x=@y");
+        assert_eq!(redact_url("amqp:/://er:sec?etpw@mq1"), "amqp:/://***@mq1");
+        assert_eq!(redact_url("amqp://h/v?x=y"), "amqp://h/v?x=y");
     }
 }

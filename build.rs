@@ -1,4 +1,5 @@
-//! Generates the gRPC code of `proto/` with the vendored protoc (no system package needed).
+//! Generates the gRPC code of `proto/` with the vendored protoc (no system package needed):
+//! `messagebroker.proto` (the predecessor's interface) and `ingest.proto` (ferry's own).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -7,11 +8,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Payloads become `bytes::Bytes`, sliced from the request buffer without a copy.
     config.bytes(["."]);
     let descriptors =
-        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("messagebroker_descriptor.bin");
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("ferry_descriptor.bin");
     tonic_prost_build::configure()
         .emit_rerun_if_changed(false)
         // For gRPC server reflection (grpcurl and friends).
         .file_descriptor_set_path(descriptors)
-        .compile_with_config(config, &["proto/messagebroker.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &["proto/messagebroker.proto", "proto/ingest.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

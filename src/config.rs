@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most messages in flight across all targets; beyond it: error_no 5 (overloaded).
     pub max_in_flight: usize,
+    /// Most messages of one `ferry.v1.Ingest` stream in flight; the daemon reads no more
+    /// of that stream until one is answered.
+    pub max_in_flight_per_stream: usize,
     /// On SIGTERM/SIGINT, how long messages in flight may take to finish, in milliseconds;
     /// those still unanswered then are answered error_no 6.
     pub shutdown_grace_ms: u64,
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             workers: 0,
             max_message_bytes: default_max_message_bytes(),
             max_in_flight: 20_000,
+            max_in_flight_per_stream: 1_024,
             shutdown_grace_ms: 7_000,
             max_connections: 4_096,
             tls_cert_file: String::new(),
@@ -258,6 +262,8 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Most messages in flight in all.
     pub max_in_flight: usize,
+    /// Most messages of one stream in flight.
+    pub max_in_flight_per_stream: usize,
     /// How long messages in flight may take to finish once shutdown began.
     pub shutdown_grace: Duration,
     /// Most client connections open at once.
@@ -336,6 +342,10 @@ impl Config {
             ));
         }
         positive("server.max_in_flight", self.server.max_in_flight)?;
+        positive(
+            "server.max_in_flight_per_stream",
+            self.server.max_in_flight_per_stream,
+        )?;
         positive("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?;
         positive("server.max_connections", self.server.max_connections)?;
         let tls = tls_identity(&self.server.tls_cert_file, &self.server.tls_key_file)?;
@@ -402,6 +412,7 @@ impl Config {
             workers,
             max_message_bytes,
             max_in_flight: self.server.max_in_flight,
+            max_in_flight_per_stream: self.server.max_in_flight_per_stream,
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
             max_connections: self.server.max_connections,
             tls,

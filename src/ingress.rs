@@ -58,8 +58,14 @@ impl Ingress {
         }
     }
 
-    /// Forwards a validated request (or reports why it is invalid) and logs a failure once.
-    async fn send(
+    /// Largest payload accepted.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Forwards a validated request (or reports why it is invalid) and logs a failure once;
+    /// shared by the unary service and the streaming one.
+    pub async fn send(
         &self,
         request: Result<SendRequest, ferry_actors::InvalidRequest>,
     ) -> proto::Response {
@@ -76,9 +82,11 @@ impl Ingress {
                         .forward(&request.target, request.route, request.payload);
                 let result = tokio::select! {
                     result = forward => result.map_err(Failure::from),
-                    () = aborted(self.abort.clone()) => Err(Failure::Forward(
-                        ForwardError::refused(ProduceError::ShuttingDown),
-                    )),
+                    () = aborted(self.abort.clone()) => {
+                        // The forward was dropped before it counted its outcome.
+                        self.forwarder.totals().failed.fetch_add(1, Ordering::Relaxed);
+                        Err(Failure::Forward(ForwardError::refused(ProduceError::ShuttingDown)))
+                    }
                 };
                 if let Err(failure) = &result {
                     log::warn!(

@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML configuration, validated into [`config::Settings`].
 //! - [`server`]: the runtime (actix arbiters serving gRPC on SO_REUSEPORT listeners).
 //! - [`ingress`]: the `messagebroker.MessageBroker` gRPC service.
+//! - [`ingest`]: the `ferry.v1.Ingest` streaming service (many messages per stream).
 //! - [`wire`]: protobuf ↔ domain conversion and the `error_no` codes.
 //! - [`report`], [`http`], [`metrics`]: the operations endpoint (`/stats`, `/metrics`,
 //!   `/healthz`).
@@ -24,6 +25,7 @@ pub mod connections;
 pub mod direct;
 pub mod envelope;
 pub mod http;
+pub mod ingest;
 pub mod ingress;
 pub mod metrics;
 pub mod proto;

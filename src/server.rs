@@ -21,7 +21,9 @@ use tonic_health::server::HealthReporter;
 use crate::access::TokenCheck;
 use crate::config::Settings;
 use crate::connections::ConnectionLimit;
+use crate::ingest::IngestService;
 use crate::ingress::{Ingress, Refused};
+use crate::proto::ferry::v1::ingest_server::IngestServer;
 use crate::proto::message_broker_server::MessageBrokerServer;
 use crate::report::Source;
 
@@ -33,6 +35,8 @@ const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 const ABORT_GRACE: Duration = Duration::from_secs(1);
 /// The service name grpc.health.v1 reports for the ingress.
 pub const HEALTH_SERVICE: &str = "messagebroker.MessageBroker";
+/// The service name grpc.health.v1 reports for the streaming ingress.
+pub const INGEST_HEALTH_SERVICE: &str = "ferry.v1.Ingest";
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -278,9 +282,9 @@ impl Health {
         self.serving
             .store(status == ServingStatus::Serving, Ordering::Release);
         self.reporter.set_service_status("", status).await;
-        self.reporter
-            .set_service_status(HEALTH_SERVICE, status)
-            .await;
+        for service in [HEALTH_SERVICE, INGEST_HEALTH_SERVICE] {
+            self.reporter.set_service_status(service, status).await;
+        }
     }
 }
 
@@ -331,16 +335,25 @@ async fn serve(
     let (abort_tx, abort_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel(arbiters.len());
     for ((arbiter, listener), mut builder) in arbiters.iter().zip(listeners).zip(builders) {
-        let ingress = Ingress::new(
+        let ingress = Arc::new(Ingress::new(
             forwarder.clone(),
             access.clone(),
             settings.max_message_bytes,
             refused.clone(),
             abort_rx.clone(),
-        );
+        ));
+        let max_request_bytes = settings.max_message_bytes + REQUEST_OVERHEAD_BYTES;
         let service = InterceptedService::new(
-            MessageBrokerServer::new(ingress)
-                .max_decoding_message_size(settings.max_message_bytes + REQUEST_OVERHEAD_BYTES),
+            MessageBrokerServer::from_arc(ingress.clone())
+                .max_decoding_message_size(max_request_bytes),
+            token_check.clone(),
+        );
+        let ingest = InterceptedService::new(
+            IngestServer::new(IngestService::new(
+                ingress,
+                settings.max_in_flight_per_stream,
+            ))
+            .max_decoding_message_size(max_request_bytes),
             token_check.clone(),
         );
         let reflection = || {
@@ -367,6 +380,7 @@ async fn serve(
                 };
                 builder
                     .add_service(service)
+                    .add_service(ingest)
                     .add_service(health_service)
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)

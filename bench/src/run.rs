@@ -1,0 +1,123 @@
+//! A whole `load` benchmark: set up, warm up each path, then rounds of every mode, each
+//! followed by a count of what the broker gained.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use crate::BenchError;
+use crate::broker::Counter;
+use crate::direct::DirectSink;
+use crate::drive;
+use crate::plan::{Mode, Pace, Plan};
+use crate::progress::Progress;
+use crate::record::{Record, RunResult};
+use crate::sink::Sink;
+use crate::unary::{self, UnarySink};
+
+/// The open paths of one benchmark.
+struct Paths {
+    /// The broker directly.
+    direct: Option<Arc<DirectSink>>,
+    /// Connections to the daemon.
+    channels: Vec<Channel>,
+    /// Unary calls over `channels`.
+    unary: Arc<UnarySink>,
+}
+
+/// Runs `plan`, printing each run's row as it ends; returns every run.
+pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
+    let counter = Counter::prepare(&plan.destination).await?;
+    let channels = unary::connect(&plan.daemon, plan.connections).await?;
+    let direct = if plan.modes.contains(&Mode::Direct) {
+        Some(Arc::new(DirectSink::connect(plan).await?))
+    } else {
+        None
+    };
+    let paths = Paths {
+        direct,
+        unary: Arc::new(UnarySink::new(&channels, plan)),
+        channels,
+    };
+    for &mode in &plan.modes {
+        if plan.warm_up > 0 {
+            let (record, _) = send(&paths, plan, mode, plan.warm_up, None).await?;
+            if record.delivered == 0 {
+                let reason = record.errors.keys().next().cloned().unwrap_or_default();
+                return Err(BenchError::WarmUp {
+                    mode: mode.name(),
+                    reason,
+                });
+            }
+        }
+    }
+    crate::report::print_header(plan);
+    let mut results = Vec::new();
+    for round in 1..=plan.runs {
+        for &mode in &plan.modes {
+            counter.reset().await?;
+            let before = counter.count().await.ok();
+            let progress = Progress::start(
+                format!("{} round {round}", mode.name()),
+                plan.messages,
+                plan.progress,
+            );
+            let (record, elapsed) =
+                send(&paths, plan, mode, plan.messages, Some(progress.counter())).await?;
+            drop(progress);
+            let after = counter.count().await.ok();
+            let result = RunResult {
+                mode,
+                round,
+                elapsed,
+                record,
+                broker_count: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+            };
+            crate::report::print_run(&result);
+            results.push(result);
+        }
+    }
+    counter.finish().await;
+    if let Some(direct) = paths.direct.and_then(Arc::into_inner) {
+        direct.close().await;
+    }
+    Ok(results)
+}
+
+/// Sends `n` messages of `plan` through `mode`'s path.
+async fn send(
+    paths: &Paths,
+    plan: &Plan,
+    mode: Mode,
+    n: u64,
+    done: Option<Arc<AtomicU64>>,
+) -> Result<(Record, Duration), BenchError> {
+    let done = done.unwrap_or_default();
+    match mode {
+        Mode::Direct => match &paths.direct {
+            Some(direct) => Ok(paced(Arc::clone(direct), plan, n, done).await),
+            None => Err(BenchError::Usage("direct mode was not set up".into())),
+        },
+        Mode::Unary => Ok(paced(Arc::clone(&paths.unary), plan, n, done).await),
+        Mode::Stream => crate::stream::run(&paths.channels, plan, n, done).await,
+    }
+}
+
+/// Drives `sink` as `plan.pace` says.
+async fn paced<S: Sink>(
+    sink: Arc<S>,
+    plan: &Plan,
+    n: u64,
+    done: Arc<AtomicU64>,
+) -> (Record, Duration) {
+    match plan.pace {
+        Pace::ClosedLoop => {
+            drive::closed_loop(sink, n, plan.concurrency, plan.message_timeout, done).await
+        }
+        Pace::Rate(rate) => {
+            drive::open_loop(sink, n, rate, plan.concurrency, plan.message_timeout, done).await
+        }
+    }
+}

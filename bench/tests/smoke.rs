@@ -1,0 +1,155 @@
+//! The benchmark at a tiny size against the shared test brokers and an in-process daemon:
+//! every mode delivers every message, the broker holds exactly what was reported
+//! delivered, and the binary prints its tables.
+
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+
+use std::process::Command;
+
+use ferry::config::Config;
+use ferry::server::Daemon;
+use ferry_bench::args::{Cli, Command as BenchCommand};
+use ferry_bench::plan::Mode;
+use ferry_testkit::{shared_amqp_url, shared_kafka};
+
+use clap::Parser;
+
+/// A daemon with the default settings on free loopback ports.
+fn daemon() -> Daemon {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.ops.listen = "127.0.0.1:0".into();
+    config.server.workers = 2;
+    Daemon::start(config.validate().expect("settings")).expect("daemon starts")
+}
+
+/// Parses a `ferry-bench load` command line.
+fn load(args: &[&str]) -> ferry_bench::plan::Plan {
+    let cli = Cli::try_parse_from(["ferry-bench", "load"].iter().chain(args)).expect("flags");
+    match cli.command {
+        BenchCommand::Load(args) => args.plan().expect("plan"),
+        BenchCommand::Targets(_) => unreachable!(),
+    }
+}
+
+/// Runs `plan` and checks every mode of every round.
+async fn run_and_check(plan: &ferry_bench::plan::Plan) {
+    let results = ferry_bench::run::load(plan).await.expect("bench runs");
+    assert_eq!(results.len(), plan.runs * plan.modes.len());
+    for result in &results {
+        assert_eq!(
+            result.record.delivered, plan.messages,
+            "{:?}: {:?}",
+            result.mode, result.record.errors
+        );
+        assert_eq!(
+            result.broker_count,
+            Some(plan.messages),
+            "{:?}",
+            result.mode
+        );
+        assert!(result.record.latency_ms(0.99).is_some());
+    }
+    let summaries = ferry_bench::report::summarise(plan, &results);
+    let modes: Vec<Mode> = summaries.iter().map(|s| s.mode).collect();
+    assert_eq!(modes, [Mode::Direct, Mode::Unary, Mode::Stream]);
+    assert!(summaries.iter().all(|s| s.verified && s.rate > 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_delivers_to_kafka_and_the_topic_holds_them() {
+    let daemon = daemon();
+    let topic = ferry_testkit::kafka::unique_topic("bench-smoke");
+    let plan = load(&[
+        "--daemon",
+        &daemon.local_addr().to_string(),
+        "-n",
+        "300",
+        "-c",
+        "16",
+        "--connections",
+        "2",
+        "--runs",
+        "2",
+        "--warm-up",
+        "10",
+        "--quiet",
+        "kafka",
+        "--brokers",
+        &shared_kafka(),
+        "--topic",
+        &topic,
+    ]);
+    run_and_check(&plan).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_delivers_to_rabbitmq_and_the_queue_holds_them() {
+    let daemon = daemon();
+    let exchange = ferry_testkit::kafka::unique_topic("bench-smoke");
+    let plan = load(&[
+        "--daemon",
+        &daemon.local_addr().to_string(),
+        "-n",
+        "300",
+        "-c",
+        "16",
+        "--connections",
+        "2",
+        "--runs",
+        "1",
+        "--warm-up",
+        "10",
+        "--quiet",
+        "rabbitmq",
+        "--server",
+        &shared_amqp_url(),
+        "--exchange",
+        &exchange,
+    ]);
+    run_and_check(&plan).await;
+}
+
+#[test]
+fn the_binary_prints_rows_medians_and_ratios_at_a_steady_rate() {
+    let daemon = daemon();
+    let topic = ferry_testkit::kafka::unique_topic("bench-smoke-rate");
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
+        .args(["load", "--daemon", &daemon.local_addr().to_string()])
+        .args([
+            "-n",
+            "200",
+            "--rate",
+            "400",
+            "--runs",
+            "1",
+            "--warm-up",
+            "5",
+        ])
+        .args(["--modes", "direct,unary", "--quiet"])
+        .args(["kafka", "--brokers", &shared_kafka(), "--topic", &topic])
+        .output()
+        .expect("ferry-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("400 msg/s steady"), "{stdout}");
+    let summary: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("medians"))
+        .collect();
+    // Header line, column names, then one row per mode: name, rate, …, verified, ratio.
+    let unary: Vec<&str> = summary[2..]
+        .iter()
+        .find(|l| l.starts_with("unary"))
+        .expect("unary row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(unary[6], "yes", "{stdout}");
+    let ratio: f64 = unary[7].parse().expect("a ratio");
+    // At a steady rate both paths deliver at that rate.
+    assert!((0.8..1.25).contains(&ratio), "{stdout}");
+}

@@ -1,0 +1,114 @@
+//! The streaming ingress: the `ferry.v1.Ingest` service, which forwards every message of a
+//! bidirectional stream through the same path as the unary `MessageBroker` calls and
+//! answers each with an acknowledgement carrying its id.
+//!
+//! Each stream is driven by one task that reads requests while fewer than
+//! `max_in_flight_per_stream` of them are unanswered, forwards them concurrently, and writes
+//! the acks as they complete. When the window is full it stops reading, so HTTP/2 flow
+//! control holds the sender and no queue grows.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::ingress::Ingress;
+use crate::proto::ferry::v1::ingest_request::Message;
+use crate::proto::ferry::v1::ingest_server::Ingest;
+use crate::proto::ferry::v1::{IngestAck, IngestRequest};
+use crate::wire;
+
+/// The `Ingest` service over the same [`Ingress`] as the unary service.
+pub struct IngestService {
+    /// Validation, access check and forwarding of one message.
+    ingress: Arc<Ingress>,
+    /// Most messages of one stream in flight at once.
+    window: usize,
+}
+
+impl IngestService {
+    /// A service forwarding through `ingress`, with at most `window` messages of one
+    /// stream in flight.
+    pub fn new(ingress: Arc<Ingress>, window: usize) -> Self {
+        Self {
+            ingress,
+            window: window.max(1),
+        }
+    }
+}
+
+/// The acks of one stream, as tonic sends them.
+type AckStream = ReceiverStream<Result<IngestAck, Status>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<IngestRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let requests = request.into_inner();
+        // Acks waiting to be written are bounded by the window too.
+        let (acks, ack_stream) = mpsc::channel(self.window);
+        tokio::spawn(drive(
+            Arc::clone(&self.ingress),
+            self.window,
+            requests,
+            acks,
+        ));
+        Ok(Response::new(ReceiverStream::new(ack_stream)))
+    }
+}
+
+/// Reads, forwards and answers the messages of one stream until the sender closed its side
+/// and every message is answered, or the sender went away.
+async fn drive(
+    ingress: Arc<Ingress>,
+    window: usize,
+    mut requests: Streaming<IngestRequest>,
+    acks: mpsc::Sender<Result<IngestAck, Status>>,
+) {
+    let mut pending: FuturesUnordered<Pin<Box<dyn Future<Output = IngestAck> + Send + '_>>> =
+        FuturesUnordered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            // Answer first: it frees room in the window.
+            biased;
+            Some(ack) = pending.next(), if !pending.is_empty() => {
+                if acks.send(Ok(ack)).await.is_err() {
+                    // The sender is gone; what is in flight is dropped with it.
+                    log::info!("Stream closed by its sender unanswered={}", pending.len());
+                    return;
+                }
+            }
+            next = requests.message(), if reading && pending.len() < window => match next {
+                Ok(Some(request)) => pending.push(Box::pin(answer(&ingress, request))),
+                Ok(None) => reading = false,
+                Err(status) => {
+                    log::info!("Stream ended by an error unanswered={} error={status}", pending.len());
+                    reading = false;
+                }
+            },
+            else => return,
+        }
+    }
+}
+
+/// Forwards one streamed message and builds its ack.
+async fn answer(ingress: &Ingress, request: IngestRequest) -> IngestAck {
+    let max = ingress.max_message_bytes();
+    let validated = match request.message {
+        Some(Message::Kafka(message)) => wire::kafka_request(message, max),
+        Some(Message::Rabbitmq(message)) => wire::rabbitmq_request(message, max),
+        None => Err(ferry_actors::InvalidRequest::new("message", "missing")),
+    };
+    IngestAck {
+        id: request.id,
+        response: Some(ingress.send(validated).await),
+    }
+}

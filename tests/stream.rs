@@ -1,0 +1,166 @@
+//! End-to-end: the `ferry.v1.Ingest` stream delivers to real brokers, answers every
+//! message once by its id, reports bad messages without ending the stream, and keeps no
+//! more than its window in flight.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use ferry::proto::ferry::v1::ingest_client::IngestClient;
+use ferry::proto::ferry::v1::ingest_request::Message;
+use ferry::proto::ferry::v1::{IngestAck, IngestRequest};
+use ferry::server::Daemon;
+use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
+use tonic::transport::Channel;
+
+/// Sends `requests` on one stream, closes it, and returns every ack by id.
+async fn stream(daemon: &Daemon, requests: Vec<IngestRequest>) -> BTreeMap<u64, (i32, String)> {
+    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut acks = IngestClient::new(channel)
+        .stream(tokio_stream::iter(requests))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut answered = BTreeMap::new();
+    while let Some(IngestAck { id, response }) = acks.message().await.expect("acks") {
+        let response = response.expect("every ack has a response");
+        let previous = answered.insert(id, (response.error_no, response.error_message));
+        assert!(previous.is_none(), "message {id} answered twice");
+    }
+    answered
+}
+
+/// A streamed request.
+fn request(id: u64, message: Message) -> IngestRequest {
+    IngestRequest {
+        id,
+        message: Some(message),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_delivers_to_both_brokers_and_acks_each_id_once() {
+    let (url, brokers) = (shared_amqp_url(), shared_kafka());
+    let (exchange, queue, topic) = (
+        unique("ferry.test.stream"),
+        unique("stream"),
+        unique("stream"),
+    );
+    amqp::bind_queue(&url, &exchange, &queue, "#").await;
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+
+    let mut requests = Vec::new();
+    for i in 0..200_u64 {
+        let k = common::kafka(&brokers, &topic, format!("k{i}"));
+        requests.push(request(2 * i, Message::Kafka(k)));
+        let r = rabbitmq(&url, &exchange, "stream.event", format!("r{i}"));
+        requests.push(request(2 * i + 1, Message::Rabbitmq(r)));
+    }
+    let acks = stream(&daemon, requests).await;
+
+    assert_eq!(
+        acks.keys().copied().collect::<Vec<_>>(),
+        (0..400).collect::<Vec<_>>()
+    );
+    assert!(
+        acks.values().all(|(error_no, _)| *error_no == 0),
+        "{acks:?}"
+    );
+    let expected = |prefix: &str| -> BTreeSet<Vec<u8>> {
+        (0..200)
+            .map(|i| format!("{prefix}{i}").into_bytes())
+            .collect()
+    };
+    let (b, t) = (brokers.clone(), topic.clone());
+    let in_topic =
+        tokio::task::spawn_blocking(move || kafka::read_topic(&b, &t, 201, Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert_eq!(in_topic.into_iter().collect::<BTreeSet<_>>(), expected("k"));
+    let in_queue = amqp::drain_queue(
+        &url,
+        &queue,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(in_queue.len(), 200);
+    let bodies: BTreeSet<Vec<u8>> = in_queue.into_iter().map(|m| m.data).collect();
+    assert_eq!(bodies, expected("r"));
+    assert_eq!(
+        daemon
+            .forwarder()
+            .totals()
+            .sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        400
+    );
+}
+
+#[tokio::test]
+async fn bad_messages_in_a_stream_are_answered_1_and_the_stream_goes_on() {
+    let brokers = shared_kafka();
+    let topic = unique("stream-bad");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+    let good = || Message::Kafka(common::kafka(&brokers, &topic, "ok"));
+    let acks = stream(
+        &daemon,
+        vec![
+            request(1, good()),
+            request(2, Message::Kafka(common::kafka(&brokers, "", "no topic"))),
+            IngestRequest {
+                id: 3,
+                message: None,
+            },
+            request(4, good()),
+        ],
+    )
+    .await;
+    let codes: Vec<(u64, i32)> = acks.iter().map(|(id, (code, _))| (*id, *code)).collect();
+    assert_eq!(codes, [(1, 0), (2, 1), (3, 1), (4, 0)], "{acks:?}");
+    assert!(acks[&2].1.contains("topic"), "{acks:?}");
+    assert!(acks[&3].1.contains("message"), "{acks:?}");
+}
+
+#[tokio::test]
+async fn a_stream_never_has_more_than_its_window_in_flight() {
+    // A broker that accepts TCP and never answers keeps each message in flight for the
+    // whole policy budget (200 + 400 ms), so the window fills.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_address = hole.local_addr().unwrap().to_string();
+    let mut config = config();
+    config.server.max_in_flight_per_stream = 3;
+    config.policy.timeout_step_ms = 200;
+    let daemon = start(config.validate().unwrap());
+    let requests: Vec<_> = (0..9)
+        .map(|id| request(id, Message::Kafka(common::kafka(&hole_address, "t", "x"))))
+        .collect();
+    let forwarder = daemon.forwarder().clone();
+    let sampler = tokio::spawn(async move {
+        let mut most = 0;
+        for _ in 0..300 {
+            most = most.max(forwarder.in_flight());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        most
+    });
+    let acks = stream(&daemon, requests).await;
+    assert_eq!(acks.len(), 9);
+    assert!(
+        acks.values().all(|(code, _)| matches!(code, 2 | 4)),
+        "{acks:?}"
+    );
+    assert_eq!(sampler.await.unwrap(), 3, "in flight peaked at the window");
+    assert_eq!(daemon.forwarder().in_flight(), 0);
+    drop(hole);
+}

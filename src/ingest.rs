@@ -5,7 +5,8 @@
 //! Each stream is driven by one task that reads requests while fewer than
 //! `max_in_flight_per_stream` of them are unanswered, forwards them concurrently, and writes
 //! the acks as they complete. When the window is full it stops reading, so HTTP/2 flow
-//! control holds the sender and no queue grows.
+//! control holds the sender and no queue grows. Once the daemon's shutdown grace period is
+//! over it reads no more, answers what is in flight (error_no 6) and ends the stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -94,6 +95,8 @@ async fn drive(
                     reading = false;
                 }
             },
+            // The grace period is over: what is in flight is being answered 6; read no more.
+            () = ingress.aborted(), if reading => reading = false,
             else => return,
         }
     }

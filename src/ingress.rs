@@ -63,6 +63,11 @@ impl Ingress {
         self.max_message_bytes
     }
 
+    /// Resolves once the shutdown grace period is over.
+    pub async fn aborted(&self) {
+        aborted(self.abort.clone()).await;
+    }
+
     /// Forwards a validated request (or reports why it is invalid) and logs a failure once;
     /// shared by the unary service and the streaming one.
     pub async fn send(

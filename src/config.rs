@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_actors::policy::PolicyError;
+use ferry_actors::settings::AMQP_FRAME_MIN_BYTES;
 use ferry_actors::target::normalise_host_port;
 use ferry_actors::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings, RetryPolicy};
 use serde::Deserialize;
@@ -209,12 +210,17 @@ impl Default for KafkaConfig {
 pub struct RabbitMqConfig {
     /// Connection name shown by the broker (`rabbitmqctl list_connections client_properties`).
     pub connection_name: String,
+    /// Largest AMQP frame proposed to the broker, in bytes (4096 to 131072); each
+    /// connection holds 64 frames of buffer.
+    pub frame_max_bytes: u32,
 }
 
 impl Default for RabbitMqConfig {
     fn default() -> Self {
+        let amqp = AmqpSettings::default();
         Self {
-            connection_name: AmqpSettings::default().connection_name,
+            connection_name: amqp.connection_name,
+            frame_max_bytes: amqp.frame_max_bytes,
         }
     }
 }
@@ -385,6 +391,12 @@ impl Config {
                 "must be at least restart_backoff_initial_ms",
             ));
         }
+        if !(AMQP_FRAME_MIN_BYTES..=128 * 1024).contains(&self.rabbitmq.frame_max_bytes) {
+            return Err(invalid(
+                "rabbitmq.frame_max_bytes",
+                "must be 4096 to 131072",
+            ));
+        }
         if let Some(key) = RESERVED_KAFKA_PROPERTIES
             .iter()
             .find(|k| self.kafka.properties.contains_key(**k))
@@ -429,6 +441,7 @@ impl Config {
                 kafka,
                 amqp: AmqpSettings {
                     connection_name: self.rabbitmq.connection_name,
+                    frame_max_bytes: self.rabbitmq.frame_max_bytes,
                 },
             },
             registry: RegistrySettings {

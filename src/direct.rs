@@ -16,6 +16,7 @@ pub async fn publish(
 ) -> Result<u32, ForwardError> {
     let settings = AmqpSettings {
         connection_name: format!("ferry-client {}", env!("CARGO_PKG_VERSION")),
+        ..AmqpSettings::default()
     };
     policy
         .run(|n| {

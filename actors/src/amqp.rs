@@ -58,8 +58,9 @@ impl AmqpLink {
     /// exchange (durable, type topic, as the predecessor did).
     pub async fn open(target: &AmqpTarget, settings: &AmqpSettings) -> Result<Self, ProduceError> {
         // The URL was validated when the target was built; this cannot fail.
-        let uri = AMQPUri::from_str(target.url())
+        let mut uri = AMQPUri::from_str(target.url())
             .map_err(|e| ProduceError::Rejected(format!("invalid AMQP URL: {e}")))?;
+        uri.query.frame_max.get_or_insert(settings.frame_max_bytes);
         let properties = ConnectionProperties::default()
             .with_connection_name(settings.connection_name.clone().into());
         // lapin 4.12 leaks two tasks (about 10 KiB) whenever its own TCP connect fails: its

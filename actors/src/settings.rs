@@ -76,12 +76,21 @@ impl Default for KafkaSettings {
 pub struct AmqpSettings {
     /// The connection name shown in the broker's management tools.
     pub connection_name: String,
+    /// The largest AMQP frame ferry proposes (the broker may lower it; a URL's own
+    /// `frame_max` wins). lapin keeps 2 × 32 frames of buffer per connection, filled with
+    /// zeros, so this sets each connection's memory: RabbitMQ's default 128 KiB costs
+    /// 8 MiB per connection, 8 KiB costs 512 KiB.
+    pub frame_max_bytes: u32,
 }
+
+/// The smallest frame AMQP 0-9-1 allows.
+pub const AMQP_FRAME_MIN_BYTES: u32 = 4096;
 
 impl Default for AmqpSettings {
     fn default() -> Self {
         Self {
             connection_name: "ferry".to_owned(),
+            frame_max_bytes: 8192,
         }
     }
 }

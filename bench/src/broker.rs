@@ -1,7 +1,8 @@
 //! The broker side of a benchmark: create the topic or bind a queue before, count what
 //! arrived after each run, and clean up at the end.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -13,12 +14,15 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::BenchError;
 use crate::plan::Destination;
 
-/// How long a metadata or watermark request may take.
+/// How long a metadata request may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// A topic short of the expected count is read until no new message came for this long.
+const KAFKA_QUIET: Duration = Duration::from_secs(5);
 
 /// Counts the messages a broker holds for the benchmark.
 #[allow(
@@ -26,12 +30,13 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
     reason = "one per benchmark, never in a collection"
 )]
 pub enum Counter {
-    /// The sum of the topic's high watermarks.
+    /// The messages read back from the topic. (tansu's high watermarks lag behind the
+    /// last batch, so offsets cannot be used to count.)
     Kafka {
-        /// A consumer used only for metadata and watermarks.
+        /// A consumer of every partition of the topic, from its beginning.
         consumer: BaseConsumer,
-        /// The topic.
-        topic: String,
+        /// Messages read so far.
+        read: AtomicU64,
     },
     /// The depth of a durable queue bound to the exchange.
     RabbitMq {
@@ -83,10 +88,25 @@ impl Counter {
                         return Err(rdkafka::error::KafkaError::AdminOp(code).into());
                     }
                 }
-                config.set("group.id", "ferry-bench");
+                config
+                    .set("group.id", "ferry-bench")
+                    .set("enable.auto.commit", "false");
+                let consumer: BaseConsumer = config.create()?;
+                let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
+                let mut partitions = TopicPartitionList::new();
+                for t in metadata.topics() {
+                    for partition in t.partitions() {
+                        partitions.add_partition_offset(
+                            topic,
+                            partition.id(),
+                            Offset::Beginning,
+                        )?;
+                    }
+                }
+                consumer.assign(&partitions)?;
                 Ok(Self::Kafka {
-                    consumer: config.create()?,
-                    topic: topic.clone(),
+                    consumer,
+                    read: AtomicU64::new(0),
                 })
             }
             Destination::RabbitMq {
@@ -124,20 +144,33 @@ impl Counter {
         }
     }
 
-    /// The number of messages the broker holds now.
-    pub async fn count(&self) -> Result<u64, BenchError> {
+    /// The number of messages the broker holds now, where `expected` of them should be
+    /// there already (a Kafka topic is read until it has them, then until nothing more
+    /// comes for a moment, or until nothing came for [`KAFKA_QUIET`]).
+    pub async fn count(&self, expected: u64) -> Result<u64, BenchError> {
         match self {
-            Self::Kafka { consumer, topic } => tokio::task::block_in_place(|| {
-                let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
-                let mut total = 0;
-                for t in metadata.topics() {
-                    for partition in t.partitions() {
-                        let (_, high) =
-                            consumer.fetch_watermarks(topic, partition.id(), KAFKA_TIMEOUT)?;
-                        total += u64::try_from(high).unwrap_or(0);
+            Self::Kafka { consumer, read } => tokio::task::block_in_place(|| {
+                let mut last = Instant::now();
+                loop {
+                    let have = read.load(Ordering::Relaxed);
+                    // Past what is expected, a short quiet is enough to see duplicates.
+                    let quiet = if have >= expected {
+                        KAFKA_QUIET / 5
+                    } else {
+                        KAFKA_QUIET
+                    };
+                    if last.elapsed() >= quiet {
+                        return Ok(have);
+                    }
+                    match consumer.poll(Duration::from_millis(50)) {
+                        Some(Ok(_)) => {
+                            read.fetch_add(1, Ordering::Relaxed);
+                            last = Instant::now();
+                        }
+                        Some(Err(error)) => return Err(error.into()),
+                        None => {}
                     }
                 }
-                Ok(total)
             }),
             Self::RabbitMq { channel, queue, .. } => {
                 let passive = QueueDeclareOptions {

@@ -30,7 +30,12 @@ struct Paths {
 /// Runs `plan`, printing each run's row as it ends; returns every run.
 pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
     let counter = Counter::prepare(&plan.destination).await?;
-    let channels = unary::connect(&plan.daemon, plan.connections).await?;
+    let via_daemon = plan.modes.iter().any(|m| *m != Mode::Direct);
+    let channels = if via_daemon {
+        unary::connect(&plan.daemon, plan.connections).await?
+    } else {
+        Vec::new()
+    };
     let direct = if plan.modes.contains(&Mode::Direct) {
         Some(Arc::new(DirectSink::connect(plan).await?))
     } else {
@@ -41,9 +46,11 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
         unary: Arc::new(UnarySink::new(&channels, plan)),
         channels,
     };
+    let mut warmed_up = 0;
     for &mode in &plan.modes {
         if plan.warm_up > 0 {
             let (record, _) = send(&paths, plan, mode, plan.warm_up, None).await?;
+            warmed_up += record.delivered;
             if record.delivered == 0 {
                 let reason = record.errors.keys().next().cloned().unwrap_or_default();
                 return Err(BenchError::WarmUp {
@@ -58,7 +65,13 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
     for round in 1..=plan.runs {
         for &mode in &plan.modes {
             counter.reset().await?;
-            let before = counter.count().await.ok();
+            // Everything sent before (warm-up, earlier runs) was answered: it is there.
+            let sent_before = results
+                .iter()
+                .map(|r: &RunResult| r.record.delivered)
+                .sum::<u64>()
+                + warmed_up;
+            let before = counter.count(sent_before).await.ok();
             let progress = Progress::start(
                 format!("{} round {round}", mode.name()),
                 plan.messages,
@@ -67,7 +80,8 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
             let (record, elapsed) =
                 send(&paths, plan, mode, plan.messages, Some(progress.counter())).await?;
             drop(progress);
-            let after = counter.count().await.ok();
+            let expected = before.unwrap_or(sent_before) + record.delivered;
+            let after = counter.count(expected).await.ok();
             let result = RunResult {
                 mode,
                 round,

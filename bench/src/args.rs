@@ -62,7 +62,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Send at this steady rate (msg/s) instead of as fast as possible; latency then
-    /// counts from when each message was due. Example: --rate 1000
+    /// counts from when the pacer released each message. Example: --rate 1000
     #[arg(long)]
     pub rate: Option<u32>,
     /// Messages sent each way before measuring (connections, producers, metadata).

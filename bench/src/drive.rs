@@ -44,8 +44,9 @@ pub async fn closed_loop<S: Sink>(
 }
 
 /// Sends messages `0..n` through `sink` at `rate` per second, each due at
-/// start + seq / rate, with at most `concurrency` unanswered; a message due while that
-/// many are unanswered waits, and its latency still counts from when it was due.
+/// start + seq / rate, with at most `concurrency` unanswered. A message's latency counts
+/// from when the pacer released it, so a wait for a free slot (the system falling behind)
+/// is counted, but not the timer's own millisecond granularity.
 pub async fn open_loop<S: Sink>(
     sink: Arc<S>,
     n: u64,
@@ -63,6 +64,7 @@ pub async fn open_loop<S: Sink>(
     for seq in 0..n {
         let due = started + tick * u32::try_from(seq).unwrap_or(u32::MAX);
         tokio::time::sleep_until(due.into()).await;
+        let released = Instant::now();
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
@@ -70,7 +72,7 @@ pub async fn open_loop<S: Sink>(
         tasks.spawn(async move {
             let _slot = slot;
             let result = bounded(timeout, sink.send(seq)).await;
-            let took = due.elapsed();
+            let took = released.elapsed();
             record
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)

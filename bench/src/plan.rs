@@ -43,7 +43,8 @@ pub enum Pace {
     /// As fast as `concurrency` messages in flight allow (throughput).
     ClosedLoop,
     /// One message every 1/rate s, whatever the answers (latency at a steady rate);
-    /// latency counts from when a message was due, so a stall is not hidden.
+    /// latency counts from when the pacer released a message, so a wait for a free
+    /// in-flight slot is not hidden.
     Rate(u32),
 }
 

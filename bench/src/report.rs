@@ -80,6 +80,9 @@ pub struct Summary {
     pub errors: u64,
     /// Whether every run's broker count matched what was reported delivered.
     pub verified: bool,
+    /// Median over rounds of this mode's rate ÷ `direct`'s rate in the same round (the
+    /// broker and machine drift between rounds; within one they are alike).
+    pub vs_direct: Option<f64>,
 }
 
 /// Medians per mode, in the order the modes ran.
@@ -97,17 +100,23 @@ pub fn summarise(plan: &Plan, results: &[RunResult]) -> Vec<Summary> {
                 p999_ms: latency(0.999),
                 errors: runs.iter().map(|r| r.record.failed()).sum(),
                 verified: runs.iter().all(|r| r.verified() == Some(true)),
+                vs_direct: median(
+                    runs.iter()
+                        .filter_map(|r| {
+                            let direct = results.iter().find(|d| {
+                                d.mode == Mode::Direct && d.round == r.round && d.rate() > 0.0
+                            })?;
+                            Some(r.rate() / direct.rate())
+                        })
+                        .collect(),
+                ),
             }
         })
         .collect()
 }
 
-/// Prints the medians and the ratio of each mode's rate to `direct`'s.
+/// Prints the medians and each mode's ratio to `direct` (median of per-round ratios).
 pub fn print_summary(plan: &Plan, summaries: &[Summary]) {
-    let direct = summaries
-        .iter()
-        .find(|s| s.mode == Mode::Direct)
-        .map(|s| s.rate);
     println!("\nmedians of {} run(s):", plan.runs);
     println!(
         "{:<7} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
@@ -115,9 +124,6 @@ pub fn print_summary(plan: &Plan, summaries: &[Summary]) {
     );
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     for s in summaries {
-        let ratio = direct
-            .filter(|d| *d > 0.0)
-            .map_or("-".to_owned(), |d| format!("{:.2}", s.rate / d));
         println!(
             "{:<7} {:>10.0} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
             s.mode.name(),
@@ -127,7 +133,7 @@ pub fn print_summary(plan: &Plan, summaries: &[Summary]) {
             ms(s.p999_ms),
             s.errors,
             if s.verified { "yes" } else { "NO" },
-            ratio
+            s.vs_direct.map_or("-".to_owned(), |r| format!("{r:.2}"))
         );
     }
 }

@@ -164,3 +164,52 @@ async fn a_stream_never_has_more_than_its_window_in_flight() {
     assert_eq!(daemon.forwarder().in_flight(), 0);
     drop(hole);
 }
+
+#[tokio::test]
+async fn at_the_end_of_the_shutdown_grace_a_stream_is_answered_6_and_ends() {
+    // A black-hole broker keeps the messages in flight past the grace period (300 ms).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_address = hole.local_addr().unwrap().to_string();
+    let mut config = config();
+    config.server.shutdown_grace_ms = 300;
+    let daemon = start(config.validate().unwrap());
+    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // The sender keeps its side open: only the daemon can end this stream.
+    let (requests, outgoing) = tokio::sync::mpsc::channel(16);
+    for id in 0..5 {
+        let message = Message::Kafka(common::kafka(&hole_address, "t", "x"));
+        requests.send(request(id, message)).await.unwrap();
+    }
+    let mut acks = IngestClient::new(channel)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || daemon.stop());
+    let mut codes = Vec::new();
+    let end = loop {
+        match acks.message().await {
+            Ok(Some(ack)) => codes.push(ack.response.unwrap().error_no),
+            other => break other,
+        }
+    };
+    assert_eq!(
+        codes, [6; 5],
+        "every message in flight is answered shutting down"
+    );
+    // Ended by the daemon with status OK, not cut off when its runtime stopped.
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    stopped.await.unwrap().expect("the daemon stops cleanly");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(requests);
+}

@@ -66,7 +66,7 @@ impl Ingest for IngestService {
 }
 
 /// Reads, forwards and answers the messages of one stream until the sender closed its side
-/// and every message is answered, or the sender went away.
+/// (or went away) and every message it sent has an outcome.
 async fn drive(
     ingress: Arc<Ingress>,
     window: usize,
@@ -76,15 +76,18 @@ async fn drive(
     let mut pending: FuturesUnordered<Pin<Box<dyn Future<Output = IngestAck> + Send + '_>>> =
         FuturesUnordered::new();
     let mut reading = true;
+    let mut listening = true;
     loop {
         tokio::select! {
             // Answer first: it frees room in the window.
             biased;
             Some(ack) = pending.next(), if !pending.is_empty() => {
-                if acks.send(Ok(ack)).await.is_err() {
-                    // The sender is gone; what is in flight is dropped with it.
+                if listening && acks.send(Ok(ack)).await.is_err() {
+                    // The sender is gone. What it sent is still forwarded to the end (within
+                    // the policy's budget), so it is counted and never half-sent.
                     log::info!("Stream closed by its sender unanswered={}", pending.len());
-                    return;
+                    listening = false;
+                    reading = false;
                 }
             }
             next = requests.message(), if reading && pending.len() < window => match next {

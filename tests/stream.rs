@@ -213,3 +213,52 @@ async fn at_the_end_of_the_shutdown_grace_a_stream_is_answered_6_and_ends() {
     );
     drop(requests);
 }
+
+#[tokio::test]
+async fn messages_of_a_sender_that_went_away_are_still_forwarded_and_counted() {
+    let brokers = shared_kafka();
+    let topic = unique("stream-gone");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (requests, outgoing) = tokio::sync::mpsc::channel(300);
+    for id in 0..300 {
+        let message = Message::Kafka(common::kafka(&brokers, &topic, format!("m{id}")));
+        requests.send(request(id, message)).await.unwrap();
+    }
+    let mut acks = IngestClient::new(channel)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    // Read one ack, then vanish without closing the stream properly.
+    acks.message().await.unwrap().unwrap();
+    drop(acks);
+    drop(requests);
+
+    let totals = daemon.forwarder().totals();
+    let deadline = std::time::Instant::now() + POLICY_BOUND;
+    while daemon.forwarder().in_flight() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(daemon.forwarder().in_flight(), 0);
+    let sent = totals.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let failed = totals.failed.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failed, 0);
+    assert!(sent >= 1, "{sent}");
+    let (b, t) = (brokers.clone(), topic.clone());
+    let in_topic = tokio::task::spawn_blocking(move || {
+        kafka::drain_topic(&b, &t, Duration::from_millis(500), Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        in_topic.len() as u64,
+        sent,
+        "every message counted as sent is in the topic"
+    );
+}

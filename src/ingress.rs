@@ -23,7 +23,8 @@ pub struct Refused {
     pub not_allowed: AtomicU64,
 }
 
-/// The `MessageBroker` service over a [`Forwarder`].
+/// The `MessageBroker` service over a [`Forwarder`]. Cloning it is cheap (shared parts).
+#[derive(Clone)]
 pub struct Ingress {
     /// Where messages go.
     forwarder: Arc<Forwarder>,
@@ -120,6 +121,25 @@ async fn aborted(mut abort: watch::Receiver<bool>) {
     }
 }
 
+impl Ingress {
+    /// Answers one unary call. The message is forwarded in a task of its own, so a caller
+    /// that hangs up (its own timeout, a killed job) does not cut a message off half-sent:
+    /// it still gets its outcome, counted in the stats, within the policy's budget.
+    async fn answer(
+        &self,
+        request: Result<SendRequest, ferry_actors::InvalidRequest>,
+    ) -> Result<Response<proto::Response>, Status> {
+        let ingress = self.clone();
+        tokio::spawn(async move { ingress.send(request).await })
+            .await
+            .map(Response::new)
+            .map_err(|error| {
+                log::error!("Forwarding task failed error={error}");
+                Status::internal("ferry failed while forwarding this message")
+            })
+    }
+}
+
 #[tonic::async_trait]
 impl MessageBroker for Ingress {
     async fn send_rabbit_mq_message(
@@ -127,7 +147,7 @@ impl MessageBroker for Ingress {
         request: Request<RabbitMqMessage>,
     ) -> Result<Response<proto::Response>, Status> {
         let request = wire::rabbitmq_request(request.into_inner(), self.max_message_bytes);
-        Ok(Response::new(self.send(request).await))
+        self.answer(request).await
     }
 
     async fn send_kafka_message(
@@ -135,6 +155,6 @@ impl MessageBroker for Ingress {
         request: Request<KafkaMessage>,
     ) -> Result<Response<proto::Response>, Status> {
         let request = wire::kafka_request(request.into_inner(), self.max_message_bytes);
-        Ok(Response::new(self.send(request).await))
+        self.answer(request).await
     }
 }

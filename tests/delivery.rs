@@ -320,3 +320,58 @@ async fn idle_producers_are_stopped_and_the_target_cap_evicts_the_least_recently
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn callers_that_hang_up_do_not_cut_their_messages_off_uncounted() {
+    let brokers = shared_kafka();
+    let topic = unique("hang-up");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+    // The producer connected and the topic known, a call takes a few milliseconds.
+    let (warm, _) = send_kafka(&mut client, common::kafka(&brokers, &topic, "warm")).await;
+    assert_eq!(warm.error_no, 0, "{warm:?}");
+    // 300 calls whose callers give up after 1 to 30 ms, many before their answer.
+    let calls: Vec<_> = (0..300)
+        .map(|i| {
+            let mut client = client.clone();
+            let request = common::kafka(&brokers, &topic, format!("m{i}"));
+            tokio::spawn(async move {
+                let patience = Duration::from_millis(1 + i % 30);
+                tokio::time::timeout(patience, client.send_kafka_message(request))
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    let mut hung_up = 0;
+    for call in calls {
+        hung_up += usize::from(!call.await.unwrap());
+    }
+    assert!(hung_up > 0, "some callers hung up before their answer");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + POLICY_BOUND;
+    while daemon.forwarder().in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let totals = daemon.forwarder().totals();
+    let sent = totals.sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(totals.failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let (b, t) = (brokers.clone(), topic.clone());
+    let in_topic = tokio::task::spawn_blocking(move || {
+        kafka::drain_topic(&b, &t, Duration::from_millis(500), Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        in_topic.len() as u64,
+        sent,
+        "every message in the topic was counted as sent ({hung_up} callers hung up)"
+    );
+    println!("hang-up: {hung_up} of 300 callers hung up; {sent} messages sent (with the warm-up)");
+    assert!(
+        sent > 1 + 300 - hung_up as u64,
+        "some messages of callers that hung up were sent"
+    );
+}

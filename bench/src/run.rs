@@ -41,6 +41,7 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
     } else {
         None
     };
+    // With `direct` alone there are no channels, and the daemon paths are never used.
     let paths = Paths {
         direct,
         unary: Arc::new(UnarySink::new(&channels, plan)),

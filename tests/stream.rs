@@ -262,3 +262,36 @@ async fn messages_of_a_sender_that_went_away_are_still_forwarded_and_counted() {
         "every message counted as sent is in the topic"
     );
 }
+
+#[tokio::test]
+async fn a_stream_needs_the_bearer_token_too() {
+    let dir = std::env::temp_dir().join(unique("ferry-stream-token"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "correct-horse-battery-staple\n").unwrap();
+    let mut config = config();
+    config.access.token_file = token_file.to_str().unwrap().to_owned();
+    // The client's connection outlives the test body; do not wait 7 s for it at the stop.
+    config.server.shutdown_grace_ms = 200;
+    let daemon = start(config.validate().unwrap());
+    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let message = Message::Kafka(common::kafka("127.0.0.1:9", "t", "x"));
+    let refused = IngestClient::new(channel)
+        .stream(tokio_stream::iter([request(1, message)]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        daemon
+            .forwarder()
+            .totals()
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

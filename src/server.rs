@@ -415,7 +415,7 @@ async fn serve(
 
     log::info!(
         "Serving gRPC{} on {} ({} workers), stats on http://{}/stats; limits: max_connections={} max_in_flight={} \
-         max_in_flight_per_target={} max_targets={} max_message_bytes={} policy={}x{}ms \
+         max_in_flight_per_target={} max_in_flight_per_stream={} max_targets={} max_message_bytes={} policy={}x{}ms \
          shutdown_grace_ms={}; access: {}; bearer token {}",
         if settings.tls.is_some() {
             " with TLS"
@@ -428,6 +428,7 @@ async fn serve(
         settings.max_connections,
         settings.max_in_flight,
         settings.producer.max_in_flight_per_target,
+        settings.max_in_flight_per_stream,
         settings.registry.max_targets,
         settings.max_message_bytes,
         settings.policy.max_attempts(),

@@ -38,8 +38,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = ACCESS.check(&request.target);
             let shown = request.target.to_string();
             if let Some(password) = password.filter(|p| !p.is_empty() && p != "***") {
+                // Past the redaction marker itself (whose "//***" a crafted URL can mimic as
+                // its "password"), the display must not show ":password@".
                 let leaked = format!(":{password}@");
-                assert!(!shown.contains(&leaked), "password shown in {shown:?}");
+                let after_marker = shown.split_once("://***@").map_or(shown.as_str(), |(_, r)| r);
+                assert!(!after_marker.contains(&leaked), "password shown in {shown:?}");
             }
         }
     }

@@ -69,6 +69,23 @@ impl Ingress {
         aborted(self.abort.clone()).await;
     }
 
+    /// Answers one unary call. The message is forwarded in a task of its own, so a caller
+    /// that hangs up (its own timeout, a killed job) does not cut a message off half-sent:
+    /// it still gets its outcome, counted in the stats, within the policy's budget.
+    async fn answer(
+        &self,
+        request: Result<SendRequest, ferry_actors::InvalidRequest>,
+    ) -> Result<Response<proto::Response>, Status> {
+        let ingress = self.clone();
+        tokio::spawn(async move { ingress.send(request).await })
+            .await
+            .map(Response::new)
+            .map_err(|error| {
+                log::error!("Forwarding task failed error={error}");
+                Status::internal("ferry failed while forwarding this message")
+            })
+    }
+
     /// Forwards a validated request (or reports why it is invalid) and logs a failure once;
     /// shared by the unary service and the streaming one.
     pub async fn send(
@@ -118,25 +135,6 @@ impl Ingress {
 async fn aborted(mut abort: watch::Receiver<bool>) {
     if abort.wait_for(|abort| *abort).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-impl Ingress {
-    /// Answers one unary call. The message is forwarded in a task of its own, so a caller
-    /// that hangs up (its own timeout, a killed job) does not cut a message off half-sent:
-    /// it still gets its outcome, counted in the stats, within the policy's budget.
-    async fn answer(
-        &self,
-        request: Result<SendRequest, ferry_actors::InvalidRequest>,
-    ) -> Result<Response<proto::Response>, Status> {
-        let ingress = self.clone();
-        tokio::spawn(async move { ingress.send(request).await })
-            .await
-            .map(Response::new)
-            .map_err(|error| {
-                log::error!("Forwarding task failed error={error}");
-                Status::internal("ferry failed while forwarding this message")
-            })
     }
 }
 

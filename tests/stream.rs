@@ -17,14 +17,28 @@ use ferry::server::Daemon;
 use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
 use tonic::transport::Channel;
 
-/// Sends `requests` on one stream, closes it, and returns every ack by id.
-async fn stream(daemon: &Daemon, requests: Vec<IngestRequest>) -> BTreeMap<u64, (i32, String)> {
+/// An `Ingest` client on a new connection to `daemon`.
+async fn ingest(daemon: &Daemon) -> IngestClient<Channel> {
     let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut acks = IngestClient::new(channel)
+    IngestClient::new(channel)
+}
+
+/// A listener that accepts TCP (the kernel completes the handshake) and never answers,
+/// with its address.
+fn black_hole() -> (std::net::TcpListener, String) {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = hole.local_addr().unwrap().to_string();
+    (hole, address)
+}
+
+/// Sends `requests` on one stream, closes it, and returns every ack by id.
+async fn stream(daemon: &Daemon, requests: Vec<IngestRequest>) -> BTreeMap<u64, (i32, String)> {
+    let mut acks = ingest(daemon)
+        .await
         .stream(tokio_stream::iter(requests))
         .await
         .expect("stream opens")
@@ -96,14 +110,7 @@ async fn a_stream_delivers_to_both_brokers_and_acks_each_id_once() {
     assert_eq!(in_queue.len(), 200);
     let bodies: BTreeSet<Vec<u8>> = in_queue.into_iter().map(|m| m.data).collect();
     assert_eq!(bodies, expected("r"));
-    assert_eq!(
-        daemon
-            .forwarder()
-            .totals()
-            .sent
-            .load(std::sync::atomic::Ordering::Relaxed),
-        400
-    );
+    assert_eq!(totals(&daemon).0, 400);
 }
 
 #[tokio::test]
@@ -136,8 +143,7 @@ async fn bad_messages_in_a_stream_are_answered_1_and_the_stream_goes_on() {
 async fn a_stream_never_has_more_than_its_window_in_flight() {
     // A broker that accepts TCP and never answers keeps each message in flight for the
     // whole policy budget (200 + 400 ms), so the window fills.
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hole_address = hole.local_addr().unwrap().to_string();
+    let (hole, hole_address) = black_hole();
     let mut config = config();
     config.server.max_in_flight_per_stream = 3;
     config.policy.timeout_step_ms = 200;
@@ -168,23 +174,18 @@ async fn a_stream_never_has_more_than_its_window_in_flight() {
 #[tokio::test]
 async fn at_the_end_of_the_shutdown_grace_a_stream_is_answered_6_and_ends() {
     // A black-hole broker keeps the messages in flight past the grace period (300 ms).
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hole_address = hole.local_addr().unwrap().to_string();
+    let (_hole, hole_address) = black_hole();
     let mut config = config();
     config.server.shutdown_grace_ms = 300;
     let daemon = start(config.validate().unwrap());
-    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut client = ingest(&daemon).await;
     // The sender keeps its side open: only the daemon can end this stream.
     let (requests, outgoing) = tokio::sync::mpsc::channel(16);
     for id in 0..5 {
         let message = Message::Kafka(common::kafka(&hole_address, "t", "x"));
         requests.send(request(id, message)).await.unwrap();
     }
-    let mut acks = IngestClient::new(channel)
+    let mut acks = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
         .await
         .unwrap()
@@ -220,17 +221,13 @@ async fn messages_of_a_sender_that_went_away_are_still_forwarded_and_counted() {
     let topic = unique("stream-gone");
     kafka::create_topic(&brokers, &topic).await;
     let daemon = start(settings());
-    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut client = ingest(&daemon).await;
     let (requests, outgoing) = tokio::sync::mpsc::channel(300);
     for id in 0..300 {
         let message = Message::Kafka(common::kafka(&brokers, &topic, format!("m{id}")));
         requests.send(request(id, message)).await.unwrap();
     }
-    let mut acks = IngestClient::new(channel)
+    let mut acks = client
         .stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
         .await
         .unwrap()
@@ -240,22 +237,11 @@ async fn messages_of_a_sender_that_went_away_are_still_forwarded_and_counted() {
     drop(acks);
     drop(requests);
 
-    let totals = daemon.forwarder().totals();
-    let deadline = std::time::Instant::now() + POLICY_BOUND;
-    while daemon.forwarder().in_flight() > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(daemon.forwarder().in_flight(), 0);
-    let sent = totals.sent.load(std::sync::atomic::Ordering::Relaxed);
-    let failed = totals.failed.load(std::sync::atomic::Ordering::Relaxed);
+    wait_until_idle(&daemon).await;
+    let (sent, failed) = totals(&daemon);
     assert_eq!(failed, 0);
     assert!(sent >= 1, "{sent}");
-    let (b, t) = (brokers.clone(), topic.clone());
-    let in_topic = tokio::task::spawn_blocking(move || {
-        kafka::drain_topic(&b, &t, Duration::from_millis(500), Duration::from_secs(10))
-    })
-    .await
-    .unwrap();
+    let in_topic = drain_topic(&brokers, &topic).await;
     assert_eq!(
         in_topic.len() as u64,
         sent,
@@ -274,24 +260,13 @@ async fn a_stream_needs_the_bearer_token_too() {
     // The client's connection outlives the test body; do not wait 7 s for it at the stop.
     config.server.shutdown_grace_ms = 200;
     let daemon = start(config.validate().unwrap());
-    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut client = ingest(&daemon).await;
     let message = Message::Kafka(common::kafka("127.0.0.1:9", "t", "x"));
-    let refused = IngestClient::new(channel)
+    let refused = client
         .stream(tokio_stream::iter([request(1, message)]))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    assert_eq!(
-        daemon
-            .forwarder()
-            .totals()
-            .failed
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(totals(&daemon).1, 0, "nothing was forwarded");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -49,8 +49,14 @@ pub enum Counter {
     },
 }
 
-/// Declares `exchange` as ferry does: durable, type topic.
-pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), lapin::Error> {
+/// Connects to `server`, opens a channel and declares `exchange` as ferry does: durable,
+/// type topic.
+pub async fn open_exchange(
+    server: &str,
+    exchange: &str,
+) -> Result<(Connection, Channel), lapin::Error> {
+    let connection = Connection::connect(server, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
     let options = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -62,7 +68,8 @@ pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), l
             options,
             FieldTable::default(),
         )
-        .await
+        .await?;
+    Ok((connection, channel))
 }
 
 impl Counter {
@@ -114,10 +121,7 @@ impl Counter {
                 exchange,
                 routing_key,
             } => {
-                let connection =
-                    Connection::connect(server, ConnectionProperties::default()).await?;
-                let channel = connection.create_channel().await?;
-                declare_exchange(&channel, exchange).await?;
+                let (connection, channel) = open_exchange(server, exchange).await?;
                 let queue = format!("ferry-bench-{}", std::process::id());
                 let durable = QueueDeclareOptions {
                     durable: true,

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -67,13 +67,10 @@ impl DirectSink {
                 exchange,
                 routing_key,
             } => {
-                let connection =
-                    Connection::connect(server, ConnectionProperties::default()).await?;
-                let channel = connection.create_channel().await?;
+                let (connection, channel) = broker::open_exchange(server, exchange).await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;
-                broker::declare_exchange(&channel, exchange).await?;
                 Ok(Self::RabbitMq {
                     connection,
                     channel,

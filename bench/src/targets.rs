@@ -92,7 +92,8 @@ pub async fn measure(args: &TargetsArgs) -> Result<MemoryReport, BenchError> {
     let settle = || tokio::time::sleep(Duration::from_millis(500));
     settle().await;
     let idle_kib = rss_kib(args.daemon_pid)?;
-    let mut failed = u32::from(!send_one(&channel, args, 0).await);
+    let first = format!("{}.0", args.prefix);
+    let mut failed = u32::from(!send_to(&channel, &args.server, &first).await);
     settle().await;
     let one_target_kib = rss_kib(args.daemon_pid)?;
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
@@ -101,11 +102,11 @@ pub async fn measure(args: &TargetsArgs) -> Result<MemoryReport, BenchError> {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let channel = channel.clone();
-        let target = (args.server.clone(), args.prefix.clone());
+        let (channel, server) = (channel.clone(), args.server.clone());
+        let exchange = format!("{}.{i}", args.prefix);
         sends.spawn(async move {
             let _slot = slot;
-            send_to(&channel, &target.0, &format!("{}.{i}", target.1)).await
+            send_to(&channel, &server, &exchange).await
         });
     }
     while let Some(sent) = sends.join_next().await {
@@ -121,11 +122,6 @@ pub async fn measure(args: &TargetsArgs) -> Result<MemoryReport, BenchError> {
         targets: args.count,
         failed,
     })
-}
-
-/// Sends one message to exchange `PREFIX.i`.
-async fn send_one(channel: &Channel, args: &TargetsArgs, i: u32) -> bool {
-    send_to(channel, &args.server, &format!("{}.{i}", args.prefix)).await
 }
 
 /// Sends one small message to `exchange` on `server`; true if delivered.

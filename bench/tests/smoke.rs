@@ -23,9 +23,22 @@ fn daemon() -> Daemon {
     Daemon::start(config.validate().expect("settings")).expect("daemon starts")
 }
 
-/// Parses a `ferry-bench load` command line.
-fn load(args: &[&str]) -> ferry_bench::plan::Plan {
-    let cli = Cli::try_parse_from(["ferry-bench", "load"].iter().chain(args)).expect("flags");
+/// A tiny `ferry-bench load` against `daemon`: 300 messages, 16 in flight over 2
+/// connections, `runs` rounds, to `destination` (its subcommand and flags).
+fn tiny_load(daemon: &Daemon, runs: &str, destination: &[&str]) -> ferry_bench::plan::Plan {
+    let address = daemon.local_addr().to_string();
+    let mut args = vec!["--daemon", &address, "-n", "300", "-c", "16"];
+    args.extend([
+        "--connections",
+        "2",
+        "--runs",
+        runs,
+        "--warm-up",
+        "10",
+        "--quiet",
+    ]);
+    args.extend(destination);
+    let cli = Cli::try_parse_from(["ferry-bench", "load"].iter().chain(&args)).expect("flags");
     match cli.command {
         BenchCommand::Load(args) => args.plan().expect("plan"),
         BenchCommand::Targets(_) => unreachable!(),
@@ -60,26 +73,11 @@ async fn run_and_check(plan: &ferry_bench::plan::Plan) {
 async fn every_mode_delivers_to_kafka_and_the_topic_holds_them() {
     let daemon = daemon();
     let topic = ferry_testkit::kafka::unique_topic("bench-smoke");
-    let plan = load(&[
-        "--daemon",
-        &daemon.local_addr().to_string(),
-        "-n",
-        "300",
-        "-c",
-        "16",
-        "--connections",
+    let plan = tiny_load(
+        &daemon,
         "2",
-        "--runs",
-        "2",
-        "--warm-up",
-        "10",
-        "--quiet",
-        "kafka",
-        "--brokers",
-        &shared_kafka(),
-        "--topic",
-        &topic,
-    ]);
+        &["kafka", "--brokers", &shared_kafka(), "--topic", &topic],
+    );
     run_and_check(&plan).await;
 }
 
@@ -87,26 +85,17 @@ async fn every_mode_delivers_to_kafka_and_the_topic_holds_them() {
 async fn every_mode_delivers_to_rabbitmq_and_the_queue_holds_them() {
     let daemon = daemon();
     let exchange = ferry_testkit::kafka::unique_topic("bench-smoke");
-    let plan = load(&[
-        "--daemon",
-        &daemon.local_addr().to_string(),
-        "-n",
-        "300",
-        "-c",
-        "16",
-        "--connections",
-        "2",
-        "--runs",
+    let plan = tiny_load(
+        &daemon,
         "1",
-        "--warm-up",
-        "10",
-        "--quiet",
-        "rabbitmq",
-        "--server",
-        &shared_amqp_url(),
-        "--exchange",
-        &exchange,
-    ]);
+        &[
+            "rabbitmq",
+            "--server",
+            &shared_amqp_url(),
+            "--exchange",
+            &exchange,
+        ],
+    );
     run_and_check(&plan).await;
 }
 

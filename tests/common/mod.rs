@@ -128,3 +128,34 @@ pub fn unique(prefix: &str) -> String {
 /// The upper bound of a call's duration under the default policy (2 s + 4 s), with slack
 /// for a loaded machine.
 pub const POLICY_BOUND: Duration = Duration::from_millis(6_000 + 1_500);
+
+/// Waits, within [`POLICY_BOUND`], until `daemon` has nothing in flight, and checks it.
+pub async fn wait_until_idle(daemon: &Daemon) {
+    let deadline = Instant::now() + POLICY_BOUND;
+    while daemon.forwarder().in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(daemon.forwarder().in_flight(), 0, "still in flight");
+}
+
+/// Messages `daemon` delivered and failed since it started.
+pub fn totals(daemon: &Daemon) -> (u64, u64) {
+    let totals = daemon.forwarder().totals();
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    (load(&totals.sent), load(&totals.failed))
+}
+
+/// Every message of `topic`, read until none came for 500 ms (10 s at most).
+pub async fn drain_topic(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
+    let (b, t) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        ferry_testkit::kafka::drain_topic(
+            &b,
+            &t,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+    })
+    .await
+    .expect("reading the topic")
+}

@@ -149,7 +149,7 @@ mod tests {
     }
 
     fn kafka(brokers: &[&str]) -> Target {
-        Target::Kafka(KafkaTarget::try_new(brokers).unwrap())
+        Target::Kafka(KafkaTarget::try_new(brokers, 8).unwrap())
     }
 
     fn amqp(url: &str, exchange: &str) -> Target {

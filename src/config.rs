@@ -58,6 +58,19 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Most client connections open at once; beyond it a new connection is closed at once.
     pub max_connections: usize,
+    /// Most payload bytes in flight across all targets; beyond it: error_no 5. 0 = sized
+    /// for the machine (a sixteenth of its memory, at most 1 GiB).
+    pub max_in_flight_bytes: u64,
+    /// Most concurrent HTTP/2 streams (calls) on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// A new connection that sends nothing within this many milliseconds is closed.
+    pub handshake_timeout_ms: u64,
+    /// A connection with no traffic either way for this many milliseconds is closed; must
+    /// be longer than the policy's total budget.
+    pub idle_connection_timeout_ms: u64,
+    /// How long a unary call's request may take to arrive, in milliseconds; a call is cut
+    /// off after this plus the policy's total budget.
+    pub request_body_timeout_ms: u64,
     /// PEM certificate chain for TLS on the gRPC ingress ("" = plain TCP).
     pub tls_cert_file: String,
     /// PEM private key of that certificate.
@@ -74,6 +87,11 @@ impl Default for ServerConfig {
             max_in_flight_per_stream: 1_024,
             shutdown_grace_ms: 7_000,
             max_connections: 4_096,
+            max_in_flight_bytes: 0,
+            max_streams_per_connection: 256,
+            handshake_timeout_ms: 5_000,
+            idle_connection_timeout_ms: 60_000,
+            request_body_timeout_ms: 4_000,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
         }
@@ -153,6 +171,8 @@ impl Default for PolicyConfig {
 pub struct ProducersConfig {
     /// Most targets with a cached producer.
     pub max_targets: usize,
+    /// Most Kafka broker sets with a cached producer (each costs librdkafka threads).
+    pub max_kafka_targets: usize,
     /// Seconds a producer may stay unused before it is stopped.
     pub idle_timeout_s: u64,
     /// Most messages in flight to one target.
@@ -171,6 +191,7 @@ impl Default for ProducersConfig {
         let registry = RegistrySettings::default();
         Self {
             max_targets: registry.max_targets,
+            max_kafka_targets: registry.max_kafka_targets,
             idle_timeout_s: registry.idle_timeout.as_secs(),
             max_in_flight_per_target: producer.max_in_flight_per_target,
             connect_timeout_ms: millis(producer.connect_timeout),
@@ -188,6 +209,9 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// librdkafka `queue.buffering.max.messages`.
     pub queue_max_messages: u32,
+    /// Most bootstrap addresses one request may name (librdkafka keeps a thread and a
+    /// socket per broker).
+    pub max_brokers_per_target: usize,
     /// Further librdkafka producer properties (`bootstrap.servers`, `acks` and
     /// `enable.idempotence` may not be overridden).
     pub properties: std::collections::BTreeMap<String, String>,
@@ -199,6 +223,7 @@ impl Default for KafkaConfig {
         Self {
             linger_ms: kafka.linger_ms,
             queue_max_messages: kafka.queue_max_messages,
+            max_brokers_per_target: ferry_actors::target::DEFAULT_MAX_BROKERS_PER_TARGET,
             properties: Default::default(),
         }
     }
@@ -210,8 +235,8 @@ impl Default for KafkaConfig {
 pub struct RabbitMqConfig {
     /// Connection name shown by the broker (`rabbitmqctl list_connections client_properties`).
     pub connection_name: String,
-    /// Largest AMQP frame proposed to the broker, in bytes (4096 to 131072); each
-    /// connection holds 64 frames of buffer.
+    /// Largest AMQP frame proposed to the broker, in bytes (4096 to 131072; a URL's
+    /// `frame_max` may only lower it); each connection holds 64 frames of buffer.
     pub frame_max_bytes: u32,
 }
 
@@ -274,6 +299,18 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Most payload bytes in flight across all targets.
+    pub max_in_flight_bytes: u64,
+    /// Most concurrent HTTP/2 streams on one connection.
+    pub max_streams_per_connection: u32,
+    /// How long a new connection may send nothing.
+    pub handshake_timeout: Duration,
+    /// How long a connection may see no traffic.
+    pub idle_connection_timeout: Duration,
+    /// The longest a unary call may take, request included.
+    pub request_timeout: Duration,
+    /// Most bootstrap addresses one Kafka target may name.
+    pub max_brokers_per_target: usize,
     /// The TLS identity of the gRPC ingress, if it speaks TLS.
     pub tls: Option<TlsIdentity>,
     /// Address of the HTTP operations endpoint.
@@ -354,6 +391,30 @@ impl Config {
         )?;
         positive("server.shutdown_grace_ms", self.server.shutdown_grace_ms)?;
         positive("server.max_connections", self.server.max_connections)?;
+        let max_in_flight_bytes = match self.server.max_in_flight_bytes {
+            0 => auto_max_in_flight_bytes(),
+            n => n,
+        };
+        if max_in_flight_bytes < max_message_bytes as u64 {
+            return Err(invalid(
+                "server.max_in_flight_bytes",
+                "must be at least server.max_message_bytes (or 0 for the automatic size)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.server.max_streams_per_connection) {
+            return Err(invalid(
+                "server.max_streams_per_connection",
+                "must be 1 to 10000",
+            ));
+        }
+        positive(
+            "server.handshake_timeout_ms",
+            self.server.handshake_timeout_ms,
+        )?;
+        positive(
+            "server.request_body_timeout_ms",
+            self.server.request_body_timeout_ms,
+        )?;
         let tls = tls_identity(&self.server.tls_cert_file, &self.server.tls_key_file)?;
         let ops_listen = self.ops.listen.parse().map_err(|_| {
             invalid(
@@ -370,11 +431,28 @@ impl Config {
             PolicyError::Attempts(_) => invalid("policy.max_attempts", &e.to_string()),
         })?;
 
+        let budget = policy.total_budget();
+        let idle_connection_timeout = Duration::from_millis(self.server.idle_connection_timeout_ms);
+        if idle_connection_timeout <= budget {
+            return Err(ConfigError::Invalid {
+                field: "server.idle_connection_timeout_ms",
+                reason: format!(
+                    "must be longer than the policy's total budget ({} ms), or a call waiting \
+                     for its broker would lose its connection",
+                    budget.as_millis()
+                ),
+            });
+        }
+        if !(1..=64).contains(&self.kafka.max_brokers_per_target) {
+            return Err(invalid("kafka.max_brokers_per_target", "must be 1 to 64"));
+        }
+
         let access = self.access.validate(listen)?;
         let token = read_token(&self.access.token_file)?;
 
         let p = &self.producers;
         positive("producers.max_targets", p.max_targets)?;
+        positive("producers.max_kafka_targets", p.max_kafka_targets)?;
         positive("producers.idle_timeout_s", p.idle_timeout_s)?;
         positive(
             "producers.max_in_flight_per_target",
@@ -427,6 +505,12 @@ impl Config {
             max_in_flight_per_stream: self.server.max_in_flight_per_stream,
             shutdown_grace: Duration::from_millis(self.server.shutdown_grace_ms),
             max_connections: self.server.max_connections,
+            max_in_flight_bytes,
+            max_streams_per_connection: self.server.max_streams_per_connection,
+            handshake_timeout: Duration::from_millis(self.server.handshake_timeout_ms),
+            idle_connection_timeout,
+            request_timeout: budget + Duration::from_millis(self.server.request_body_timeout_ms),
+            max_brokers_per_target: self.kafka.max_brokers_per_target,
             tls,
             ops_listen,
             pid_file: (!self.ops.pid_file.is_empty()).then(|| PathBuf::from(self.ops.pid_file)),
@@ -446,6 +530,7 @@ impl Config {
             },
             registry: RegistrySettings {
                 max_targets: p.max_targets,
+                max_kafka_targets: p.max_kafka_targets,
                 idle_timeout: Duration::from_secs(p.idle_timeout_s),
             },
         })
@@ -512,6 +597,21 @@ impl AccessConfig {
         }
         Ok(Access::Only(list))
     }
+}
+
+/// The automatic `server.max_in_flight_bytes`: a sixteenth of the machine's memory, at most
+/// 1 GiB (1 GiB when the memory cannot be read). Measured: a message in flight costs
+/// about four times its payload in the daemon (request buffer, producer queue, copies).
+fn auto_max_in_flight_bytes() -> u64 {
+    const GIB: u64 = 1024 * 1024 * 1024;
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    total.map_or(GIB, |bytes| (bytes / 16).clamp(16 * 1024 * 1024, GIB))
 }
 
 /// Largest certificate chain or key file read.
@@ -668,6 +768,30 @@ mod tests {
             ("[policy]\nmax_attempts = 0", "policy.max_attempts"),
             ("[policy]\ntimeout_step_ms = 0", "policy.timeout_step_ms"),
             ("[producers]\nmax_targets = 0", "producers.max_targets"),
+            (
+                "[producers]\nmax_kafka_targets = 0",
+                "producers.max_kafka_targets",
+            ),
+            (
+                "[server]\nmax_in_flight_bytes = 1000",
+                "server.max_in_flight_bytes",
+            ),
+            (
+                "[server]\nmax_streams_per_connection = 0",
+                "server.max_streams_per_connection",
+            ),
+            (
+                "[server]\nidle_connection_timeout_ms = 6000",
+                "server.idle_connection_timeout_ms",
+            ),
+            (
+                "[server]\nhandshake_timeout_ms = 0",
+                "server.handshake_timeout_ms",
+            ),
+            (
+                "[kafka]\nmax_brokers_per_target = 65",
+                "kafka.max_brokers_per_target",
+            ),
             ("[kafka.properties]\nacks = \"1\"", "kafka.properties"),
             ("[kafka.properties]\n\"no.such.property\" = \"1\"", "kafka"),
         ] {

@@ -77,6 +77,10 @@ async fn drive(
         FuturesUnordered::new();
     let mut reading = true;
     let mut listening = true;
+    // How many requests were read, the last one's id, and why reading stopped early.
+    let mut read: u64 = 0;
+    let mut last_id = None;
+    let mut broken = None;
     loop {
         tokio::select! {
             // Answer first: it frees room in the window.
@@ -91,23 +95,61 @@ async fn drive(
                 }
             }
             next = requests.message(), if reading && pending.len() < window => match next {
-                Ok(Some(request)) => pending.push(Box::pin(answer(&ingress, request))),
+                Ok(Some(request)) => {
+                    read += 1;
+                    last_id = Some(request.id);
+                    pending.push(Box::pin(answer(&ingress, request)));
+                }
                 Ok(None) => reading = false,
                 Err(status) => {
-                    log::info!("Stream ended by an error unanswered={} error={status}", pending.len());
+                    let unanswered = pending.len();
+                    ingress.log_limited(|suppressed| log::info!(
+                        "Stream cannot be read further unanswered={unanswered} read={read} \
+                         error={status} suppressed_before={suppressed}"
+                    ));
+                    broken = Some(unreadable(&status, read, last_id));
                     reading = false;
                 }
             },
             // The grace period is over: what is in flight is being answered 6; read no more.
             () = ingress.aborted(), if reading => reading = false,
-            else => return,
+            else => break,
         }
     }
+    // Every message read has its ack; a stream that could not be read to its end says so
+    // in its status, so the sender knows that what it sent after that was not forwarded.
+    if let Some(status) = broken
+        && listening
+    {
+        let _ = acks.send(Err(status)).await;
+    }
+}
+
+/// The status that ends a stream whose next request could not be read (not protobuf, too
+/// large, or the transport failed): it names how far the daemon read.
+fn unreadable(cause: &Status, read: u64, last_id: Option<u64>) -> Status {
+    // tonic reports a request that does not decode as INTERNAL; it is the sender's error.
+    let code = match cause.code() {
+        tonic::Code::Internal | tonic::Code::Unknown => tonic::Code::InvalidArgument,
+        code => code,
+    };
+    let after = match last_id {
+        Some(id) => format!("after {read} requests (the last with id {id})"),
+        None => "before any request".to_owned(),
+    };
+    Status::new(
+        code,
+        format!(
+            "ferry could not read this stream {after}: {}; every request read was answered, \
+             nothing after that point was read or forwarded",
+            cause.message()
+        ),
+    )
 }
 
 /// Forwards one streamed message and builds its ack.
 async fn answer(ingress: &Ingress, request: IngestRequest) -> IngestAck {
-    let max = ingress.max_message_bytes();
+    let max = ingress.limits();
     let validated = match request.message {
         Some(Message::Kafka(message)) => wire::kafka_request(message, max),
         Some(Message::Rabbitmq(message)) => wire::rabbitmq_request(message, max),

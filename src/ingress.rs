@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::access::Access;
 use crate::proto::message_broker_server::MessageBroker;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
-use crate::wire::{self, Failure, SendRequest};
+use crate::wire::{self, Failure, RequestLimits, SendRequest};
 
 /// Requests refused before forwarding, by reason.
 #[derive(Debug, Default)]
@@ -21,6 +21,67 @@ pub struct Refused {
     pub invalid: AtomicU64,
     /// Targets outside the allowlist (`error_no` 7).
     pub not_allowed: AtomicU64,
+    /// Bounds the log lines about messages refused or not delivered.
+    pub log: LogBudget,
+}
+
+/// Log lines per second about refused or undelivered messages, across all workers.
+pub const LOG_LINES_PER_SECOND: u64 = 20;
+
+/// A bound on log lines that any client can cause: at most `per_second` lines in each
+/// second; the first line after a suppressed stretch says how many were left out.
+#[derive(Debug)]
+pub struct LogBudget {
+    /// Lines allowed per second.
+    per_second: u64,
+    /// The clock the windows are counted on.
+    epoch: Instant,
+    /// The second (since `epoch`) the current window began.
+    window: AtomicU64,
+    /// Lines asked for in the current window.
+    used: AtomicU64,
+    /// Lines left out since the last one logged.
+    suppressed: AtomicU64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self::new(LOG_LINES_PER_SECOND)
+    }
+}
+
+impl LogBudget {
+    /// A budget of `per_second` lines per second.
+    pub fn new(per_second: u64) -> Self {
+        Self {
+            per_second,
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a line may be logged now: `Some(n)` with the lines left out since the last
+    /// one logged, or `None` (and the line is counted as left out).
+    pub fn admit(&self) -> Option<u64> {
+        let now = self.epoch.elapsed().as_secs();
+        let window = self.window.load(Ordering::Relaxed);
+        if now != window
+            && self
+                .window
+                .compare_exchange(window, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// The `MessageBroker` service over a [`Forwarder`]. Cloning it is cheap (shared parts).
@@ -30,8 +91,8 @@ pub struct Ingress {
     forwarder: Arc<Forwarder>,
     /// Which targets requests may name.
     access: Arc<Access>,
-    /// Largest payload accepted.
-    max_message_bytes: usize,
+    /// Bounds of a request.
+    limits: RequestLimits,
     /// Requests refused before forwarding.
     refused: Arc<Refused>,
     /// Becomes true when the shutdown grace period ends: requests still waiting for their
@@ -46,22 +107,30 @@ impl Ingress {
     pub fn new(
         forwarder: Arc<Forwarder>,
         access: Arc<Access>,
-        max_message_bytes: usize,
+        limits: RequestLimits,
         refused: Arc<Refused>,
         abort: watch::Receiver<bool>,
     ) -> Self {
         Self {
             forwarder,
             access,
-            max_message_bytes,
+            limits,
             refused,
             abort,
         }
     }
 
-    /// Largest payload accepted.
-    pub fn max_message_bytes(&self) -> usize {
-        self.max_message_bytes
+    /// The bounds requests are validated against.
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
+    }
+
+    /// Runs `line` (a log statement) if the log budget allows, with the count of lines
+    /// left out before it.
+    pub fn log_limited(&self, line: impl FnOnce(u64)) {
+        if let Some(suppressed) = self.refused.log.admit() {
+            line(suppressed);
+        }
     }
 
     /// Resolves once the shutdown grace period is over.
@@ -96,7 +165,9 @@ impl Ingress {
         let outcome = match request {
             Ok(request) if let Err(refusal) = self.access.check(&request.target) => {
                 self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
-                log::warn!("Request refused error={refusal}");
+                self.log_limited(|suppressed| {
+                    log::warn!("Request refused error={refusal} suppressed_before={suppressed}");
+                });
                 Err(Failure::NotAllowed(refusal))
             }
             Ok(request) => {
@@ -112,18 +183,22 @@ impl Ingress {
                     }
                 };
                 if let Err(failure) = &result {
-                    log::warn!(
-                        "Message not delivered target={} error_no={} error={failure} ms={}",
-                        request.target,
-                        failure.error_no() as i32,
-                        started.elapsed().as_millis()
-                    );
+                    self.log_limited(|suppressed| {
+                        log::warn!(
+                            "Message not delivered target={} error_no={} error={failure} ms={} suppressed_before={suppressed}",
+                            request.target,
+                            failure.error_no() as i32,
+                            started.elapsed().as_millis()
+                        );
+                    });
                 }
                 result
             }
             Err(invalid) => {
                 self.refused.invalid.fetch_add(1, Ordering::Relaxed);
-                log::info!("Request refused error={invalid}");
+                self.log_limited(|suppressed| {
+                    log::info!("Request refused error={invalid} suppressed_before={suppressed}");
+                });
                 Err(Failure::Invalid(invalid))
             }
         };
@@ -144,7 +219,7 @@ impl MessageBroker for Ingress {
         &self,
         request: Request<RabbitMqMessage>,
     ) -> Result<Response<proto::Response>, Status> {
-        let request = wire::rabbitmq_request(request.into_inner(), self.max_message_bytes);
+        let request = wire::rabbitmq_request(request.into_inner(), self.limits);
         self.answer(request).await
     }
 
@@ -152,7 +227,24 @@ impl MessageBroker for Ingress {
         &self,
         request: Request<KafkaMessage>,
     ) -> Result<Response<proto::Response>, Status> {
-        let request = wire::kafka_request(request.into_inner(), self.max_message_bytes);
+        let request = wire::kafka_request(request.into_inner(), self.limits);
         self.answer(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_budget_lets_a_few_lines_through_and_counts_the_rest() {
+        let budget = LogBudget::new(3);
+        let admitted: Vec<_> = (0..10).map(|_| budget.admit()).collect();
+        assert_eq!(&admitted[..3], [Some(0), Some(0), Some(0)]);
+        assert!(admitted[3..].iter().all(Option::is_none));
+        // The next window's first line reports the 7 left out.
+        budget.window.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(budget.admit(), Some(7));
+        assert_eq!(budget.admit(), Some(0));
     }
 }

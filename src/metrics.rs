@@ -89,6 +89,11 @@ impl Collector for Snapshot {
                 totals.connections_refused,
             ),
             (
+                "connections_timed_out",
+                "Client connections closed for sending nothing or for idleness.",
+                totals.connections_timed_out,
+            ),
+            (
                 "producer_evictions",
                 "Producers evicted to make room.",
                 totals.evictions,
@@ -107,6 +112,11 @@ impl Collector for Snapshot {
                 "in_flight",
                 "Messages accepted and not yet answered.",
                 report.in_flight as i64,
+            ),
+            (
+                "in_flight_bytes",
+                "Payload bytes of the messages accepted and not yet answered.",
+                report.in_flight_bytes as i64,
             ),
             (
                 "producers",

@@ -25,6 +25,8 @@ pub struct Report {
     pub serving: bool,
     /// Messages accepted and not yet answered.
     pub in_flight: u64,
+    /// Payload bytes of those messages (bounded by `server.max_in_flight_bytes`).
+    pub in_flight_bytes: u64,
     /// Counts since start.
     pub totals: Totals,
     /// One entry per cached producer actor, sorted by kind and target.
@@ -52,6 +54,9 @@ pub struct Totals {
     pub connections: u64,
     /// Client connections closed at once because `max_connections` was reached.
     pub connections_refused: u64,
+    /// Client connections closed because they sent nothing within
+    /// `handshake_timeout_ms` or had no traffic for `idle_connection_timeout_ms`.
+    pub connections_timed_out: u64,
 }
 
 /// One producer actor.
@@ -159,6 +164,7 @@ impl Source {
             uptime_s: round_ms(self.started.elapsed()),
             serving: !self.forwarder.is_closing(),
             in_flight: self.forwarder.in_flight(),
+            in_flight_bytes: self.forwarder.in_flight_bytes(),
             totals: Totals {
                 sent: totals.sent.load(Ordering::Relaxed),
                 failed: totals.failed.load(Ordering::Relaxed),
@@ -169,6 +175,7 @@ impl Source {
                 producers: producers.len() as u64,
                 connections: self.connections.open(),
                 connections_refused: self.connections.refused(),
+                connections_timed_out: self.connections.timed_out(),
             },
             producers,
         }

@@ -26,6 +26,7 @@ use crate::ingress::{Ingress, Refused};
 use crate::proto::ferry::v1::ingest_server::IngestServer;
 use crate::proto::message_broker_server::MessageBrokerServer;
 use crate::report::Source;
+use crate::wire::RequestLimits;
 
 /// Pending connections each listener queues before the kernel refuses more.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -76,6 +77,8 @@ pub struct Daemon {
     forwarder: Arc<Forwarder>,
     /// Tells the runtime to shut down.
     stop: Option<oneshot::Sender<()>>,
+    /// Tells a shutting-down runtime to end the grace period now.
+    hurry: Option<oneshot::Sender<()>>,
     /// Closed when the runtime ends, whatever the reason.
     ended: Option<oneshot::Receiver<()>>,
     /// The runtime thread.
@@ -102,12 +105,17 @@ impl Daemon {
         let ops_addr = ops_listener.local_addr().map_err(ops_bind)?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (hurry_tx, hurry_rx) = oneshot::channel();
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("ferry-system".into())
             .spawn(move || {
                 let _ended = ended_tx;
-                run_system(settings, listeners, ops_listener, ready_tx, stop_rx)
+                let signals = Signals {
+                    stop: stop_rx,
+                    hurry: hurry_rx,
+                };
+                run_system(settings, listeners, ops_listener, ready_tx, signals)
             })
             .map_err(ServeError::Thread)?;
         match ready_rx.recv() {
@@ -116,6 +124,7 @@ impl Daemon {
                 ops_addr,
                 forwarder,
                 stop: Some(stop_tx),
+                hurry: Some(hurry_tx),
                 ended: Some(ended_rx),
                 thread: Some(thread),
             }),
@@ -160,10 +169,26 @@ impl Daemon {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<(), ServeError> {
+    /// Begins the shutdown [`Self::stop`] describes without waiting for it; [`Self::ended`]
+    /// resolves when it is done.
+    pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Ends the shutdown grace period now (a second SIGTERM): what is still in flight is
+    /// answered error_no 6 at once. Does nothing before [`Self::begin_stop`].
+    pub fn end_grace(&mut self) {
+        if self.stop.is_none()
+            && let Some(hurry) = self.hurry.take()
+        {
+            let _ = hurry.send(());
+        }
+    }
+
+    fn shutdown(&mut self) -> Result<(), ServeError> {
+        self.begin_stop();
         self.join()
     }
 
@@ -227,13 +252,21 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// What the runtime is told from outside.
+struct Signals {
+    /// Shut down.
+    stop: oneshot::Receiver<()>,
+    /// End the shutdown grace period now.
+    hurry: oneshot::Receiver<()>,
+}
+
 /// The runtime thread: an actix System, one Arbiter per listener.
 fn run_system(
     settings: Settings,
     listeners: Vec<TcpListener>,
     ops_listener: TcpListener,
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
-    stop: oneshot::Receiver<()>,
+    signals: Signals,
 ) -> Result<(), ServeError> {
     let system = System::new();
     let arbiters: Vec<Arbiter> = listeners.iter().map(|_| Arbiter::new()).collect();
@@ -243,7 +276,7 @@ fn run_system(
         ops_listener,
         &arbiters,
         ready,
-        stop,
+        signals,
     ));
     for arbiter in &arbiters {
         arbiter.stop();
@@ -295,8 +328,9 @@ async fn serve(
     ops_listener: TcpListener,
     arbiters: &[Arbiter],
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
-    stop: oneshot::Receiver<()>,
+    signals: Signals,
 ) -> Result<(), ServeError> {
+    let Signals { stop, mut hurry } = signals;
     let registry = Registry::new(
         arbiters.iter().map(Arbiter::handle).collect(),
         settings.producer.clone(),
@@ -307,9 +341,14 @@ async fn serve(
         registry,
         settings.policy,
         settings.max_in_flight,
+        settings.max_in_flight_bytes,
     ));
     let refused = Arc::new(Refused::default());
-    let connections = ConnectionLimit::new(settings.max_connections);
+    let connections = ConnectionLimit::new(
+        settings.max_connections,
+        settings.handshake_timeout,
+        settings.idle_connection_timeout,
+    );
     raise_open_file_limit(settings.max_connections);
     let source = Source::new(forwarder.clone(), refused.clone(), connections.clone());
     let access = Arc::new(settings.access.clone());
@@ -326,9 +365,21 @@ async fn serve(
         .iter()
         .map(|_| match &settings.tls {
             Some(tls) => Server::builder().tls_config(
-                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)),
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&tls.cert, &tls.key))
+                    .timeout(settings.handshake_timeout),
             ),
             None => Ok(Server::builder()),
+        })
+        .map(|builder| {
+            builder.map(|builder| {
+                // Bounds in number and time: streams per connection, and a unary call
+                // whose request stalls is cut off (its message, once read, is still
+                // forwarded to an outcome and counted).
+                builder
+                    .max_concurrent_streams(settings.max_streams_per_connection)
+                    .timeout(settings.request_timeout)
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -338,7 +389,10 @@ async fn serve(
         let ingress = Arc::new(Ingress::new(
             forwarder.clone(),
             access.clone(),
-            settings.max_message_bytes,
+            RequestLimits {
+                max_message_bytes: settings.max_message_bytes,
+                max_brokers_per_target: settings.max_brokers_per_target,
+            },
             refused.clone(),
             abort_rx.clone(),
         ));
@@ -414,7 +468,8 @@ async fn serve(
     });
 
     log::info!(
-        "Serving gRPC{} on {} ({} workers), stats on http://{}/stats; limits: max_connections={} max_in_flight={} \
+        "Serving gRPC{} on {} ({} workers), stats on http://{}/stats; limits: max_connections={} max_in_flight={} max_in_flight_bytes={} \
+         max_streams_per_connection={} handshake_timeout_ms={} idle_connection_timeout_ms={} request_timeout_ms={} \
          max_in_flight_per_target={} max_in_flight_per_stream={} max_targets={} max_message_bytes={} policy={}x{}ms \
          shutdown_grace_ms={}; access: {}; bearer token {}",
         if settings.tls.is_some() {
@@ -427,6 +482,11 @@ async fn serve(
         settings.ops_listen,
         settings.max_connections,
         settings.max_in_flight,
+        settings.max_in_flight_bytes,
+        settings.max_streams_per_connection,
+        settings.handshake_timeout.as_millis(),
+        settings.idle_connection_timeout.as_millis(),
+        settings.request_timeout.as_millis(),
         settings.producer.max_in_flight_per_target,
         settings.max_in_flight_per_stream,
         settings.registry.max_targets,
@@ -472,7 +532,14 @@ async fn serve(
         .await
         .is_ok()
     };
-    if !wait_servers(settings.shutdown_grace).await {
+    let drained = tokio::select! {
+        drained = wait_servers(settings.shutdown_grace) => drained,
+        Ok(()) = &mut hurry => {
+            log::warn!("Told to stop now: ending the grace period early");
+            false
+        }
+    };
+    if !drained {
         log::warn!(
             "Grace period over, answering the rest as shutting down shutdown_grace_ms={} in_flight={}",
             settings.shutdown_grace.as_millis(),

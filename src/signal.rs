@@ -1,15 +1,60 @@
-//! Waits for the signals that stop the daemon (SIGTERM from ecFlow or init, SIGINT from a
-//! terminal).
+//! The signals the daemon handles: SIGTERM (ecFlow, init) and SIGINT (a terminal) stop it,
+//! and a second one ends the shutdown grace period at once; SIGHUP is logged and ignored
+//! (ferry has no reload yet), so that a hang-up never kills the daemon with its default
+//! action.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal as Stream, SignalKind, signal};
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn terminated() -> std::io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => log::info!("Received SIGTERM"),
-        _ = int.recv() => log::info!("Received SIGINT"),
+/// A signal the daemon acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: stop (or, during shutdown, stop waiting).
+    Stop,
+    /// SIGHUP: logged and ignored.
+    Hangup,
+}
+
+/// The daemon's signal handlers, installed from creation on (their default actions, which
+/// would end the process, no longer apply).
+pub struct Signals {
+    /// SIGTERM.
+    term: Stream,
+    /// SIGINT.
+    int: Stream,
+    /// SIGHUP.
+    hup: Stream,
+}
+
+impl Signals {
+    /// Installs the handlers; needs a Tokio runtime with the signal driver.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    Ok(())
+
+    /// Resolves with the next signal, after logging it.
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => {
+                log::info!("Received SIGTERM");
+                Signal::Stop
+            }
+            _ = self.int.recv() => {
+                log::info!("Received SIGINT");
+                Signal::Stop
+            }
+            _ = self.hup.recv() => {
+                log::warn!("Received SIGHUP; ignored: ferry does not reload its config, restart it to apply changes");
+                Signal::Hangup
+            }
+        }
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT (SIGHUP is logged and waited past).
+    pub async fn stop(&mut self) {
+        while self.next().await != Signal::Stop {}
+    }
 }

@@ -58,6 +58,15 @@ impl ErrorNo {
     }
 }
 
+/// The bounds a request is validated against.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest payload accepted.
+    pub max_message_bytes: usize,
+    /// Most bootstrap addresses one Kafka target may name.
+    pub max_brokers_per_target: usize,
+}
+
 /// A validated send request.
 #[derive(Debug)]
 pub struct SendRequest {
@@ -97,13 +106,13 @@ impl Failure {
 /// Validates a `SendKafkaMessage` request.
 pub fn kafka_request(
     request: proto::KafkaMessage,
-    max_message_bytes: usize,
+    limits: RequestLimits,
 ) -> Result<SendRequest, InvalidRequest> {
     let target = request
         .target
         .ok_or_else(|| InvalidRequest::new("target", "missing"))?;
-    let payload = payload(request.message, max_message_bytes)?;
-    let kafka = KafkaTarget::try_new(&target.brokers)?;
+    let payload = payload(request.message, limits.max_message_bytes)?;
+    let kafka = KafkaTarget::try_new(&target.brokers, limits.max_brokers_per_target)?;
     validate_topic(&target.topic)?;
     Ok(SendRequest {
         target: Target::Kafka(kafka),
@@ -115,12 +124,12 @@ pub fn kafka_request(
 /// Validates a `SendRabbitMQMessage` request.
 pub fn rabbitmq_request(
     request: proto::RabbitMqMessage,
-    max_message_bytes: usize,
+    limits: RequestLimits,
 ) -> Result<SendRequest, InvalidRequest> {
     let target = request
         .target
         .ok_or_else(|| InvalidRequest::new("target", "missing"))?;
-    let payload = payload(request.message, max_message_bytes)?;
+    let payload = payload(request.message, limits.max_message_bytes)?;
     let amqp = AmqpTarget::try_new(&target.server, &target.exchange)?;
     validate_routing_key(&target.route_key)?;
     Ok(SendRequest {
@@ -185,47 +194,60 @@ mod tests {
         }
     }
 
+    fn limits(max_message_bytes: usize) -> RequestLimits {
+        RequestLimits {
+            max_message_bytes,
+            max_brokers_per_target: 8,
+        }
+    }
+
     fn field_of(result: Result<SendRequest, InvalidRequest>) -> &'static str {
         result.unwrap_err().field
     }
 
     #[test]
     fn valid_requests_become_targets() {
-        let r = kafka_request(kafka(&["h:1"], "t", b"\xff\x00"), 10).unwrap();
+        let r = kafka_request(kafka(&["h:1"], "t", b"\xff\x00"), limits(10)).unwrap();
         assert_eq!(r.route, "t");
         assert_eq!(&r.payload[..], b"\xff\x00");
-        let r = rabbitmq_request(rabbit("amqp://h", "ex", "a.b"), 10).unwrap();
+        let r = rabbitmq_request(rabbit("amqp://h", "ex", "a.b"), limits(10)).unwrap();
         assert_eq!(r.target.kind(), "rabbitmq");
     }
 
     #[test]
     fn each_invalid_field_is_named() {
-        assert_eq!(field_of(kafka_request(kafka(&[], "t", b""), 10)), "brokers");
         assert_eq!(
-            field_of(kafka_request(kafka(&["h:1"], "", b""), 10)),
+            field_of(kafka_request(kafka(&[], "t", b""), limits(10))),
+            "brokers"
+        );
+        assert_eq!(
+            field_of(kafka_request(kafka(&["h:1"], "", b""), limits(10))),
             "topic"
         );
         assert_eq!(
-            field_of(kafka_request(kafka(&["h:1"], "t", b"12345"), 4)),
+            field_of(kafka_request(kafka(&["h:1"], "t", b"12345"), limits(4))),
             "message.data"
         );
         let mut no_target = kafka(&["h:1"], "t", b"");
         no_target.target = None;
-        assert_eq!(field_of(kafka_request(no_target, 10)), "target");
+        assert_eq!(field_of(kafka_request(no_target, limits(10))), "target");
         let mut no_message = kafka(&["h:1"], "t", b"");
         no_message.message = None;
-        assert_eq!(field_of(kafka_request(no_message, 10)), "message");
+        assert_eq!(field_of(kafka_request(no_message, limits(10))), "message");
         assert_eq!(
-            field_of(rabbitmq_request(rabbit("::", "ex", ""), 10)),
+            field_of(rabbitmq_request(rabbit("::", "ex", ""), limits(10))),
             "server"
         );
         assert_eq!(
-            field_of(rabbitmq_request(rabbit("amqp://h", "", ""), 10)),
+            field_of(rabbitmq_request(rabbit("amqp://h", "", ""), limits(10))),
             "exchange"
         );
         let long_key = "k".repeat(256);
         assert_eq!(
-            field_of(rabbitmq_request(rabbit("amqp://h", "ex", &long_key), 10)),
+            field_of(rabbitmq_request(
+                rabbit("amqp://h", "ex", &long_key),
+                limits(10)
+            )),
             "route_key"
         );
     }

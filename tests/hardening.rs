@@ -5,42 +5,19 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::process::{ferry, free_address, free_port};
-use common::{client, config, rabbitmq, send_kafka, send_rabbitmq, settings, start, unique};
+use common::{
+    BlackHole, client, config, rabbitmq, send_kafka, send_rabbitmq, settings, start, unique,
+};
 use ferry::client::{Client, Destination};
 use ferry_actors::RetryPolicy;
 use ferry_testkit::{kafka, shared_amqp_url, shared_kafka};
 
 /// `error_no` of a target outside the allowlist.
 const NOT_ALLOWED: i32 = 7;
-
-/// A listener that accepts TCP connections (the kernel completes the handshake) and never
-/// reads or answers; `connections()` says how many arrived.
-struct BlackHole(TcpListener);
-
-impl BlackHole {
-    fn new() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        Self(listener)
-    }
-
-    fn address(&self) -> String {
-        self.0.local_addr().unwrap().to_string()
-    }
-
-    /// Connections that arrived (accepted now, and kept open).
-    fn connections(&self, kept: &mut Vec<std::net::TcpStream>) -> usize {
-        while let Ok((stream, _)) = self.0.accept() {
-            kept.push(stream);
-        }
-        kept.len()
-    }
-}
 
 #[tokio::test]
 async fn targets_outside_the_allowlist_are_refused_and_nothing_is_connected() {
@@ -204,11 +181,7 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
         Err(error) => Err(tonic::Status::unavailable(error.to_string())),
     };
     assert!(third.is_err(), "the third connection was served");
-    let stats = format!("http://{}/stats", daemon.ops_addr())
-        .parse()
-        .unwrap();
-    let report: ferry::report::Report =
-        serde_json::from_slice(&ferry::cli::ops::fetch(stats).await.unwrap()).unwrap();
+    let report = common::report(daemon.ops_addr()).await;
     assert!(
         report.totals.connections_refused >= 1,
         "{:?}",

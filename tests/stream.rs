@@ -270,3 +270,74 @@ async fn a_stream_needs_the_bearer_token_too() {
     assert_eq!(totals(&daemon).1, 0, "nothing was forwarded");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A stream frame as the sender encodes it: a good request, or (`bad`) field 3 holding
+/// bytes that are not a `RabbitMQMessage`, so the daemon cannot decode the frame.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Frame {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(message, optional, tag = "2")]
+    kafka: Option<ferry::proto::KafkaMessage>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    bad: Option<Vec<u8>>,
+}
+
+#[tokio::test]
+async fn a_stream_that_cannot_be_read_further_ends_with_an_error_saying_where() {
+    let daemon = start(settings());
+    let brokers = shared_kafka();
+    let topic = unique("unreadable");
+    kafka::create_topic(&brokers, &topic).await;
+    let good = |id: u64| Frame {
+        id,
+        kafka: Some(common::kafka(&brokers, &topic, format!("m{id}"))),
+        bad: None,
+    };
+    let broken = Frame {
+        id: 4,
+        kafka: None,
+        bad: Some(vec![0xff, 0xff]),
+    };
+    let frames = vec![good(1), good(2), good(3), broken, good(5), good(6), good(7)];
+    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Frame, IngestAck>::default();
+    let path = "/ferry.v1.Ingest/Stream".parse().unwrap();
+    let mut acks = grpc
+        .streaming(tonic::Request::new(tokio_stream::iter(frames)), path, codec)
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut acked = BTreeSet::new();
+    let end = loop {
+        match acks.message().await {
+            Ok(Some(IngestAck { id, response })) => {
+                assert_eq!(response.unwrap().error_no, 0, "message {id}");
+                acked.insert(id);
+            }
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    assert_eq!(acked, BTreeSet::from([1, 2, 3]));
+    let status = end.expect("the stream must end with an error status, not OK");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("after 3 requests (the last with id 3)"),
+        "{status:?}"
+    );
+    let delivered = drain_topic(&brokers, &topic).await;
+    assert_eq!(
+        delivered.len(),
+        3,
+        "nothing after the bad frame is forwarded"
+    );
+}

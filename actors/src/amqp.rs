@@ -2,14 +2,12 @@
 //! and exchange; the exchange is declared once per connection.
 
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use tokio_stream::StreamExt;
 
@@ -57,10 +55,12 @@ impl AmqpLink {
     /// Connects to `target`'s server, puts a channel in confirm mode and declares the
     /// exchange (durable, type topic, as the predecessor did).
     pub async fn open(target: &AmqpTarget, settings: &AmqpSettings) -> Result<Self, ProduceError> {
-        // The URL was validated when the target was built; this cannot fail.
-        let mut uri = AMQPUri::from_str(target.url())
-            .map_err(|e| ProduceError::Rejected(format!("invalid AMQP URL: {e}")))?;
-        uri.query.frame_max.get_or_insert(settings.frame_max_bytes);
+        // Parsed and checked when the target was built. A URL's frame_max may only lower
+        // the configured one: the client reserves buffers in proportion to it.
+        let mut uri = target.uri().clone();
+        uri.query.frame_max = Some(uri.query.frame_max.map_or(settings.frame_max_bytes, |f| {
+            f.min(settings.frame_max_bytes)
+        }));
         let properties = ConnectionProperties::default()
             .with_connection_name(settings.connection_name.clone().into());
         // lapin 4.12 leaks two tasks (about 10 KiB) whenever its own TCP connect fails: its

@@ -24,6 +24,10 @@ pub struct Forwarder {
     in_flight: InFlight,
     /// Bound of `in_flight`.
     max_in_flight: usize,
+    /// Payload bytes of the messages in flight.
+    in_flight_bytes: InFlight,
+    /// Bound of `in_flight_bytes`.
+    max_in_flight_bytes: u64,
     /// Set once shutdown began: new messages are refused.
     closing: AtomicBool,
     /// Outcomes of every message since start, whatever became of its producer.
@@ -43,14 +47,22 @@ pub struct Totals {
 }
 
 impl Forwarder {
-    /// A forwarder over `registry`; each target's in-flight bound is the registry's
-    /// `ProducerSettings::max_in_flight_per_target`.
-    pub fn new(registry: Arc<Registry>, policy: RetryPolicy, max_in_flight: usize) -> Self {
+    /// A forwarder over `registry` with at most `max_in_flight` messages and
+    /// `max_in_flight_bytes` payload bytes in flight; each target's in-flight bound is the
+    /// registry's `ProducerSettings::max_in_flight_per_target`.
+    pub fn new(
+        registry: Arc<Registry>,
+        policy: RetryPolicy,
+        max_in_flight: usize,
+        max_in_flight_bytes: u64,
+    ) -> Self {
         Self {
             registry,
             policy,
             in_flight: InFlight::default(),
             max_in_flight,
+            in_flight_bytes: InFlight::default(),
+            max_in_flight_bytes,
             closing: AtomicBool::new(false),
             totals: Totals::default(),
         }
@@ -91,6 +103,16 @@ impl Forwarder {
                 ForwardError::refused(ProduceError::Overloaded(format!(
                     "{} messages in flight (max_in_flight)",
                     self.max_in_flight
+                )))
+            })?;
+        let _admitted_bytes = self
+            .in_flight_bytes
+            .try_add(payload.len() as u64, self.max_in_flight_bytes)
+            .ok_or_else(|| {
+                ForwardError::refused(ProduceError::Overloaded(format!(
+                    "{} payload bytes in flight (max_in_flight_bytes {})",
+                    self.in_flight_bytes.get(),
+                    self.max_in_flight_bytes
                 )))
             })?;
         let producer = self
@@ -153,6 +175,11 @@ impl Forwarder {
     /// Messages accepted and not yet answered.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.get()
+    }
+
+    /// Payload bytes of the messages accepted and not yet answered.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight_bytes.get()
     }
 
     /// The producer registry.

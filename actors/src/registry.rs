@@ -121,8 +121,28 @@ impl Registry {
             }
             entries.remove(target);
         }
+        if let Target::Kafka(_) = target {
+            let kafka = entries
+                .keys()
+                .filter(|t| matches!(t, Target::Kafka(_)))
+                .count();
+            if kafka >= self.limits.max_kafka_targets {
+                self.evict_one(&mut entries, |t| matches!(t, Target::Kafka(_)))
+                    .map_err(|()| {
+                        ProduceError::Overloaded(format!(
+                            "all {} Kafka producer slots are busy (max_kafka_targets)",
+                            self.limits.max_kafka_targets
+                        ))
+                    })?;
+            }
+        }
         if entries.len() >= self.limits.max_targets {
-            self.evict_one(&mut entries)?;
+            self.evict_one(&mut entries, |_| true).map_err(|()| {
+                ProduceError::Overloaded(format!(
+                    "all {} producer slots are busy (max_targets)",
+                    self.limits.max_targets
+                ))
+            })?;
         }
         let producer = self.start(target);
         entries.insert(
@@ -217,18 +237,20 @@ impl Registry {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Removes the least recently used producer with nothing in flight.
-    fn evict_one(&self, entries: &mut HashMap<Target, Entry>) -> Result<(), ProduceError> {
+    /// Removes the least recently used producer among those `which` selects that has
+    /// nothing in flight; fails when there is none.
+    fn evict_one(
+        &self,
+        entries: &mut HashMap<Target, Entry>,
+        which: impl Fn(&Target) -> bool,
+    ) -> Result<(), ()> {
         let victim = entries
             .iter()
-            .filter(|(_, entry)| is_idle(entry))
+            .filter(|(target, entry)| which(target) && is_idle(entry))
             .min_by_key(|(_, entry)| entry.last_used)
             .map(|(target, _)| target.clone());
         let Some(victim) = victim else {
-            return Err(ProduceError::Overloaded(format!(
-                "all {} producer slots are busy (max_targets)",
-                self.limits.max_targets
-            )));
+            return Err(());
         };
         entries.remove(&victim);
         self.evictions.fetch_add(1, Ordering::Relaxed);

@@ -76,8 +76,8 @@ impl Default for KafkaSettings {
 pub struct AmqpSettings {
     /// The connection name shown in the broker's management tools.
     pub connection_name: String,
-    /// The largest AMQP frame ferry proposes (the broker may lower it; a URL's own
-    /// `frame_max` wins). lapin keeps 2 × 32 frames of buffer per connection and
+    /// The largest AMQP frame ferry proposes (the broker may lower it, and so may a URL's
+    /// own `frame_max`, within 4 KiB–128 KiB). lapin keeps 2 × 32 frames of buffer per connection and
     /// zero-fills them when the negotiated frame is larger than its first guess, so this
     /// sets each connection's memory: RabbitMQ's default 128 KiB costs 8 MiB of resident
     /// memory per connection; at 8 KiB the 512 KiB of buffer stays mostly untouched (a
@@ -103,6 +103,10 @@ pub struct RegistrySettings {
     /// Most targets with a cached producer; the least recently used idle one is evicted
     /// to make room, and when none is idle new targets are refused as overloaded.
     pub max_targets: usize,
+    /// Most of those that are Kafka broker sets: each is a librdkafka producer with a
+    /// thread per broker, so they are bounded apart (the least recently used idle one is
+    /// evicted, as above).
+    pub max_kafka_targets: usize,
     /// A producer unused for this long, with nothing in flight, is stopped.
     pub idle_timeout: Duration,
 }
@@ -111,6 +115,7 @@ impl Default for RegistrySettings {
     fn default() -> Self {
         Self {
             max_targets: 1_000,
+            max_kafka_targets: 16,
             idle_timeout: Duration::from_secs(600),
         }
     }

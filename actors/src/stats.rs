@@ -50,13 +50,18 @@ pub struct InFlight(Arc<AtomicU64>);
 impl InFlight {
     /// Takes a place unless `limit` places are taken already.
     pub fn try_enter(&self, limit: usize) -> Option<InFlightGuard> {
-        let limit = limit as u64;
+        self.try_add(1, limit as u64)
+    }
+
+    /// Takes `amount` places unless that would make more than `limit` (a message's bytes
+    /// against a byte bound).
+    pub fn try_add(&self, amount: u64, limit: u64) -> Option<InFlightGuard> {
         self.0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
+                n.checked_add(amount).filter(|&total| total <= limit)
             })
             .ok()
-            .map(|_| InFlightGuard(self.0.clone()))
+            .map(|_| InFlightGuard(self.0.clone(), amount))
     }
 
     /// How many places are taken.
@@ -65,14 +70,14 @@ impl InFlight {
     }
 }
 
-/// One place in an [`InFlight`] count, given back when dropped (also when a caller's
+/// Places taken in an [`InFlight`] count, given back when dropped (also when a caller's
 /// request is cancelled midway).
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<AtomicU64>);
+pub struct InFlightGuard(Arc<AtomicU64>, u64);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
     }
 }
 

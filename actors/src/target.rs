@@ -14,8 +14,10 @@ use crate::error::InvalidRequest;
 const MAX_TOPIC_LEN: usize = 249;
 /// Longest AMQP short string (exchange names and routing keys).
 const MAX_SHORT_STRING: usize = 255;
-/// Most bootstrap addresses accepted for one broker set.
-const MAX_BROKERS: usize = 64;
+/// Most bootstrap addresses a broker set may name by default. librdkafka keeps a thread
+/// and a socket per broker it knows, so a long list costs threads and descriptors; a
+/// bootstrap list needs only a few of a cluster's brokers.
+pub const DEFAULT_MAX_BROKERS_PER_TARGET: usize = 8;
 
 /// Where a message goes: the producer actor that serves it is chosen by this value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,8 +64,9 @@ pub struct KafkaTarget {
 }
 
 impl KafkaTarget {
-    /// Validates and normalises a list of `host:port` bootstrap addresses.
-    pub fn try_new<I, S>(brokers: I) -> Result<Self, InvalidRequest>
+    /// Validates and normalises a list of at most `max_brokers` `host:port` bootstrap
+    /// addresses.
+    pub fn try_new<I, S>(brokers: I, max_brokers: usize) -> Result<Self, InvalidRequest>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -72,10 +75,13 @@ impl KafkaTarget {
         for broker in brokers {
             let broker = broker.as_ref().trim();
             normalised.push(normalise_host_port(broker)?);
-            if normalised.len() > MAX_BROKERS {
+            if normalised.len() > max_brokers {
                 return Err(InvalidRequest::new(
                     "brokers",
-                    format!("more than {MAX_BROKERS} addresses"),
+                    format!(
+                        "more than {max_brokers} addresses (kafka.max_brokers_per_target); \
+                         a bootstrap list needs only a few of the cluster's brokers"
+                    ),
                 ));
             }
         }
@@ -123,11 +129,7 @@ pub fn normalise_host_port(addr: &str) -> Result<String, InvalidRequest> {
     let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         inner.parse::<std::net::Ipv6Addr>().is_ok()
     } else {
-        !host.is_empty()
-            && host.len() <= 253
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        is_host_name(host)
     };
     if !host_ok {
         return Err(bad(format!("{addr:?} has an invalid host")));
@@ -136,47 +138,100 @@ pub fn normalise_host_port(addr: &str) -> Result<String, InvalidRequest> {
 }
 
 /// A validated RabbitMQ server URL and exchange.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct AmqpTarget {
-    /// The URL as the sender gave it (credentials included; never shown).
+    /// The URL as the sender gave it (credentials included; never shown). Two targets
+    /// are the same producer when their URLs and exchanges are equal.
     url: String,
-    /// The server's `host:port` (host lower-cased, port 5672 unless given).
+    /// The URL parsed, with the host as the URL names it (the AMQP client's own parser
+    /// replaces an IPv6 literal by "localhost"): what the producer connects with.
+    uri: AMQPUri,
+    /// The server's `host:port` (host lower-cased, IPv6 in brackets, port 5672 unless
+    /// given).
     server: String,
     /// The exchange messages are published to.
     exchange: String,
 }
 
+impl PartialEq for AmqpTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url && self.exchange == other.exchange
+    }
+}
+
+impl Eq for AmqpTarget {}
+
+impl std::hash::Hash for AmqpTarget {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.url.hash(state);
+        self.exchange.hash(state);
+    }
+}
+
+/// The AMQP URL query parameters ferry accepts, each with its allowed range. Anything else
+/// is refused: a parameter ferry does not know could change how much it allocates or where
+/// it connects.
+pub const AMQP_URL_PARAMETERS: &str = "frame_max (4096-131072), channel_max (1-2047), heartbeat (0-3600), \
+     connection_timeout (1-60000), auth_mechanism (plain, amqplain)";
+
 impl AmqpTarget {
-    /// Validates an AMQP URL (`amqp://user:pass@host:port/vhost`) and an exchange name.
+    /// Validates an AMQP URL (`amqp://user:pass@host:port/vhost?param=value`) and an
+    /// exchange name. The host may be a name, an IPv4 address or an IPv6 literal in
+    /// brackets; query parameters must be among [`AMQP_URL_PARAMETERS`], in range.
     pub fn try_new(url: &str, exchange: &str) -> Result<Self, InvalidRequest> {
         let url = url.trim();
         if url.is_empty() {
             return Err(InvalidRequest::new("server", "empty; give an amqp:// URL"));
         }
-        let parsed = AMQPUri::from_str(url).map_err(|e| {
-            InvalidRequest::new(
-                "server",
-                format!("{} is not an AMQP URL: {e}", redact_url(url)),
-            )
-        })?;
-        if parsed.scheme == AMQPScheme::AMQPS {
-            return Err(InvalidRequest::new(
-                "server",
-                "amqps:// (TLS) is not supported by this ferry build; use amqp://",
+        let bad = |reason: String| InvalidRequest::new("server", reason);
+        let not_amqp =
+            |e: &dyn fmt::Display| bad(format!("{} is not an AMQP URL: {e}", redact_url(url)));
+        let parsed = url::Url::parse(url).map_err(|e| not_amqp(&e))?;
+        let mut uri = AMQPUri::from_str(url).map_err(|e| not_amqp(&e))?;
+        if uri.scheme == AMQPScheme::AMQPS {
+            return Err(bad(
+                "amqps:// (TLS) is not supported by this ferry build; use amqp://".into(),
             ));
         }
-        validate_exchange(exchange)?;
-        let host = parsed.authority.host.to_ascii_lowercase();
-        let server = if host.contains(':') {
-            format!("[{host}]:{}", parsed.authority.port)
-        } else {
-            format!("{host}:{}", parsed.authority.port)
+        // The host as the URL names it. For a non-special scheme such as amqp, the URL
+        // parser keeps a name or an IPv4 address as an opaque host and parses only a
+        // bracketed IPv6 literal, which the AMQP client would turn into "localhost".
+        let (host, server_host) = match parsed.host() {
+            Some(url::Host::Ipv6(ip)) => (ip.to_string(), format!("[{ip}]")),
+            Some(url::Host::Ipv4(ip)) => (ip.to_string(), ip.to_string()),
+            Some(url::Host::Domain(name)) if is_host_name(name) => {
+                let name = name.to_ascii_lowercase();
+                (name.clone(), name)
+            }
+            Some(url::Host::Domain(name)) => {
+                return Err(bad(format!(
+                    "{} has an invalid host {name:?}",
+                    redact_url(url)
+                )));
+            }
+            None => {
+                return Err(bad(format!(
+                    "{} names no host; give amqp://user:pass@host:port/vhost",
+                    redact_url(url)
+                )));
+            }
         };
+        uri.authority.host = host;
+        check_query(&parsed)?;
+        validate_exchange(exchange)?;
+        let server = format!("{server_host}:{}", uri.authority.port);
         Ok(Self {
             url: url.to_owned(),
+            uri,
             server,
             exchange: exchange.to_owned(),
         })
+    }
+
+    /// The parsed URL to connect with (host, port, credentials, vhost and the accepted
+    /// query parameters). It holds a password: never log it.
+    pub fn uri(&self) -> &AMQPUri {
+        &self.uri
     }
 
     /// The URL to connect to. It may hold a password: never log it, log [`Self::redacted_url`].
@@ -189,7 +244,8 @@ impl AmqpTarget {
         redact_url(&self.url)
     }
 
-    /// The server's `host:port`, host lower-cased, port 5672 unless the URL gives one.
+    /// The server's `host:port`, host lower-cased (an IPv6 address in brackets), port 5672
+    /// unless the URL gives one.
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -236,6 +292,58 @@ pub fn redact_url(url: &str) -> String {
         Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
         None => url.to_owned(),
     }
+}
+
+/// Whether `name` is a DNS host name ferry connects to (letters, digits, '.', '-', '_').
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// Refuses AMQP URL query parameters ferry does not accept, repeated ones, and values out
+/// of their safe range (the AMQP client sizes its buffers from `frame_max`: a huge value
+/// aborted the process).
+fn check_query(url: &url::Url) -> Result<(), InvalidRequest> {
+    let bad = |reason: String| Err(InvalidRequest::new("server", reason));
+    let mut seen = Vec::new();
+    for (key, value) in url.query_pairs() {
+        if seen.contains(&key) {
+            return bad(format!("URL parameter {key} is given more than once"));
+        }
+        let range = match key.as_ref() {
+            "frame_max" => Some(u64::from(crate::settings::AMQP_FRAME_MIN_BYTES)..=131_072),
+            "channel_max" => Some(1..=2047),
+            "heartbeat" => Some(0..=3600),
+            "connection_timeout" => Some(1..=60_000),
+            "auth_mechanism" => {
+                if !matches!(value.to_ascii_lowercase().as_str(), "plain" | "amqplain") {
+                    return bad(format!(
+                        "URL parameter auth_mechanism={value} is not supported; use plain or amqplain"
+                    ));
+                }
+                None
+            }
+            _ => {
+                return bad(format!(
+                    "URL parameter {key:?} is not supported; ferry accepts {AMQP_URL_PARAMETERS}"
+                ));
+            }
+        };
+        if let Some(range) = range
+            && !value.parse::<u64>().is_ok_and(|v| range.contains(&v))
+        {
+            return bad(format!(
+                "URL parameter {key}={value} is out of range ({}-{})",
+                range.start(),
+                range.end()
+            ));
+        }
+        seen.push(key);
+    }
+    Ok(())
 }
 
 /// Checks a Kafka topic name against the broker's rules.
@@ -295,8 +403,8 @@ mod tests {
 
     #[test]
     fn kafka_broker_sets_are_normalised_into_one_key() {
-        let a = KafkaTarget::try_new(["Kafka-B:9092", "kafka-a:9092"]).unwrap();
-        let b = KafkaTarget::try_new([" kafka-a:9092", "kafka-b:9092", "KAFKA-A:9092"]).unwrap();
+        let a = KafkaTarget::try_new(["Kafka-B:9092", "kafka-a:9092"], 8).unwrap();
+        let b = KafkaTarget::try_new([" kafka-a:9092", "kafka-b:9092", "KAFKA-A:9092"], 8).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.bootstrap_servers(), "kafka-a:9092,kafka-b:9092");
     }
@@ -313,11 +421,20 @@ mod tests {
             "a b:1",
             "h:p",
         ] {
-            let err = KafkaTarget::try_new([bad]).unwrap_err();
+            let err = KafkaTarget::try_new([bad], 8).unwrap_err();
             assert_eq!(err.field, "brokers", "{bad}");
         }
-        assert!(KafkaTarget::try_new(Vec::<String>::new()).is_err());
-        assert!(KafkaTarget::try_new(["[::1]:9092"]).is_ok());
+        assert!(KafkaTarget::try_new(Vec::<String>::new(), 8).is_err());
+        assert!(KafkaTarget::try_new(["[::1]:9092"], 8).is_ok());
+    }
+
+    #[test]
+    fn a_broker_set_names_at_most_the_bound_of_addresses() {
+        let brokers: Vec<String> = (1..=63).map(|i| format!("k{i}:9092")).collect();
+        let err = KafkaTarget::try_new(&brokers, 8).unwrap_err();
+        assert_eq!(err.field, "brokers");
+        assert!(err.reason.contains("max_brokers_per_target"), "{err}");
+        assert!(KafkaTarget::try_new(&brokers[..8], 8).is_ok());
     }
 
     #[test]
@@ -362,6 +479,69 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("amqp://user:***@host:5672/%2f"), "{shown}");
         let err = AmqpTarget::try_new("amqp://user:s3cret@host:notaport/", "ex").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn an_ipv6_amqp_host_is_kept_and_never_becomes_localhost() {
+        let t = AmqpTarget::try_new("amqp://guest:guest@[::1]:5673/%2f", "ex").unwrap();
+        assert_eq!(t.uri().authority.host, "::1");
+        assert_eq!(t.server(), "[::1]:5673");
+        let t = AmqpTarget::try_new("amqp://u:p@[FE80::1]/%2f", "ex").unwrap();
+        assert_eq!(t.uri().authority.host, "fe80::1");
+        assert_eq!(t.server(), "[fe80::1]:5672");
+    }
+
+    #[test]
+    fn ipv4_and_named_amqp_hosts_are_kept() {
+        let t = AmqpTarget::try_new("amqp://u:p@10.1.2.3:5673/v", "ex").unwrap();
+        assert_eq!(t.uri().authority.host, "10.1.2.3");
+        assert_eq!(t.server(), "10.1.2.3:5673");
+        assert_eq!(t.uri().vhost, "v");
+        let t = AmqpTarget::try_new("amqp://u:p@MQ1.site/%2f", "ex").unwrap();
+        assert_eq!(t.uri().authority.host, "mq1.site");
+        assert_eq!(t.uri().vhost, "/");
+        assert_eq!(t.uri().authority.userinfo.password, "p");
+    }
+
+    #[test]
+    fn an_amqp_url_must_name_a_valid_host() {
+        for bad in [
+            "amqp:///%2f",
+            "amqp://u:p@/%2f",
+            "amqp://h%20x/%2f",
+            "amqp://[::1/",
+        ] {
+            assert_eq!(
+                AmqpTarget::try_new(bad, "ex").unwrap_err().field,
+                "server",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn amqp_url_parameters_are_bounded_or_refused() {
+        let ok = "amqp://h/%2f?frame_max=4096&heartbeat=30&channel_max=8\
+                  &connection_timeout=500&auth_mechanism=PLAIN";
+        assert!(AmqpTarget::try_new(ok, "ex").is_ok());
+        for bad in [
+            "amqp://guest:guest@127.0.0.1:5673/%2f?frame_max=4294967295",
+            "amqp://h/%2f?frame_max=1048576",
+            "amqp://h/%2f?frame_max=100",
+            "amqp://h/%2f?frame_max=-1",
+            "amqp://h/%2f?heartbeat=65535",
+            "amqp://h/%2f?channel_max=0",
+            "amqp://h/%2f?connection_timeout=0",
+            "amqp://h/%2f?auth_mechanism=external",
+            "amqp://h/%2f?cacertfile=/etc/passwd",
+            "amqp://h/%2f?frame_max=4096&frame_max=131072",
+        ] {
+            let err = AmqpTarget::try_new(bad, "ex").unwrap_err();
+            assert_eq!(err.field, "server", "{bad}");
+        }
+        let err = AmqpTarget::try_new("amqp://u:s3cret@h/%2f?x=1", "ex").unwrap_err();
+        assert!(err.reason.contains("\"x\" is not supported"), "{err}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 

@@ -8,6 +8,7 @@ use clap::Args;
 use super::EXIT_BAD_CONFIG;
 use crate::config::Config;
 use crate::server::Daemon;
+use crate::signal::{Signal, Signals};
 
 /// Flags of `ferry serve`.
 #[derive(Debug, Args)]
@@ -25,8 +26,27 @@ pub struct ServeArgs {
     pub ops_listen: Option<String>,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT (a second one ends the shutdown grace period;
+/// SIGHUP is ignored).
 pub fn serve(args: ServeArgs) -> ExitCode {
+    // Signal handlers first: from here on, SIGHUP is ignored rather than fatal.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            log::error!("Cannot start the signal runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut signals = match runtime.block_on(async { Signals::install() }) {
+        Ok(signals) => signals,
+        Err(error) => {
+            log::error!("Cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match &args.config {
         Some(path) => Config::from_file(path),
         None => Ok(Config::default()),
@@ -64,23 +84,25 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let waited = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .and_then(|runtime| {
-            runtime.block_on(async {
-                tokio::select! {
-                    signal = crate::signal::terminated() => signal,
-                    () = daemon.ended() => {
-                        log::error!("The daemon stopped on its own");
-                        Ok(())
-                    }
-                }
-            })
-        });
-    if let Err(error) = waited {
-        log::error!("Cannot wait for signals: {error}");
-    }
+    runtime.block_on(async {
+        tokio::select! {
+            () = signals.stop() => {}
+            () = daemon.ended() => {
+                log::error!("The daemon stopped on its own");
+                return;
+            }
+        }
+        // Shutting down: a second SIGTERM or SIGINT ends the grace period at once.
+        daemon.begin_stop();
+        loop {
+            tokio::select! {
+                signal = signals.next() => if signal == Signal::Stop {
+                    daemon.end_grace();
+                },
+                () = daemon.ended() => return,
+            }
+        }
+    });
     match daemon.stop() {
         Ok(()) => {
             log::info!("Stopped");

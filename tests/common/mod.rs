@@ -37,12 +37,24 @@ pub fn start(settings: Settings) -> Daemon {
 
 /// A gRPC client on a new connection to `daemon`.
 pub async fn client(daemon: &Daemon) -> MessageBrokerClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+    client_at(&daemon.local_addr().to_string()).await
+}
+
+/// A gRPC client on a new connection to the daemon at `address` (`host:port`).
+pub async fn client_at(address: &str) -> MessageBrokerClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{address}"))
         .expect("uri")
         .connect()
         .await
         .expect("connect to daemon");
     MessageBrokerClient::new(channel).max_encoding_message_size(64 * 1024 * 1024)
+}
+
+/// The `/stats` report of the daemon whose operations endpoint is `ops_address`.
+pub async fn report(ops_address: impl std::fmt::Display) -> ferry::report::Report {
+    let uri = format!("http://{ops_address}/stats").parse().expect("uri");
+    let body = ferry::cli::ops::fetch(uri).await.expect("GET /stats");
+    serde_json::from_slice(&body).expect("a stats report")
 }
 
 /// A `SendKafkaMessage` request.
@@ -158,4 +170,28 @@ pub async fn drain_topic(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
     })
     .await
     .expect("reading the topic")
+}
+
+/// A listener that accepts TCP connections (the kernel completes the handshake) and never
+/// reads or answers; `connections()` says how many arrived.
+pub struct BlackHole(std::net::TcpListener);
+
+impl BlackHole {
+    pub fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Self(listener)
+    }
+
+    pub fn address(&self) -> String {
+        self.0.local_addr().unwrap().to_string()
+    }
+
+    /// Connections that arrived (accepted now, and kept open).
+    pub fn connections(&self, kept: &mut Vec<std::net::TcpStream>) -> usize {
+        while let Ok((stream, _)) = self.0.accept() {
+            kept.push(stream);
+        }
+        kept.len()
+    }
 }

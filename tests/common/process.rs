@@ -52,6 +52,18 @@ impl Served {
         assert!(status.success(), "kill -{signal} {}", self.child.id());
     }
 
+    /// Whether the daemon is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the daemon to exit; returns its exit code and how long the wait took.
+    pub fn wait(mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let status = self.child.wait().expect("wait for ferry serve");
+        (status.code(), started.elapsed())
+    }
+
     /// Sends SIGTERM and returns the exit code and how long the exit took.
     pub fn terminate(mut self) -> (Option<i32>, Duration) {
         let started = Instant::now();
@@ -84,12 +96,23 @@ pub fn serve(listen: &str) -> Served {
 
 /// [`serve`] with extra flags.
 pub fn serve_with(listen: &str, extra: &[&str]) -> Served {
+    spawn_served(listen, extra, Stdio::null())
+}
+
+/// [`serve_with`], its log (stderr, level info) written to `log`.
+pub fn serve_logged(listen: &str, extra: &[&str], log: &std::path::Path) -> Served {
+    let file = std::fs::File::create(log).expect("log file");
+    spawn_served(listen, extra, Stdio::from(file))
+}
+
+/// Starts `ferry serve` and waits until it accepts connections.
+fn spawn_served(listen: &str, extra: &[&str], stderr: Stdio) -> Served {
     let ops_address = free_address();
     let child = ferry(&["serve", "--listen", listen, "--ops-listen", &ops_address])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("ferry serve starts");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -105,4 +128,12 @@ pub fn serve_with(listen: &str, extra: &[&str]) -> Served {
         address: listen.to_owned(),
         ops_address,
     }
+}
+
+/// A fresh directory for one test's files.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
 }

@@ -1,0 +1,79 @@
+//! What a spooled record holds and where it goes.
+
+use bytes::Bytes;
+
+/// The kind of middleware a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Kafka: the address is the bootstrap list.
+    Kafka,
+    /// RabbitMQ: the address is the AMQP URL, with the exchange beside it.
+    Amqp,
+}
+
+impl Kind {
+    /// The stored name (`kafka`, `rabbitmq`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::Amqp => "rabbitmq",
+        }
+    }
+
+    /// The kind of a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "kafka" => Some(Self::Kafka),
+            "rabbitmq" => Some(Self::Amqp),
+            _ => None,
+        }
+    }
+}
+
+/// Where a record goes, as stored: enough to rebuild the daemon's target after a restart.
+/// The AMQP URL may hold a password, so the spool's files are readable by their owner only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination {
+    /// Kafka or RabbitMQ.
+    pub kind: Kind,
+    /// The bootstrap list (Kafka) or the server URL (RabbitMQ).
+    pub address: String,
+    /// The exchange (RabbitMQ); empty for Kafka.
+    pub exchange: String,
+}
+
+/// A message to spool.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// The message's id (sortable, stable across replays).
+    pub id: String,
+    /// Where it goes.
+    pub destination: Destination,
+    /// The Kafka topic or AMQP routing key.
+    pub route: String,
+    /// The bytes to deliver.
+    pub payload: Bytes,
+}
+
+/// A spooled record read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Position in the spool: records of one destination are replayed in this order.
+    pub seq: i64,
+    /// The message's id.
+    pub id: String,
+    /// Where it goes.
+    pub destination: Destination,
+    /// The Kafka topic or AMQP routing key.
+    pub route: String,
+    /// The bytes to deliver.
+    pub payload: Bytes,
+    /// When it was spooled, in milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// Bytes a record counts against `max_bytes`: its payload, route, id and destination.
+pub fn record_bytes(id: &str, destination: &Destination, route: &str, payload: usize) -> u64 {
+    (payload + route.len() + id.len() + destination.address.len() + destination.exchange.len())
+        as u64
+}

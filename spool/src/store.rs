@@ -1,0 +1,489 @@
+//! The spool's SQLite database: open and recover, append in one transaction, read a
+//! destination's records in order, remove confirmed ones, move corrupt ones aside.
+//!
+//! Durability comes from SQLite: WAL mode with `synchronous = FULL` makes a commit durable
+//! (the WAL is fsynced) before it returns, and recovery after a crash replays the WAL up to
+//! the last whole, checksummed commit. A payload's CRC32 is stored beside it because
+//! SQLite does not checksum its pages.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::SpoolError;
+use crate::record::{Destination, Kind, NewRecord, Record};
+
+/// The database file in the spool directory.
+pub const DB_FILE: &str = "spool.db";
+
+/// The tables. `seq` is AUTOINCREMENT so a position is never reused, even after removals.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    address TEXT NOT NULL,
+    exchange TEXT NOT NULL,
+    route TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_destination ON records (kind, address, exchange, seq);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    address TEXT NOT NULL,
+    exchange TEXT NOT NULL,
+    route TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    crc INTEGER NOT NULL
+);
+";
+
+/// What opening the spool found and repaired.
+#[derive(Debug, Default, Clone)]
+pub struct Recovery {
+    /// The write-ahead log ended in a partial frame (a crash mid-write): SQLite keeps every
+    /// whole commit before it, and the partial one was never acknowledged.
+    pub torn_tail: bool,
+    /// Database files that could not be opened or failed their check, moved aside here.
+    pub moved_aside: Vec<PathBuf>,
+}
+
+/// The records of one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Where they go.
+    pub destination: Destination,
+    /// How many.
+    pub count: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// When the oldest was spooled, in milliseconds since the Unix epoch.
+    pub oldest_ms: i64,
+}
+
+/// The open database.
+pub struct Store {
+    /// The one connection (used by the spool's writer thread only).
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the spool in `dir`. A database that cannot be opened or
+    /// fails SQLite's check is moved aside into `dir/corrupt-<ms>/` and a new one started:
+    /// recovery never stops the daemon from starting.
+    pub fn open(dir: &Path) -> Result<(Self, Recovery), SpoolError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mut recovery = Recovery {
+            torn_tail: wal_has_torn_tail(&dir.join(format!("{DB_FILE}-wal")))?,
+            ..Recovery::default()
+        };
+        match Self::open_checked(dir) {
+            Ok(store) => Ok((store, recovery)),
+            Err(error) => {
+                let aside = move_aside(dir)?;
+                log::error!(
+                    "Spool database unusable, moved aside and started anew error={error} moved_to={}",
+                    aside.display()
+                );
+                recovery.moved_aside.push(aside);
+                Ok((Self::open_checked(dir)?, recovery))
+            }
+        }
+    }
+
+    /// Opens the database, sets WAL and full sync, checks it, creates the tables.
+    fn open_checked(dir: &Path) -> Result<Self, SpoolError> {
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(SpoolError::Io(format!("cannot use WAL mode (got {mode})")));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(SpoolError::Io(format!("integrity check failed: {check}")));
+        }
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Appends `batch` in one transaction (one fsync); returns each record's seq. When it
+    /// returns, every record is durable.
+    pub fn append(&mut self, batch: &[NewRecord], now_ms: i64) -> Result<Vec<i64>, SpoolError> {
+        let tx = self.conn.transaction()?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (kind, address, exchange, route, id, created_ms, payload, crc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for record in batch {
+                let d = &record.destination;
+                insert.execute(params![
+                    d.kind.as_str(),
+                    d.address,
+                    d.exchange,
+                    record.route,
+                    record.id,
+                    now_ms,
+                    &record.payload[..],
+                    crc32fast::hash(&record.payload),
+                ])?;
+                seqs.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit()?;
+        Ok(seqs)
+    }
+
+    /// Up to `limit` records of `destination` after `after`, in order. Records whose
+    /// checksum fails are moved to the quarantine table and their ids returned apart.
+    pub fn read(
+        &mut self,
+        destination: &Destination,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Vec<String>), SpoolError> {
+        let mut records = Vec::new();
+        let mut corrupt = Vec::new();
+        {
+            let mut select = self.conn.prepare_cached(
+                "SELECT seq, route, id, created_ms, payload, crc FROM records
+                 WHERE kind = ?1 AND address = ?2 AND exchange = ?3 AND seq > ?4
+                 ORDER BY seq LIMIT ?5",
+            )?;
+            let rows = select.query_map(
+                params![
+                    destination.kind.as_str(),
+                    destination.address,
+                    destination.exchange,
+                    after,
+                    limit as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, u32>(5)?,
+                    ))
+                },
+            )?;
+            for row in rows {
+                let (seq, route, id, created_ms, payload, crc) = row?;
+                if crc32fast::hash(&payload) != crc {
+                    corrupt.push((seq, id));
+                    continue;
+                }
+                records.push(Record {
+                    seq,
+                    id,
+                    destination: destination.clone(),
+                    route,
+                    payload: Bytes::from(payload),
+                    created_ms,
+                });
+            }
+        }
+        if !corrupt.is_empty() {
+            let seqs: Vec<i64> = corrupt.iter().map(|(seq, _)| *seq).collect();
+            self.quarantine(&seqs)?;
+        }
+        Ok((records, corrupt.into_iter().map(|(_, id)| id).collect()))
+    }
+
+    /// Moves records to the quarantine table (kept for an operator, never replayed).
+    fn quarantine(&mut self, seqs: &[i64]) -> Result<(), SpoolError> {
+        let tx = self.conn.transaction()?;
+        for seq in seqs {
+            tx.execute(
+                "INSERT OR REPLACE INTO quarantine SELECT * FROM records WHERE seq = ?1",
+                [seq],
+            )?;
+            tx.execute("DELETE FROM records WHERE seq = ?1", [seq])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes records (their broker confirmed them) in one transaction.
+    pub fn remove(&mut self, seqs: &[i64]) -> Result<(), SpoolError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM records WHERE seq = ?1")?;
+            for seq in seqs {
+                delete.execute([seq])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes the records spooled before `before_ms`; returns their ids and destinations.
+    pub fn expire(&mut self, before_ms: i64) -> Result<Vec<(String, Destination)>, SpoolError> {
+        let tx = self.conn.transaction()?;
+        let expired = {
+            let mut select = tx.prepare(
+                "SELECT id, kind, address, exchange FROM records WHERE created_ms < ?1 ORDER BY seq",
+            )?;
+            let rows = select.query_map([before_ms], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut expired = Vec::new();
+            for row in rows {
+                let (id, kind, address, exchange) = row?;
+                if let Some(kind) = Kind::parse(&kind) {
+                    let destination = Destination {
+                        kind,
+                        address,
+                        exchange,
+                    };
+                    expired.push((id, destination));
+                }
+            }
+            expired
+        };
+        tx.execute("DELETE FROM records WHERE created_ms < ?1", [before_ms])?;
+        tx.commit()?;
+        Ok(expired)
+    }
+
+    /// Every destination with records, with their count, bytes and oldest time.
+    pub fn summary(&self) -> Result<Vec<Summary>, SpoolError> {
+        let mut select = self.conn.prepare(
+            "SELECT kind, address, exchange, COUNT(*), SUM(LENGTH(payload) + LENGTH(route) + LENGTH(id)
+                    + LENGTH(address) + LENGTH(exchange)), MIN(created_ms)
+             FROM records GROUP BY kind, address, exchange ORDER BY kind, address, exchange",
+        )?;
+        let rows = select.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut summaries = Vec::new();
+        for row in rows {
+            let (kind, address, exchange, count, bytes, oldest_ms) = row?;
+            let Some(kind) = Kind::parse(&kind) else {
+                continue;
+            };
+            summaries.push(Summary {
+                destination: Destination {
+                    kind,
+                    address,
+                    exchange,
+                },
+                count: count.max(0) as u64,
+                bytes: bytes.max(0) as u64,
+                oldest_ms,
+            });
+        }
+        Ok(summaries)
+    }
+
+    /// Records in quarantine.
+    pub fn quarantined(&self) -> Result<u64, SpoolError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+}
+
+/// Whether the write-ahead log ends in a partial frame (header 32 bytes, then frames of 24
+/// bytes plus one page; the page size is in the header).
+fn wal_has_torn_tail(wal: &Path) -> Result<bool, SpoolError> {
+    let Ok(metadata) = fs::metadata(wal) else {
+        return Ok(false);
+    };
+    let len = metadata.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    if len < 32 {
+        return Ok(true);
+    }
+    let header = {
+        use std::io::Read;
+        let mut header = [0u8; 32];
+        fs::File::open(wal)?.read_exact(&mut header)?;
+        header
+    };
+    let page_size = u64::from(u32::from_be_bytes([
+        header[8], header[9], header[10], header[11],
+    ]));
+    if page_size == 0 {
+        return Ok(true);
+    }
+    Ok((len - 32) % (24 + page_size) != 0)
+}
+
+/// Moves the database files of `dir` into a new `corrupt-<ms>` folder beside them.
+fn move_aside(dir: &Path) -> Result<PathBuf, SpoolError> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let aside = dir.join(format!("corrupt-{ms}"));
+    fs::create_dir_all(&aside)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let name = format!("{DB_FILE}{suffix}");
+        let from = dir.join(&name);
+        if from.exists() {
+            fs::rename(&from, aside.join(&name))?;
+        }
+    }
+    sync_dir(dir)?;
+    Ok(aside)
+}
+
+/// fsyncs a directory, so a rename or a new file in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(n: u32) -> Destination {
+        Destination {
+            kind: Kind::Kafka,
+            address: format!("k{n}:9092"),
+            exchange: String::new(),
+        }
+    }
+
+    fn record(n: u32, id: &str) -> NewRecord {
+        NewRecord {
+            id: id.to_owned(),
+            destination: dest(n),
+            route: "topic".into(),
+            payload: Bytes::from(format!("payload {id}")),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferry-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_come_back_per_destination_in_order() {
+        let dir = scratch("reopen");
+        {
+            let (mut store, _) = Store::open(&dir).unwrap();
+            store
+                .append(&[record(1, "a"), record(2, "x"), record(1, "b")], 5)
+                .unwrap();
+            store.append(&[record(1, "c")], 6).unwrap();
+        }
+        let (mut store, recovery) = Store::open(&dir).unwrap();
+        assert!(!recovery.torn_tail && recovery.moved_aside.is_empty());
+        let (records, corrupt) = store.read(&dest(1), 0, 10).unwrap();
+        let ids: Vec<_> = records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(corrupt.is_empty());
+        store.remove(&[records[0].seq]).unwrap();
+        let (rest, _) = store.read(&dest(1), 0, 10).unwrap();
+        assert_eq!(rest.len(), 2);
+        let summary = store.summary().unwrap();
+        assert_eq!(summary.len(), 2);
+        assert_eq!((summary[0].count, summary[0].oldest_ms), (2, 5));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_whose_checksum_fails_is_moved_aside_and_counted() {
+        let dir = scratch("crc");
+        let (mut store, _) = Store::open(&dir).unwrap();
+        store
+            .append(&[record(1, "a"), record(1, "b"), record(1, "c")], 1)
+            .unwrap();
+        // Bit rot in b's payload.
+        store
+            .conn
+            .execute("UPDATE records SET payload = X'00FF' WHERE id = 'b'", [])
+            .unwrap();
+        let (records, corrupt) = store.read(&dest(1), 0, 10).unwrap();
+        let ids: Vec<_> = records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(corrupt, ["b"]);
+        assert_eq!(store.quarantined().unwrap(), 1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unreadable_database_is_moved_aside_and_a_new_one_started() {
+        let dir = scratch("garbage");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let (mut store, recovery) = Store::open(&dir).unwrap();
+        assert_eq!(recovery.moved_aside.len(), 1);
+        assert!(recovery.moved_aside[0].join(DB_FILE).exists());
+        store.append(&[record(1, "a")], 1).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_wal_tail_is_detected_and_the_whole_commits_before_it_kept() {
+        let dir = scratch("torn");
+        let (mut store, _) = Store::open(&dir).unwrap();
+        for id in ["a", "b", "c"] {
+            store.append(&[record(1, id)], 1).unwrap();
+        }
+        // A crash: the WAL is not checkpointed; copy the files as they are on disk.
+        let copy = scratch("torn-copy");
+        fs::create_dir_all(&copy).unwrap();
+        for suffix in ["", "-wal"] {
+            let name = format!("{DB_FILE}{suffix}");
+            fs::copy(dir.join(&name), copy.join(&name)).unwrap();
+        }
+        drop(store);
+        let wal = copy.join(format!("{DB_FILE}-wal"));
+        let len = fs::metadata(&wal).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+        let (mut store, recovery) = Store::open(&copy).unwrap();
+        assert!(recovery.torn_tail);
+        let (records, _) = store.read(&dest(1), 0, 10).unwrap();
+        let ids: Vec<_> = records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["a", "b"],
+            "the last commit was torn; the rest is intact"
+        );
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&copy);
+    }
+}

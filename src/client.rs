@@ -179,13 +179,27 @@ impl fmt::Display for NotDelivered {
 
 impl std::error::Error for NotDelivered {}
 
-/// A delivered message: which daemon confirmed it and after how many attempts there.
+/// An accepted message: which daemon took it, after how many attempts there, and whether
+/// the broker confirmed it or the daemon spooled it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     /// The daemon's address.
     pub daemon: String,
     /// Attempts on that daemon, counted from 1.
     pub attempts: u32,
+    /// The daemon's answer.
+    pub answer: Answer,
+}
+
+/// What a daemon answered for an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Answer {
+    /// The message's id (empty from a daemon that predates ids).
+    pub id: String,
+    /// Whether the daemon spooled it (delivered later) rather than the broker confirming it.
+    pub spooled: bool,
+    /// The daemon's words about it (why it was spooled).
+    pub message: String,
 }
 
 /// One daemon to send through.
@@ -293,10 +307,11 @@ impl Client {
                 break;
             }
             match self.via(daemon, destination, &data, deadline).await {
-                Ok(attempts) => {
+                Ok((attempts, answer)) => {
                     return Ok(Delivered {
                         daemon: daemon.address.clone(),
                         attempts,
+                        answer,
                     });
                 }
                 Err(failure) => {
@@ -315,14 +330,15 @@ impl Client {
         })
     }
 
-    /// Sends through one daemon under the policy; the attempt count on success.
+    /// Sends through one daemon under the policy; the attempt count and the answer on
+    /// success.
     async fn via(
         &self,
         daemon: &Daemon,
         destination: &Destination,
         data: &Bytes,
         deadline: Option<Instant>,
-    ) -> Result<u32, DaemonFailure> {
+    ) -> Result<(u32, Answer), DaemonFailure> {
         let mut channel: Option<Channel> = None;
         let mut n = 1;
         loop {
@@ -339,7 +355,7 @@ impl Client {
             };
             let outcome = attempt(daemon, &mut channel, call).await;
             let error = match outcome {
-                Ok(()) => return Ok(n),
+                Ok(answer) => return Ok((n, answer)),
                 Err(error) => error,
             };
             let pause = RETRY_PAUSE.min(limit.saturating_sub(started.elapsed()));
@@ -367,7 +383,7 @@ async fn attempt(
     daemon: &Daemon,
     channel: &mut Option<Channel>,
     call: Call<'_>,
-) -> Result<(), AttemptError> {
+) -> Result<Answer, AttemptError> {
     let limit = call.limit;
     let deadline = tokio::time::Instant::now() + limit;
     let connected = match channel {
@@ -402,7 +418,7 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// Makes the call on `connected`.
-    async fn run(self, connected: Channel) -> Result<(), AttemptError> {
+    async fn run(self, connected: Channel) -> Result<Answer, AttemptError> {
         let Self {
             destination,
             data,
@@ -459,7 +475,11 @@ impl Call<'_> {
         })?
         .into_inner();
         match response.error_no {
-            0 => Ok(()),
+            0 => Ok(Answer {
+                id: response.id,
+                spooled: response.spooled,
+                message: response.error_message,
+            }),
             error_no => Err(AttemptError::Answered {
                 error_no,
                 message: response.error_message,

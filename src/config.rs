@@ -36,6 +36,49 @@ pub struct Config {
     pub ops: OpsConfig,
     /// Which targets requests may name, and the bearer token.
     pub access: AccessConfig,
+    /// The durable spool.
+    pub spool: SpoolConfig,
+}
+
+/// `[spool]`: the durable spool for messages a broker cannot take now (off unless `dir`
+/// is set).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory on node-local disk ("" = no spool); one daemon per directory.
+    pub dir: String,
+    /// Most bytes the spool may hold; beyond it, messages that need it get error_no 5.
+    pub max_bytes: u64,
+    /// Free space the spool's disk must keep, in bytes; below it, as above.
+    pub min_free_bytes: u64,
+    /// Spooled messages older than this many seconds are removed undelivered, counted and
+    /// logged with their ids; 0 = kept until delivered.
+    pub max_age_s: u64,
+    /// Spooled messages of one target published at once while replaying.
+    pub replay_in_flight: usize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            max_bytes: 1024 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
+            max_age_s: 0,
+            replay_in_flight: 64,
+        }
+    }
+}
+
+/// The validated spool settings.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// The spool directory.
+    pub dir: PathBuf,
+    /// Its bounds.
+    pub limits: ferry_spool::SpoolLimits,
+    /// How it is replayed.
+    pub replay: ferry_actors::spooler::SpoolSettings,
 }
 
 /// `[server]`: the gRPC ingress.
@@ -327,6 +370,8 @@ pub struct Settings {
     pub producer: ProducerSettings,
     /// Producer cache bounds.
     pub registry: RegistrySettings,
+    /// The durable spool, if one is configured.
+    pub spool: Option<SpoolSettings>,
 }
 
 /// A certificate chain and its private key, PEM.
@@ -447,6 +492,7 @@ impl Config {
             return Err(invalid("kafka.max_brokers_per_target", "must be 1 to 64"));
         }
 
+        let spool = self.spool.validate()?;
         let access = self.access.validate(listen)?;
         let token = read_token(&self.access.token_file)?;
 
@@ -533,7 +579,35 @@ impl Config {
                 max_kafka_targets: p.max_kafka_targets,
                 idle_timeout: Duration::from_secs(p.idle_timeout_s),
             },
+            spool,
         })
+    }
+}
+
+impl SpoolConfig {
+    /// The spool settings, or `None` when no directory is set.
+    fn validate(&self) -> Result<Option<SpoolSettings>, ConfigError> {
+        if self.dir.is_empty() {
+            return Ok(None);
+        }
+        positive("spool.max_bytes", self.max_bytes)?;
+        if !(1..=4096).contains(&self.replay_in_flight) {
+            return Err(ConfigError::Invalid {
+                field: "spool.replay_in_flight",
+                reason: "must be 1 to 4096".into(),
+            });
+        }
+        Ok(Some(SpoolSettings {
+            dir: PathBuf::from(&self.dir),
+            limits: ferry_spool::SpoolLimits {
+                max_bytes: self.max_bytes,
+                min_free_bytes: self.min_free_bytes,
+            },
+            replay: ferry_actors::spooler::SpoolSettings {
+                replay_in_flight: self.replay_in_flight,
+                max_age: (self.max_age_s > 0).then(|| Duration::from_secs(self.max_age_s)),
+            },
+        }))
     }
 }
 

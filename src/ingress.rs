@@ -162,6 +162,7 @@ impl Ingress {
         request: Result<SendRequest, ferry_actors::InvalidRequest>,
     ) -> proto::Response {
         let started = Instant::now();
+        let mut spooled_to = None;
         let outcome = match request {
             Ok(request) if let Err(refusal) = self.access.check(&request.target) => {
                 self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
@@ -182,15 +183,27 @@ impl Ingress {
                         Err(Failure::Forward(ForwardError::refused(ProduceError::ShuttingDown)))
                     }
                 };
-                if let Err(failure) = &result {
-                    self.log_limited(|suppressed| {
+                match &result {
+                    Err(failure) => self.log_limited(|suppressed| {
                         log::warn!(
                             "Message not delivered target={} error_no={} error={failure} ms={} suppressed_before={suppressed}",
                             request.target,
                             failure.error_no() as i32,
                             started.elapsed().as_millis()
                         );
-                    });
+                    }),
+                    Ok(accepted) if accepted.spooled.is_some() => {
+                        self.log_limited(|suppressed| {
+                            log::info!(
+                                "Message spooled target={} id={} ms={} suppressed_before={suppressed}",
+                                request.target,
+                                accepted.id,
+                                started.elapsed().as_millis()
+                            );
+                        });
+                        spooled_to = Some(request.target);
+                    }
+                    Ok(_) => {}
                 }
                 result
             }
@@ -202,7 +215,7 @@ impl Ingress {
                 Err(Failure::Invalid(invalid))
             }
         };
-        wire::response(&outcome)
+        wire::response(&outcome, spooled_to.as_ref())
     }
 }
 

@@ -138,6 +138,9 @@ impl Collector for Snapshot {
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
 
+        if let Some(spool) = &report.spool {
+            encode_spool(&mut encoder, spool)?;
+        }
         for (name, help, value) in PRODUCER_COUNTERS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for producer in &report.producers {
@@ -200,6 +203,82 @@ impl Collector for Snapshot {
 }
 
 /// The labels of one producer's series.
+/// The spool's gauges and counters, per target.
+fn encode_spool(
+    encoder: &mut DescriptorEncoder<'_>,
+    spool: &crate::report::SpoolReport,
+) -> std::fmt::Result {
+    let gauge = ConstGauge::new(spool.bytes as i64);
+    gauge.encode(encoder.encode_descriptor(
+        "spool_bytes",
+        "Bytes the spool holds.",
+        None,
+        gauge.metric_type(),
+    )?)?;
+    type Value = fn(&crate::report::SpoolTarget) -> f64;
+    let gauges: [(&str, &str, Value); 3] = [
+        (
+            "spool_target_messages",
+            "Messages of this target in the spool.",
+            |t| t.spooled as f64,
+        ),
+        (
+            "spool_target_bytes",
+            "Bytes of this target in the spool.",
+            |t| t.bytes as f64,
+        ),
+        (
+            "spool_target_oldest_age_seconds",
+            "Age of this target's oldest spooled message.",
+            |t| t.oldest_age_s,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for target in &spool.targets {
+            let labels = [
+                ("kind", target.kind.as_str()),
+                ("target", target.target.as_str()),
+            ];
+            ConstGauge::new(value(target)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    type Count = fn(&crate::report::SpoolTarget) -> u64;
+    let counters: [(&str, &str, Count); 4] = [
+        (
+            "spool_target_spooled",
+            "Messages of this target spooled since start.",
+            |t| t.spooled_total,
+        ),
+        (
+            "spool_target_replayed",
+            "Messages of this target replayed since start.",
+            |t| t.replayed_total,
+        ),
+        (
+            "spool_target_expired",
+            "Messages of this target expired since start.",
+            |t| t.expired_total,
+        ),
+        (
+            "spool_target_lost",
+            "Messages of this target lost to corruption or rejection on replay.",
+            |t| t.lost_total,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for target in &spool.targets {
+            let labels = [
+                ("kind", target.kind.as_str()),
+                ("target", target.target.as_str()),
+            ];
+            ConstCounter::new(value(target)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 fn labels(producer: &Producer) -> [(&'static str, &str); 2] {
     [("kind", &producer.kind), ("target", &producer.target)]
 }

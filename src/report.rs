@@ -31,6 +31,48 @@ pub struct Report {
     pub totals: Totals,
     /// One entry per cached producer actor, sorted by kind and target.
     pub producers: Vec<Producer>,
+    /// The durable spool, when one is configured.
+    #[serde(default)]
+    pub spool: Option<SpoolReport>,
+}
+
+/// The durable spool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpoolReport {
+    /// Bytes it holds now.
+    pub bytes: u64,
+    /// Messages spooled since start (answered 0 with `spooled`).
+    pub spooled_total: u64,
+    /// At start, the spool's log ended in a partial commit (a crash mid-write; never
+    /// acknowledged), which was truncated: 0 or 1.
+    pub torn_tails_truncated: u64,
+    /// At start, spool database files that were unusable and moved aside.
+    pub files_moved_aside: u64,
+    /// One entry per target that spooled since start, sorted by kind and target.
+    pub targets: Vec<SpoolTarget>,
+}
+
+/// The spool of one target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpoolTarget {
+    /// `kafka` or `rabbitmq`.
+    pub kind: String,
+    /// The target (password as `***`).
+    pub target: String,
+    /// Messages in the spool now.
+    pub spooled: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Seconds since the oldest of them was spooled.
+    pub oldest_age_s: f64,
+    /// Messages spooled since start.
+    pub spooled_total: u64,
+    /// Messages replayed (confirmed by the broker) since start.
+    pub replayed_total: u64,
+    /// Messages removed by `spool.max_age_s` since start.
+    pub expired_total: u64,
+    /// Messages lost to a failed checksum or a broker's rejection on replay, since start.
+    pub lost_total: u64,
 }
 
 /// Counts since the daemon started.
@@ -178,6 +220,27 @@ impl Source {
                 connections_timed_out: self.connections.timed_out(),
             },
             producers,
+            spool: self.forwarder.spooler().map(|spooler| SpoolReport {
+                bytes: spooler.bytes(),
+                spooled_total: totals.spooled.load(Ordering::Relaxed),
+                torn_tails_truncated: spooler.recovered().0,
+                files_moved_aside: spooler.recovered().1,
+                targets: spooler
+                    .snapshot()
+                    .into_iter()
+                    .map(|s| SpoolTarget {
+                        kind: s.kind.to_owned(),
+                        target: s.target,
+                        spooled: s.spooled_now,
+                        bytes: s.bytes_now,
+                        oldest_age_s: s.oldest_age_s,
+                        spooled_total: s.spooled_total,
+                        replayed_total: s.replayed_total,
+                        expired_total: s.expired_total,
+                        lost_total: s.lost_total,
+                    })
+                    .collect(),
+            }),
         }
     }
 }

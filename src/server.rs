@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix_rt::{Arbiter, System};
+use ferry_actors::spooler::Spooler;
 use ferry_actors::{Forwarder, Registry};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,6 +66,52 @@ pub enum ServeError {
     /// The operations endpoint failed while serving.
     #[error("operations endpoint failed: {0}")]
     Http(std::io::Error),
+    /// The spool could not be opened (held by another daemon, or unusable).
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] ferry_spool::SpoolError),
+}
+
+/// The spool as opened at start: the store and what it held.
+struct OpenedSpool {
+    /// The store.
+    spool: ferry_spool::Spool,
+    /// The destinations that had records.
+    summary: Vec<ferry_spool::Summary>,
+    /// What opening it repaired.
+    recovery: ferry_spool::Recovery,
+}
+
+/// Opens (and recovers) the configured spool, logging what recovery found.
+fn open_spool(settings: &Settings) -> Result<Option<OpenedSpool>, ServeError> {
+    let Some(config) = &settings.spool else {
+        return Ok(None);
+    };
+    let (spool, recovery, summary) = ferry_spool::Spool::open(&config.dir, config.limits)?;
+    if recovery.torn_tail {
+        log::warn!(
+            "Spool recovered from a crash mid-write: its log ended in a partial commit, which was never acknowledged; every whole commit is kept dir={}",
+            config.dir.display()
+        );
+    }
+    for aside in &recovery.moved_aside {
+        log::error!(
+            "Spool database was unusable and was moved aside; its records are not replayed moved_to={}",
+            aside.display()
+        );
+    }
+    log::info!(
+        "Spool open dir={} targets={} records={} bytes={} max_bytes={}",
+        config.dir.display(),
+        summary.len(),
+        summary.iter().map(|s| s.count).sum::<u64>(),
+        spool.bytes(),
+        config.limits.max_bytes
+    );
+    Ok(Some(OpenedSpool {
+        spool,
+        summary,
+        recovery,
+    }))
 }
 
 /// A running daemon; dropping it stops it.
@@ -90,6 +137,7 @@ impl Daemon {
     /// daemon serves.
     pub fn start(settings: Settings) -> Result<Self, ServeError> {
         let listeners = bind(settings.listen, settings.workers)?;
+        let spool = open_spool(&settings)?;
         let local_addr = listeners[0]
             .local_addr()
             .map_err(|source| ServeError::Bind {
@@ -115,7 +163,7 @@ impl Daemon {
                     stop: stop_rx,
                     hurry: hurry_rx,
                 };
-                run_system(settings, listeners, ops_listener, ready_tx, signals)
+                run_system(settings, listeners, ops_listener, spool, ready_tx, signals)
             })
             .map_err(ServeError::Thread)?;
         match ready_rx.recv() {
@@ -265,6 +313,7 @@ fn run_system(
     settings: Settings,
     listeners: Vec<TcpListener>,
     ops_listener: TcpListener,
+    spool: Option<OpenedSpool>,
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
     signals: Signals,
 ) -> Result<(), ServeError> {
@@ -274,6 +323,7 @@ fn run_system(
         settings,
         listeners,
         ops_listener,
+        spool,
         &arbiters,
         ready,
         signals,
@@ -326,6 +376,7 @@ async fn serve(
     settings: Settings,
     listeners: Vec<TcpListener>,
     ops_listener: TcpListener,
+    spool: Option<OpenedSpool>,
     arbiters: &[Arbiter],
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
     signals: Signals,
@@ -337,11 +388,26 @@ async fn serve(
         settings.registry.clone(),
     );
     registry.spawn_idle_sweeper();
+    let spooler = match (spool, &settings.spool) {
+        (Some(opened), Some(config)) => {
+            let spooler = Spooler::new(
+                opened.spool,
+                Arc::clone(&registry),
+                settings.policy,
+                config.replay,
+            );
+            spooler.note_recovery(&opened.recovery);
+            spooler.resume(&opened.summary);
+            Some(spooler)
+        }
+        _ => None,
+    };
     let forwarder = Arc::new(Forwarder::new(
         registry,
         settings.policy,
         settings.max_in_flight,
         settings.max_in_flight_bytes,
+        spooler,
     ));
     let refused = Arc::new(Refused::default());
     let connections = ConnectionLimit::new(

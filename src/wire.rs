@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use ferry_actors::target::{validate_routing_key, validate_topic};
-use ferry_actors::{AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, ProduceError, Target};
+use ferry_actors::{
+    Accepted, AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, ProduceError, Target,
+};
 
 use crate::proto;
 
@@ -153,16 +155,32 @@ fn payload(message: Option<proto::Message>, max: usize) -> Result<Bytes, Invalid
     Ok(data)
 }
 
-/// The wire answer for an outcome.
-pub fn response(outcome: &Result<(), Failure>) -> proto::Response {
+/// The wire answer for an outcome (`target` names where a spooled message goes).
+pub fn response(outcome: &Result<Accepted, Failure>, target: Option<&Target>) -> proto::Response {
     match outcome {
-        Ok(()) => proto::Response {
+        Ok(Accepted { id, spooled: None }) => proto::Response {
             error_no: ErrorNo::Delivered as i32,
             error_message: String::new(),
+            spooled: false,
+            id: id.to_string(),
+        },
+        Ok(Accepted {
+            id,
+            spooled: Some(why),
+        }) => proto::Response {
+            error_no: ErrorNo::Delivered as i32,
+            error_message: format!(
+                "spooled for {}: {why}; it will be delivered when the broker takes messages again",
+                target.map_or_else(|| "its target".to_owned(), ToString::to_string)
+            ),
+            spooled: true,
+            id: id.to_string(),
         },
         Err(failure) => proto::Response {
             error_no: failure.error_no() as i32,
             error_message: failure.to_string(),
+            spooled: false,
+            id: String::new(),
         },
     }
 }
@@ -255,8 +273,25 @@ mod tests {
     #[test]
     fn outcomes_map_to_documented_codes() {
         let forward = |last| Err(Failure::Forward(ForwardError { attempts: 2, last }));
-        let code = |outcome: Result<(), Failure>| response(&outcome).error_no;
-        assert_eq!(code(Ok(())), 0);
+        let code = |outcome: Result<Accepted, Failure>| response(&outcome, None).error_no;
+        let delivered = Accepted {
+            id: "0190".into(),
+            spooled: None,
+        };
+        assert_eq!(code(Ok(delivered.clone())), 0);
+        let spooled = response(
+            &Ok(Accepted {
+                spooled: Some("broker unavailable".into()),
+                ..delivered
+            }),
+            None,
+        );
+        assert_eq!((spooled.error_no, spooled.spooled), (0, true));
+        assert!(
+            spooled.error_message.starts_with("spooled for"),
+            "{spooled:?}"
+        );
+        assert_eq!(spooled.id, "0190");
         assert_eq!(code(Err(InvalidRequest::new("topic", "x").into())), 1);
         assert_eq!(code(forward(ProduceError::Timeout(Default::default()))), 2);
         assert_eq!(code(forward(ProduceError::Rejected("x".into()))), 3);
@@ -270,7 +305,7 @@ mod tests {
         }
         assert_eq!(ErrorNo::from_wire(8), None);
         assert_eq!(ErrorNo::from_wire(-1), None);
-        let answer = response(&forward(ProduceError::Unavailable("refused".into())));
+        let answer = response(&forward(ProduceError::Unavailable("refused".into())), None);
         assert_eq!(
             answer.error_message,
             "broker unavailable: refused (after 2 attempts)"

@@ -103,19 +103,24 @@ impl AmqpLink {
         })
     }
 
-    /// Publishes `payload` persistent, as `text/plain`, with routing key `route`. The
-    /// future resolves once the broker confirmed it, and borrows nothing from `self`.
+    /// Publishes `payload` persistent, as `text/plain`, with routing key `route` and, when
+    /// given, `message_id` `id`. The future resolves once the broker confirmed it, and
+    /// borrows nothing from `self`.
     pub fn publish(
         &self,
         route: String,
         payload: Bytes,
+        id: Option<&str>,
     ) -> impl Future<Output = Result<(), ProduceError>> + 'static {
         let channel = self.channel.clone();
         let exchange = self.exchange.clone();
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type("text/plain".into());
+        if let Some(id) = id {
+            properties = properties.with_message_id(id.into());
+        }
         async move {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(PERSISTENT)
-                .with_content_type("text/plain".into());
             let confirmation = channel
                 .basic_publish(
                     exchange,
@@ -171,7 +176,7 @@ impl Backend for AmqpBackend {
         lost: &LostSignal<Self>,
         message: Publish,
     ) -> LocalBoxFuture<'static, Result<(), ProduceError>> {
-        let published = link.publish(message.route, message.payload);
+        let published = link.publish(message.route, message.payload, Some(&message.id));
         let channel = link.channel.clone();
         let lost = lost.clone();
         async move {

@@ -11,8 +11,20 @@ use crate::error::{ForwardError, ProduceError};
 use crate::policy::RetryPolicy;
 use crate::producer::Publish;
 use crate::registry::Registry;
+use crate::spooler::Spooler;
 use crate::stats::InFlight;
 use crate::target::Target;
+
+/// A message the daemon took responsibility for.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Its id (UUIDv7), as sent to the broker (Kafka header `ferry-id`, AMQP
+    /// `message_id`).
+    pub id: Arc<str>,
+    /// `None` when the broker confirmed it; otherwise it is durable in the spool and this
+    /// says why it was spooled.
+    pub spooled: Option<String>,
+}
 
 /// Forwards messages to their targets under the retry policy and the in-flight bounds.
 pub struct Forwarder {
@@ -32,6 +44,8 @@ pub struct Forwarder {
     closing: AtomicBool,
     /// Outcomes of every message since start, whatever became of its producer.
     totals: Totals,
+    /// The durable spool, when one is configured.
+    spooler: Option<Arc<Spooler>>,
 }
 
 /// Message outcomes over the daemon's life (per-target counters go with their producer
@@ -44,17 +58,22 @@ pub struct Totals {
     pub failed: AtomicU64,
     /// Attempts beyond the first.
     pub retried: AtomicU64,
+    /// Messages written to the spool (answered 0, delivered later).
+    pub spooled: AtomicU64,
 }
 
 impl Forwarder {
     /// A forwarder over `registry` with at most `max_in_flight` messages and
     /// `max_in_flight_bytes` payload bytes in flight; each target's in-flight bound is the
-    /// registry's `ProducerSettings::max_in_flight_per_target`.
+    /// registry's `ProducerSettings::max_in_flight_per_target`. With a `spooler`, a message
+    /// its broker cannot take now (unavailable, or the first attempt timed out) is spooled
+    /// instead of retried or failed.
     pub fn new(
         registry: Arc<Registry>,
         policy: RetryPolicy,
         max_in_flight: usize,
         max_in_flight_bytes: u64,
+        spooler: Option<Arc<Spooler>>,
     ) -> Self {
         Self {
             registry,
@@ -65,21 +84,25 @@ impl Forwarder {
             max_in_flight_bytes,
             closing: AtomicBool::new(false),
             totals: Totals::default(),
+            spooler,
         }
     }
 
     /// Delivers `payload` to `target` (topic or routing key `route`) and returns once the
-    /// broker confirmed it, or with the reason it was not delivered. Returns within the
-    /// policy's total budget.
+    /// broker confirmed it or (with a spool) it is durable in the spool, or with the reason
+    /// it was not delivered. Returns within the policy's total budget.
     pub async fn forward(
         &self,
         target: &Target,
         route: String,
         payload: Bytes,
-    ) -> Result<(), ForwardError> {
+    ) -> Result<Accepted, ForwardError> {
         let result = self.forward_counted(target, route, payload).await;
         let total = match &result {
-            Ok(()) => &self.totals.sent,
+            Ok(Accepted { spooled: None, .. }) => &self.totals.sent,
+            Ok(Accepted {
+                spooled: Some(_), ..
+            }) => &self.totals.spooled,
             Err(_) => &self.totals.failed,
         };
         total.fetch_add(1, Ordering::Relaxed);
@@ -92,7 +115,7 @@ impl Forwarder {
         target: &Target,
         route: String,
         payload: Bytes,
-    ) -> Result<(), ForwardError> {
+    ) -> Result<Accepted, ForwardError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(ForwardError::refused(ProduceError::ShuttingDown));
         }
@@ -115,6 +138,14 @@ impl Forwarder {
                     self.max_in_flight_bytes
                 )))
             })?;
+        let id: Arc<str> = Arc::from(uuid::Uuid::now_v7().to_string());
+        if let Some(spooler) = &self.spooler
+            && spooler.is_spooling(target)
+        {
+            // Behind the target's spooled messages, in arrival order.
+            let why = "earlier messages to this target are spooled".to_owned();
+            return spool(spooler, target, id, &route, &payload, why).await;
+        }
         let producer = self
             .registry
             .producer(target)
@@ -131,8 +162,13 @@ impl Forwarder {
             stats.record_error(error.to_string());
             return Err(error);
         };
-        let result = self
-            .policy
+        // With a spool, one attempt: a message its broker cannot take now is spooled, not
+        // retried (a retry would only keep the caller waiting).
+        let policy = match &self.spooler {
+            Some(_) => self.policy.first_attempt_only(),
+            None => self.policy,
+        };
+        let result = policy
             .run(|attempt| {
                 if attempt > 1 {
                     stats.retried.fetch_add(1, Ordering::Relaxed);
@@ -141,25 +177,42 @@ impl Forwarder {
                 producer.publish(Publish {
                     route: route.clone(),
                     payload: payload.clone(),
+                    id: Arc::clone(&id),
                 })
             })
             .await;
-        match &result {
+        match result {
             Ok(()) => {
                 stats.sent.fetch_add(1, Ordering::Relaxed);
                 stats.latency.record(arrived.elapsed());
+                Ok(Accepted { id, spooled: None })
+            }
+            Err(error) if self.spooler.is_some() && error.last.is_retriable() => {
+                stats.record_error(error.to_string());
+                let Some(spooler) = &self.spooler else {
+                    unreachable!("checked by the guard")
+                };
+                spool(spooler, target, id, &route, &payload, error.to_string()).await
             }
             Err(error) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 stats.record_error(error.to_string());
+                Err(error)
             }
         }
-        result
     }
 
-    /// Refuses new messages from now on (those in flight go on).
+    /// Refuses new messages from now on (those in flight go on); spool replay stops.
     pub fn begin_shutdown(&self) {
         self.closing.store(true, Ordering::Release);
+        if let Some(spooler) = &self.spooler {
+            spooler.begin_shutdown();
+        }
+    }
+
+    /// The spool, when one is configured.
+    pub fn spooler(&self) -> Option<&Arc<Spooler>> {
+        self.spooler.as_ref()
     }
 
     /// Outcomes since start.
@@ -190,5 +243,29 @@ impl Forwarder {
     /// The retry policy.
     pub fn policy(&self) -> RetryPolicy {
         self.policy
+    }
+}
+
+/// Writes a message to the spool: accepted once durable, or refused as overloaded when the
+/// spool is full (nothing spooled before is dropped).
+async fn spool(
+    spooler: &Arc<Spooler>,
+    target: &Target,
+    id: Arc<str>,
+    route: &str,
+    payload: &Bytes,
+    why: String,
+) -> Result<Accepted, ForwardError> {
+    match spooler.spool(target, &id, route, payload).await {
+        Ok(()) => Ok(Accepted {
+            id,
+            spooled: Some(why),
+        }),
+        Err(ferry_spool::SpoolError::Full(reason)) => Err(ForwardError::refused(
+            ProduceError::Overloaded(format!("spool full: {reason}")),
+        )),
+        Err(error) => Err(ForwardError::refused(ProduceError::Unavailable(format!(
+            "cannot spool: {error}"
+        )))),
     }
 }

@@ -6,12 +6,16 @@ use futures_util::future::{self, FutureExt, LocalBoxFuture};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord};
 
 use crate::error::ProduceError;
 use crate::producer::{Backend, LostSignal, ProducerActor, Publish};
 use crate::settings::KafkaSettings;
 use crate::target::KafkaTarget;
+
+/// The Kafka header that carries a message's id, for consumers to drop duplicates.
+pub const ID_HEADER: &str = "ferry-id";
 
 /// The producer actor of one Kafka broker set.
 pub type KafkaProducer = ProducerActor<KafkaBackend>;
@@ -91,7 +95,13 @@ impl Backend for KafkaBackend {
         _lost: &LostSignal<Self>,
         message: Publish,
     ) -> LocalBoxFuture<'static, Result<(), ProduceError>> {
-        let record = FutureRecord::<(), [u8]>::to(&message.route).payload(&message.payload[..]);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ID_HEADER,
+            value: Some(message.id.as_bytes()),
+        });
+        let record = FutureRecord::<(), [u8]>::to(&message.route)
+            .payload(&message.payload[..])
+            .headers(headers);
         match producer.send_result(record) {
             Ok(delivery) => async move {
                 match delivery.await {

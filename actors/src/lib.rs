@@ -18,11 +18,12 @@ pub mod policy;
 pub mod producer;
 pub mod registry;
 pub mod settings;
+pub mod spooler;
 pub mod stats;
 pub mod target;
 
 pub use error::{ForwardError, InvalidRequest, ProduceError};
-pub use forwarder::Forwarder;
+pub use forwarder::{Accepted, Forwarder};
 pub use policy::RetryPolicy;
 pub use registry::Registry;
 pub use settings::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings};

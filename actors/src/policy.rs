@@ -59,6 +59,14 @@ impl RetryPolicy {
         self.timeout_step * n
     }
 
+    /// The same policy with a single attempt (when a spool takes over after it).
+    pub fn first_attempt_only(&self) -> Self {
+        Self {
+            max_attempts: 1,
+            ..*self
+        }
+    }
+
     /// How many attempts a message gets.
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts

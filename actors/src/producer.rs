@@ -59,6 +59,9 @@ pub struct Publish {
     pub route: String,
     /// The message bytes, passed on unchanged.
     pub payload: Bytes,
+    /// The message's id (UUIDv7), sent as the Kafka header `ferry-id` and the AMQP
+    /// `message_id`, the same on every attempt and replay.
+    pub id: std::sync::Arc<str>,
 }
 
 /// The connection of generation `generation` is dead; sent by the backend via [`LostSignal`].

@@ -156,6 +156,12 @@ impl Registry {
         Ok(producer)
     }
 
+    /// The producers' wait before reconnecting after `failures` consecutive failures (the
+    /// spool's replay probes a dead broker at the same pace).
+    pub fn restart_delay(&self, failures: u32) -> std::time::Duration {
+        self.producer_settings.restart_delay(failures)
+    }
+
     /// Stops producers unused for longer than the idle timeout; returns how many.
     pub fn stop_idle(&self) -> usize {
         let idle_timeout = self.limits.idle_timeout;

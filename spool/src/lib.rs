@@ -25,4 +25,4 @@ pub mod store;
 pub use error::SpoolError;
 pub use record::{Destination, Kind, NewRecord, Record};
 pub use spool::{Spool, SpoolLimits};
-pub use store::{Recovery, Summary};
+pub use store::{Recovery, Summary, inspect};

@@ -315,6 +315,18 @@ impl Store {
     }
 }
 
+/// What the spool in `dir` holds, read without taking its lock or changing it (a daemon
+/// may be running on it): the destinations with records, and the records in quarantine.
+pub fn inspect(dir: &Path) -> Result<(Vec<Summary>, u64), SpoolError> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(SpoolError::Io(format!("no spool in {}", dir.display())));
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let store = Store { conn };
+    Ok((store.summary()?, store.quarantined()?))
+}
+
 /// Whether the write-ahead log ends in a partial frame (header 32 bytes, then frames of 24
 /// bytes plus one page; the page size is in the header).
 fn wal_has_torn_tail(wal: &Path) -> Result<bool, SpoolError> {

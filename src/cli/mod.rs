@@ -21,6 +21,7 @@ pub mod event;
 pub mod ops;
 pub mod send;
 pub mod serve;
+pub mod spool;
 
 /// Exit code when a message was not delivered.
 pub const EXIT_NOT_DELIVERED: u8 = 1;
@@ -65,6 +66,10 @@ pub enum Command {
     Check(ops::CheckArgs),
     /// Print a daemon's per-producer stats as a table.
     Stats(ops::StatsArgs),
+    /// List what a spool directory holds, per target, without a daemon.
+    ///
+    /// Example: ferry spool --dir /var/spool/ferry
+    Spool(spool::SpoolArgs),
 }
 
 impl Command {
@@ -77,7 +82,8 @@ impl Command {
             | Self::EcflowClient(_)
             | Self::Production(_)
             | Self::Check(_)
-            | Self::Stats(_) => "warn",
+            | Self::Stats(_)
+            | Self::Spool(_) => "warn",
         }
     }
 }
@@ -91,6 +97,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Production(args) => event::production(args),
         Command::Check(args) => ops::check(args),
         Command::Stats(args) => ops::stats(args),
+        Command::Spool(args) => spool::list(args),
     }
 }
 
@@ -191,11 +198,20 @@ fn through_daemons(
         Err(code) => return code,
     };
     match block_on(client.send(destination, payload)) {
+        Ok(Ok(delivered)) if delivered.answer.spooled => {
+            // Accepted, durable on the daemon's disk: delivered when the broker is back.
+            eprintln!(
+                "ferry: spooled via {} (id {}): {}",
+                delivered.daemon, delivered.answer.id, delivered.answer.message
+            );
+            ExitCode::SUCCESS
+        }
         Ok(Ok(delivered)) => {
             log::info!(
-                "Delivered via {} (attempt {})",
+                "Delivered via {} (attempt {}) id={}",
                 delivered.daemon,
-                delivered.attempts
+                delivered.attempts,
+                delivered.answer.id
             );
             ExitCode::SUCCESS
         }

@@ -237,6 +237,26 @@ pub fn render(report: &Report) -> String {
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
+    if let Some(spool) = &report.spool {
+        out.push_str(&format!(
+            "spool: {} bytes, {} spooled since start\n",
+            spool.bytes, spool.spooled_total
+        ));
+        for t in &spool.targets {
+            out.push_str(&format!(
+                "  {:<8}  {}  spooled {} ({} bytes, oldest {:.1}s)  spooled_total {} replayed {} expired {} lost {}\n",
+                t.kind,
+                t.target,
+                t.spooled,
+                t.bytes,
+                t.oldest_age_s,
+                t.spooled_total,
+                t.replayed_total,
+                t.expired_total,
+                t.lost_total
+            ));
+        }
+    }
     out
 }
 

@@ -19,6 +19,8 @@ pub struct Received {
     pub content_type: Option<String>,
     /// The routing key it was published with.
     pub routing_key: String,
+    /// The `message_id` property (ferry's message id).
+    pub message_id: Option<String>,
 }
 
 /// Declares the durable topic `exchange` (as ferry does) and a durable queue `queue`
@@ -107,6 +109,11 @@ async fn read(
                 received.push(Received {
                     data: delivery.data.clone(),
                     delivery_mode: *delivery.properties.delivery_mode(),
+                    message_id: delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|id| id.to_string()),
                     content_type: delivery
                         .properties
                         .content_type()

@@ -6,7 +6,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Creates `topic` with one partition on the cluster at `bootstrap`.
@@ -44,7 +44,22 @@ pub fn unique_topic(prefix: &str) -> String {
 /// Reads partition 0 of `topic` from the start until `count` messages arrived or `timeout`
 /// passed, and returns their payloads. Blocking: call from `spawn_blocking` in async tests.
 pub fn read_topic(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    read(bootstrap, topic, count, timeout, None)
+    payloads(read(bootstrap, topic, count, timeout, None))
+}
+
+/// Like [`drain_topic`], with each message's `ferry-id` header beside its payload.
+pub fn drain_topic_with_ids(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<(Vec<u8>, Option<String>)> {
+    read(bootstrap, topic, usize::MAX, timeout, Some(quiet))
+}
+
+/// The payloads alone.
+fn payloads(records: Vec<(Vec<u8>, Option<String>)>) -> Vec<Vec<u8>> {
+    records.into_iter().map(|(payload, _)| payload).collect()
 }
 
 /// Reads partition 0 of `topic` from the start until nothing new arrived for `quiet`
@@ -55,7 +70,7 @@ pub fn drain_topic(
     quiet: Duration,
     timeout: Duration,
 ) -> Vec<Vec<u8>> {
-    read(bootstrap, topic, usize::MAX, timeout, Some(quiet))
+    payloads(read(bootstrap, topic, usize::MAX, timeout, Some(quiet)))
 }
 
 /// Reads up to `count` messages, for at most `timeout`, stopping early after `quiet`
@@ -66,7 +81,7 @@ fn read(
     count: usize,
     timeout: Duration,
     quiet: Option<Duration>,
-) -> Vec<Vec<u8>> {
+) -> Vec<(Vec<u8>, Option<String>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("ferry-test-{topic}"))
@@ -87,7 +102,14 @@ fn read(
     while payloads.len() < count && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
-                payloads.push(message.payload().unwrap_or_default().to_vec());
+                let id = message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == "ferry-id")
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                });
+                payloads.push((message.payload().unwrap_or_default().to_vec(), id));
                 last = Instant::now();
             }
             Some(Err(error)) => panic!("consuming {topic}: {error}"),

@@ -77,6 +77,10 @@ pub struct LoadArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Do not prepare or count the destination (for a broker that is down on purpose, so
+    /// that the daemon's spool takes every message; only daemon modes make sense).
+    #[arg(long)]
+    pub no_broker_count: bool,
     /// Where the messages go.
     #[command(subcommand)]
     pub destination: DestinationArgs,
@@ -159,6 +163,7 @@ impl LoadArgs {
             linger_ms: self.linger_ms,
             message_timeout: Duration::from_millis(self.message_timeout_ms),
             progress: !self.quiet,
+            count: !self.no_broker_count,
         })
     }
 }

@@ -77,4 +77,6 @@ pub struct Plan {
     pub message_timeout: Duration,
     /// Print a progress line every second.
     pub progress: bool,
+    /// Whether the destination is prepared and counted after each run.
+    pub count: bool,
 }

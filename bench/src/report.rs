@@ -99,7 +99,9 @@ pub fn summarise(plan: &Plan, results: &[RunResult]) -> Vec<Summary> {
                 p99_ms: latency(0.99),
                 p999_ms: latency(0.999),
                 errors: runs.iter().map(|r| r.record.failed()).sum(),
-                verified: runs.iter().all(|r| r.verified() == Some(true)),
+                verified: runs.iter().all(|r| {
+                    r.verified() == Some(true) || (!plan.count && r.broker_count.is_none())
+                }),
                 vs_direct: median(
                     runs.iter()
                         .filter_map(|r| {

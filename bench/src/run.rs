@@ -29,7 +29,10 @@ struct Paths {
 
 /// Runs `plan`, printing each run's row as it ends; returns every run.
 pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
-    let counter = Counter::prepare(&plan.destination).await?;
+    let counter = match plan.count {
+        true => Some(Counter::prepare(&plan.destination).await?),
+        false => None,
+    };
     let via_daemon = plan.modes.iter().any(|m| *m != Mode::Direct);
     let channels = if via_daemon {
         unary::connect(&plan.daemon, plan.connections).await?
@@ -65,14 +68,19 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
     let mut results = Vec::new();
     for round in 1..=plan.runs {
         for &mode in &plan.modes {
-            counter.reset().await?;
+            if let Some(counter) = &counter {
+                counter.reset().await?;
+            }
             // Everything sent before (warm-up, earlier runs) was answered: it is there.
             let sent_before = results
                 .iter()
                 .map(|r: &RunResult| r.record.delivered)
                 .sum::<u64>()
                 + warmed_up;
-            let before = counter.count(sent_before).await.ok();
+            let before = match &counter {
+                Some(counter) => counter.count(sent_before).await.ok(),
+                None => None,
+            };
             let progress = Progress::start(
                 format!("{} round {round}", mode.name()),
                 plan.messages,
@@ -82,7 +90,10 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
                 send(&paths, plan, mode, plan.messages, Some(progress.counter())).await?;
             drop(progress);
             let expected = before.unwrap_or(sent_before) + record.delivered;
-            let after = counter.count(expected).await.ok();
+            let after = match &counter {
+                Some(counter) => counter.count(expected).await.ok(),
+                None => None,
+            };
             let result = RunResult {
                 mode,
                 round,
@@ -94,7 +105,9 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
             results.push(result);
         }
     }
-    counter.finish().await;
+    if let Some(counter) = counter {
+        counter.finish().await;
+    }
     if let Some(direct) = paths.direct.and_then(Arc::into_inner) {
         direct.close().await;
     }

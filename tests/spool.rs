@@ -142,7 +142,8 @@ async fn outage_under_load(kind: BrokerKind) {
     let _alone = ONE_AT_A_TIME.lock().await;
     let seconds = env_secs("FERRY_SPOOL_SECONDS", 6);
     let down = Duration::from_secs(env_secs("FERRY_SPOOL_DOWN_SECONDS", 3));
-    let kill_at = Duration::from_secs(1);
+    // Late enough for the fresh queue's metadata to be on the broker's disk.
+    let kill_at = Duration::from_secs(2);
     let broker = Arc::new(PrivateBroker::start(kind));
     let sink = Sink::on(&broker, kind).await;
     let dir = scratch_dir(&format!("spool-load-{kind:?}"));
@@ -330,7 +331,7 @@ async fn a_daemon_killed_during_an_outage_delivers_its_spool_after_a_restart() {
     };
     let before = send_all(&address, &sink, &bodies("a", 50)).await;
     assert!(before.iter().all(|a| a.error_no == 0 && !a.spooled));
-    broker.kill();
+    broker.stop();
     let during = send_all(&address, &sink, &bodies("b", 200)).await;
     assert!(during.iter().all(|a| a.error_no == 0), "{:?}", &during[..3]);
     assert!(during.iter().all(|a| a.spooled));
@@ -371,7 +372,8 @@ async fn a_daemon_killed_during_an_outage_delivers_its_spool_after_a_restart() {
 async fn a_full_spool_answers_5_and_keeps_what_it_holds() {
     let broker = PrivateBroker::start(BrokerKind::RabbitMq);
     let sink = Sink::on(&broker, BrokerKind::RabbitMq).await;
-    broker.kill();
+    // Down, with the queue just declared flushed to disk (a SIGKILL this early can lose it).
+    broker.stop();
     let dir = scratch_dir("spool-full");
     let mut config = spool_config(&dir);
     config.spool.max_bytes = 40_000;
@@ -413,7 +415,8 @@ async fn a_full_spool_answers_5_and_keeps_what_it_holds() {
 async fn expired_spooled_messages_are_counted_logged_and_not_delivered() {
     let broker = PrivateBroker::start(BrokerKind::RabbitMq);
     let sink = Sink::on(&broker, BrokerKind::RabbitMq).await;
-    broker.kill();
+    // Down, with the queue just declared flushed to disk (a SIGKILL this early can lose it).
+    broker.stop();
     let dir = scratch_dir("spool-expiry");
     let config = spool_config_file(&dir, "max_age_s = 1\n");
     let log = dir.join("ferry.log");
@@ -471,7 +474,8 @@ async fn spool_and_crash(dir: &Path, sink: &Sink, n: usize) -> Vec<String> {
 async fn a_torn_spool_tail_is_truncated_counted_and_the_rest_delivered() {
     let broker = PrivateBroker::start(BrokerKind::RabbitMq);
     let sink = Sink::on(&broker, BrokerKind::RabbitMq).await;
-    broker.kill();
+    // Down, with the queue just declared flushed to disk (a SIGKILL this early can lose it).
+    broker.stop();
     let dir = scratch_dir("spool-torn");
     let bodies = spool_and_crash(&dir, &sink, 20).await;
     let wal = dir.join("spool").join("spool.db-wal");
@@ -503,7 +507,8 @@ async fn a_torn_spool_tail_is_truncated_counted_and_the_rest_delivered() {
 async fn a_corrupted_spool_record_is_set_aside_counted_and_the_rest_delivered() {
     let broker = PrivateBroker::start(BrokerKind::RabbitMq);
     let sink = Sink::on(&broker, BrokerKind::RabbitMq).await;
-    broker.kill();
+    // Down, with the queue just declared flushed to disk (a SIGKILL this early can lose it).
+    broker.stop();
     let dir = scratch_dir("spool-corrupt");
     let bodies = spool_and_crash(&dir, &sink, 20).await;
     // Bit rot in one record's payload, after the crash.

@@ -187,17 +187,18 @@ impl Forwarder {
                 stats.latency.record(arrived.elapsed());
                 Ok(Accepted { id, spooled: None })
             }
-            Err(error) if self.spooler.is_some() && error.last.is_retriable() => {
-                stats.record_error(error.to_string());
-                let Some(spooler) = &self.spooler else {
-                    unreachable!("checked by the guard")
-                };
-                spool(spooler, target, id, &route, &payload, error.to_string()).await
-            }
             Err(error) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
                 stats.record_error(error.to_string());
-                Err(error)
+                match &self.spooler {
+                    // The broker cannot take it now: the spool keeps it.
+                    Some(spooler) if error.last.is_retriable() => {
+                        spool(spooler, target, id, &route, &payload, error.to_string()).await
+                    }
+                    _ => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        Err(error)
+                    }
+                }
             }
         }
     }

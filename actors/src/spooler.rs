@@ -31,6 +31,8 @@ use crate::target::{AmqpTarget, KafkaTarget, Target};
 const MAX_SPOOLED_BROKERS: usize = 64;
 /// How long a replay task with nothing to read waits for an append it was told of.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often a replay task looks for expired records (the query scans the spool).
+const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 
 /// How the spool is used.
 #[derive(Debug, Clone, Copy)]
@@ -310,6 +312,7 @@ impl Spooler {
         // to a connection being re-established would have its first records refused and
         // later ones accepted, out of order.
         let mut proven = false;
+        let mut expired_at: Option<tokio::time::Instant> = None;
         log::info!("Spool replay started target={target}");
         loop {
             if self.closing.load(Ordering::Acquire) {
@@ -318,7 +321,10 @@ impl Spooler {
                 }
                 return;
             }
-            if let Some(max_age) = self.settings.max_age {
+            if let Some(max_age) = self.settings.max_age
+                && expired_at.is_none_or(|at| at.elapsed() >= EXPIRY_EVERY)
+            {
+                expired_at = Some(tokio::time::Instant::now());
                 self.expire(max_age).await;
             }
             let limit = if proven {

@@ -120,6 +120,12 @@ impl PrivateBroker {
         run_script(&["kill", &self.dir.to_string_lossy()]);
     }
 
+    /// Stops it cleanly (its data flushed), for tests where the broker only needs to be
+    /// down; [`Self::restart`] brings it back.
+    pub fn stop(&self) {
+        run_script(&["stop", &self.dir.to_string_lossy()]);
+    }
+
     /// Starts it again on the same port with the same data, and waits until it is ready.
     pub fn restart(&self) {
         run_script(&["restart", &self.dir.to_string_lossy()]);

@@ -131,23 +131,17 @@ async fn crash_under_load(kind: BrokerKind) {
 
     // The load: RATE messages per second, each its own call, for `seconds` and at least
     // AFTER_RETURN past the broker's return (a RabbitMQ node takes seconds to boot).
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut calls = tokio::task::JoinSet::new();
-    let mut total = 0u64;
-    loop {
-        let now = started.elapsed();
-        let returned = back.get().is_some_and(|back| now >= *back + AFTER_RETURN);
-        if now >= Duration::from_secs(seconds) && returned {
-            break;
-        }
-        tick.tick().await;
-        for _ in 0..RATE / 100 {
-            let n = total;
-            total += 1;
+    let mut calls = common::paced(
+        RATE,
+        || {
+            let now = started.elapsed();
+            let returned = back.get().is_some_and(|back| now >= *back + AFTER_RETURN);
+            !(now >= Duration::from_secs(seconds) && returned)
+        },
+        |n| {
             let mut grpc = clients[n as usize % CONNECTIONS].clone();
             let sink = sink.clone();
-            calls.spawn(async move {
+            async move {
                 let body = format!("m{n}");
                 let sent_at = started.elapsed();
                 let error_no = send(&mut grpc, &sink, &body).await;
@@ -157,9 +151,11 @@ async fn crash_under_load(kind: BrokerKind) {
                     error_no,
                     took: started.elapsed() - sent_at,
                 }
-            });
-        }
-    }
+            }
+        },
+    )
+    .await;
+    let total = calls.len() as u64;
     let mut outcomes = Vec::new();
     while let Some(outcome) = calls.join_next().await {
         outcomes.push(outcome.unwrap());

@@ -181,24 +181,21 @@ async fn outage_under_load(kind: BrokerKind) {
             answers
         })
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut calls = tokio::task::JoinSet::new();
-    let mut total = 0u64;
-    while started.elapsed() < Duration::from_secs(seconds) + down {
-        tick.tick().await;
-        for _ in 0..RATE / 100 {
-            let n = total;
-            total += 1;
+    let load_for = Duration::from_secs(seconds) + down;
+    let mut calls = common::paced(
+        RATE,
+        || started.elapsed() < load_for,
+        |n| {
             let mut grpc = clients[n as usize % CONNECTIONS].clone();
             let sink = sink.clone();
-            calls.spawn(async move {
+            async move {
                 let body = format!("m{n}");
                 let answer = sink.send(&mut grpc, &body).await;
                 (body, answer)
-            });
-        }
-    }
+            }
+        },
+    )
+    .await;
     let mut answers = Vec::new();
     while let Some(answer) = calls.join_next().await {
         answers.push(answer.unwrap());

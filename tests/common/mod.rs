@@ -195,3 +195,28 @@ impl BlackHole {
         kept.len()
     }
 }
+
+/// Starts `call(n)` for n = 0, 1, … at `rate` calls per second (a burst every 10 ms) as
+/// long as `go_on()` says so, and returns the calls started.
+pub async fn paced<T, Fut>(
+    rate: u64,
+    mut go_on: impl FnMut() -> bool,
+    mut call: impl FnMut(u64) -> Fut,
+) -> tokio::task::JoinSet<T>
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut calls = tokio::task::JoinSet::new();
+    let mut n = 0;
+    while go_on() {
+        tick.tick().await;
+        for _ in 0..rate / 100 {
+            calls.spawn(call(n));
+            n += 1;
+        }
+    }
+    calls
+}

@@ -223,12 +223,7 @@ impl Spooler {
             route: route.to_owned(),
             payload: payload.clone(),
         };
-        let size = ferry_spool::record::record_bytes(
-            &record.id,
-            &record.destination,
-            &record.route,
-            record.payload.len(),
-        );
+        let size = record.bytes();
         match self.spool.append(record).await {
             Ok(_) => {
                 stats.spooled_now.fetch_add(1, Ordering::Relaxed);
@@ -378,7 +373,7 @@ impl Spooler {
                 if let Err(error) = self.spool.remove(&done).await {
                     log::error!("Spool remove failed target={target} error={error}");
                 }
-                let bytes: u64 = done.iter().map(record_size).sum();
+                let bytes: u64 = done.iter().map(Record::bytes).sum();
                 stats
                     .replayed_total
                     .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
@@ -519,16 +514,6 @@ impl Spooler {
     fn lock(&self) -> MutexGuard<'_, HashMap<Target, TargetSpool>> {
         self.targets.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// The bytes a record counts in the spool.
-fn record_size(record: &Record) -> u64 {
-    ferry_spool::record::record_bytes(
-        &record.id,
-        &record.destination,
-        &record.route,
-        record.payload.len(),
-    )
 }
 
 /// How a target is stored in the spool.

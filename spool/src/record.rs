@@ -73,7 +73,21 @@ pub struct Record {
 }
 
 /// Bytes a record counts against `max_bytes`: its payload, route, id and destination.
-pub fn record_bytes(id: &str, destination: &Destination, route: &str, payload: usize) -> u64 {
+fn record_bytes(id: &str, destination: &Destination, route: &str, payload: usize) -> u64 {
     (payload + route.len() + id.len() + destination.address.len() + destination.exchange.len())
         as u64
+}
+
+impl NewRecord {
+    /// Bytes it counts against `max_bytes`.
+    pub fn bytes(&self) -> u64 {
+        record_bytes(&self.id, &self.destination, &self.route, self.payload.len())
+    }
+}
+
+impl Record {
+    /// Bytes it counts against `max_bytes`.
+    pub fn bytes(&self) -> u64 {
+        record_bytes(&self.id, &self.destination, &self.route, self.payload.len())
+    }
 }

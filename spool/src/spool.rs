@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::SpoolError;
-use crate::record::{Destination, NewRecord, Record, record_bytes};
+use crate::record::{Destination, NewRecord, Record};
 use crate::store::{Recovery, Store, Summary};
 
 /// Most appends committed in one transaction.
@@ -133,10 +133,7 @@ impl Spool {
     /// Removes `records` (their broker confirmed them).
     pub async fn remove(&self, records: &[Record]) -> Result<(), SpoolError> {
         let seqs = records.iter().map(|r| r.seq).collect();
-        let bytes = records
-            .iter()
-            .map(|r| record_bytes(&r.id, &r.destination, &r.route, r.payload.len()))
-            .sum();
+        let bytes = records.iter().map(Record::bytes).sum();
         self.call(|reply| Op::Remove(seqs, bytes, reply)).await?
     }
 
@@ -216,12 +213,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(appends.len());
         let mut added = 0;
         for (record, reply) in appends {
-            let size = record_bytes(
-                &record.id,
-                &record.destination,
-                &record.route,
-                record.payload.len(),
-            );
+            let size = record.bytes();
             let refusal = if used + size > self.limits.max_bytes {
                 Some(format!(
                     "{used} bytes spooled, max_bytes is {}",

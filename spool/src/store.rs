@@ -357,10 +357,7 @@ fn wal_has_torn_tail(wal: &Path) -> Result<bool, SpoolError> {
 
 /// Moves the database files of `dir` into a new `corrupt-<ms>` folder beside them.
 fn move_aside(dir: &Path) -> Result<PathBuf, SpoolError> {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let aside = dir.join(format!("corrupt-{ms}"));
+    let aside = dir.join(format!("corrupt-{}", crate::spool::now_ms()));
     fs::create_dir_all(&aside)?;
     for suffix in ["", "-wal", "-shm"] {
         let name = format!("{DB_FILE}{suffix}");

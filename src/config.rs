@@ -11,7 +11,7 @@ use ferry_actors::target::normalise_host_port;
 use ferry_actors::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings, RetryPolicy};
 use serde::Deserialize;
 
-use crate::access::{Access, Allowlist, Exchanges};
+use crate::daemon::access::{Access, Allowlist, Exchanges};
 
 /// The address the daemon listens on when no config says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:33383";

@@ -1,35 +1,21 @@
 //! ferry: a daemon that accepts messages over gRPC on a supercomputer's login node and
 //! forwards them to Kafka or RabbitMQ, and the client job scripts call.
 //!
-//! - [`access`]: the target allowlist and the bearer token.
+//! - [`daemon`]: what `ferry serve` runs — the gRPC ingress (unary and streaming), the
+//!   allowlist and token, connection bounds, signals and the operations endpoint.
+//! - [`client`]: what job scripts run — sending through daemons with failover, the
+//!   predecessor's event envelopes, and publishing straight to RabbitMQ.
 //! - [`config`]: the TOML configuration, validated into [`config::Settings`].
-//! - [`server`]: the runtime (actix arbiters serving gRPC on SO_REUSEPORT listeners).
-//! - [`ingress`]: the `messagebroker.MessageBroker` gRPC service.
-//! - [`ingest`]: the `ferry.v1.Ingest` streaming service (many messages per stream).
-//! - [`wire`]: protobuf ↔ domain conversion and the `error_no` codes.
-//! - [`report`], [`http`], [`metrics`]: the operations endpoint (`/stats`, `/metrics`,
-//!   `/healthz`).
-//! - [`client`]: sending a message through daemons, with failover.
-//! - [`envelope`]: the JSON event envelope of `ecflow-client` and `production`.
-//! - [`direct`]: publishing to RabbitMQ without a daemon (the predecessor's default).
-//! - [`cli`]: the `ferry` command line.
+//! - [`wire`] and [`proto`]: protobuf ↔ domain conversion and the `error_no` codes, shared
+//!   by both sides.
+//! - [`cli`]: the `ferry` command line, one file per command group.
 //!
-//! The forwarding itself (producer actors, supervisor, retry policy) is the
-//! `ferry-actors` crate, which knows nothing of gRPC.
+//! The forwarding itself (producer actors, supervisor, retry policy, spool) is the
+//! `ferry-actors` crate, which knows nothing of gRPC; the durable store is `ferry-spool`.
 
-pub mod access;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod connections;
-pub mod direct;
-pub mod envelope;
-pub mod http;
-pub mod ingest;
-pub mod ingress;
-pub mod metrics;
+pub mod daemon;
 pub mod proto;
-pub mod report;
-pub mod server;
-pub mod signal;
 pub mod wire;

@@ -88,7 +88,7 @@ pub enum Failure {
     Invalid(#[from] InvalidRequest),
     /// The target is not in the allowlist; nothing was connected.
     #[error(transparent)]
-    NotAllowed(#[from] crate::access::NotAllowed),
+    NotAllowed(#[from] crate::daemon::access::NotAllowed),
     /// Forwarded and not delivered.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(code(forward(ProduceError::Unavailable("x".into()))), 4);
         assert_eq!(code(forward(ProduceError::Overloaded("x".into()))), 5);
         assert_eq!(code(forward(ProduceError::ShuttingDown)), 6);
-        let not_allowed = crate::access::NotAllowed("x".into());
+        let not_allowed = crate::daemon::access::NotAllowed("x".into());
         assert_eq!(code(Err(not_allowed.into())), 7);
         for value in 0..=7 {
             assert_eq!(ErrorNo::from_wire(value).map(|c| c as i32), Some(value));

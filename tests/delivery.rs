@@ -115,7 +115,7 @@ async fn the_second_message_to_a_target_reuses_its_producer_and_connection() {
 
 /// Sends `count` messages at once over `connections` HTTP/2 connections; returns the time.
 async fn concurrent_sends(
-    daemon: &ferry::server::Daemon,
+    daemon: &ferry::daemon::server::Daemon,
     count: usize,
     connections: usize,
     request: impl Fn(usize) -> Request + Send + Sync + 'static,
@@ -142,7 +142,7 @@ async fn concurrent_sends(
 
 /// Sends `count` messages one after another; returns the time.
 async fn sequential_sends(
-    daemon: &ferry::server::Daemon,
+    daemon: &ferry::daemon::server::Daemon,
     count: usize,
     request: impl Fn(usize) -> Request,
 ) -> Duration {

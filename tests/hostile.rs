@@ -442,7 +442,7 @@ async fn refused_requests_are_logged_at_a_bounded_rate() {
     assert_eq!(code, Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines = text.matches("Request refused").count() as u64;
-    let bound = ferry::ingress::LOG_LINES_PER_SECOND * (seconds + 1);
+    let bound = ferry::daemon::ingress::LOG_LINES_PER_SECOND * (seconds + 1);
     assert!(
         lines <= bound,
         "{lines} lines for 5,000 refusals in {seconds} s (bound {bound})"

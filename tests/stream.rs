@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
+use ferry::daemon::server::Daemon;
 use ferry::proto::ferry::v1::ingest_client::IngestClient;
 use ferry::proto::ferry::v1::ingest_request::Message;
 use ferry::proto::ferry::v1::{IngestAck, IngestRequest};
-use ferry::server::Daemon;
 use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
 use tonic::transport::Channel;
 

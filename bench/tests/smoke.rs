@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use ferry::config::Config;
-use ferry::server::Daemon;
+use ferry::daemon::server::Daemon;
 use ferry_bench::args::{Cli, Command as BenchCommand};
 use ferry_bench::plan::Mode;
 use ferry_testkit::{shared_amqp_url, shared_kafka};

@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use ferry::access::{Access, Allowlist, Exchanges};
+use ferry::daemon::access::{Access, Allowlist, Exchanges};
 use ferry::proto::{KafkaMessage, RabbitMqMessage};
 use ferry::wire;
 use ferry_actors::Target;

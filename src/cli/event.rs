@@ -17,12 +17,12 @@ use super::{
     ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons,
 };
 use crate::client::Destination;
-use crate::config::DEFAULT_LISTEN;
-use crate::direct;
-use crate::envelope::{
+use crate::client::direct;
+use crate::client::envelope::{
     DEFAULT_APP, ECFLOW_CLIENT_EXCHANGE, ECFLOW_CLIENT_ROUTING_KEY, ECFLOW_CLIENT_TYPE,
     EcflowClientData, Envelope, EventStatus, PRODUCTION_EXCHANGE, PRODUCTION_TYPE, ProductionData,
 };
+use crate::config::DEFAULT_LISTEN;
 
 /// Examples shown by `ferry ecflow-client --help`.
 const ECFLOW_CLIENT_EXAMPLES: &str = "\

@@ -17,8 +17,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, block_on, fail};
 use crate::config::{DEFAULT_LISTEN, DEFAULT_OPS_LISTEN};
-use crate::report::{Producer, Report};
-use crate::server::HEALTH_SERVICE;
+use crate::daemon::report::{Producer, Report};
+use crate::daemon::server::HEALTH_SERVICE;
 
 /// Flags of `ferry check`.
 #[derive(Debug, Args)]
@@ -81,7 +81,7 @@ pub fn check(args: CheckArgs) -> ExitCode {
             let channel = endpoint
                 .connect()
                 .await
-                .map_err(|e| crate::client::chain(&e))?;
+                .map_err(|e| crate::client::failover::chain(&e))?;
             let request = HealthCheckRequest {
                 service: HEALTH_SERVICE.to_owned(),
             };

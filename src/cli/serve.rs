@@ -7,8 +7,8 @@ use clap::Args;
 
 use super::EXIT_BAD_CONFIG;
 use crate::config::Config;
-use crate::server::Daemon;
-use crate::signal::{Signal, Signals};
+use crate::daemon::server::Daemon;
+use crate::daemon::signal::{Signal, Signals};
 
 /// Flags of `ferry serve`.
 #[derive(Debug, Args)]

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry::config::{Config, Settings};
+use ferry::daemon::server::Daemon;
 use ferry::proto::message_broker_client::MessageBrokerClient;
 use ferry::proto::{self, KafkaMessage, RabbitMqMessage};
-use ferry::server::Daemon;
 use ferry_actors::StatsSnapshot;
 use tonic::transport::Channel;
 
@@ -51,7 +51,7 @@ pub async fn client_at(address: &str) -> MessageBrokerClient<Channel> {
 }
 
 /// The `/stats` report of the daemon whose operations endpoint is `ops_address`.
-pub async fn report(ops_address: impl std::fmt::Display) -> ferry::report::Report {
+pub async fn report(ops_address: impl std::fmt::Display) -> ferry::daemon::report::Report {
     let uri = format!("http://{ops_address}/stats").parse().expect("uri");
     let body = ferry::cli::ops::fetch(uri).await.expect("GET /stats");
     serde_json::from_slice(&body).expect("a stats report")

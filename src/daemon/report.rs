@@ -9,8 +9,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ferry_actors::{Forwarder, StatsSnapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::connections::ConnectionLimit;
-use crate::ingress::Refused;
+use crate::daemon::connections::ConnectionLimit;
+use crate::daemon::ingress::Refused;
 
 /// The whole daemon at one moment.
 #[derive(Debug, Clone, Serialize, Deserialize)]

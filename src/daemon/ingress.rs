@@ -9,7 +9,7 @@ use ferry_actors::{ForwardError, Forwarder, ProduceError};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::access::Access;
+use crate::daemon::access::Access;
 use crate::proto::message_broker_server::MessageBroker;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
 use crate::wire::{self, Failure, RequestLimits, SendRequest};

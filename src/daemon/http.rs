@@ -10,8 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
-use crate::metrics;
-use crate::report::Source;
+use crate::daemon::metrics;
+use crate::daemon::report::Source;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub fn router(source: Source, serving: Arc<AtomicBool>) -> Router {
 }
 
 /// `/stats`: the report as JSON.
-async fn stats(State(ops): State<Ops>) -> Json<crate::report::Report> {
+async fn stats(State(ops): State<Ops>) -> Json<crate::daemon::report::Report> {
     Json(ops.source.report())
 }
 

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::report::{Producer, Report};
+use crate::daemon::report::{Producer, Report};
 use ferry_actors::stats::LATENCY_BUCKETS_US;
 
 /// The content type of the text this module writes.
@@ -206,7 +206,7 @@ impl Collector for Snapshot {
 /// The spool's gauges and counters, per target.
 fn encode_spool(
     encoder: &mut DescriptorEncoder<'_>,
-    spool: &crate::report::SpoolReport,
+    spool: &crate::daemon::report::SpoolReport,
 ) -> std::fmt::Result {
     let gauge = ConstGauge::new(spool.bytes as i64);
     gauge.encode(encoder.encode_descriptor(
@@ -215,7 +215,7 @@ fn encode_spool(
         None,
         gauge.metric_type(),
     )?)?;
-    type Value = fn(&crate::report::SpoolTarget) -> f64;
+    type Value = fn(&crate::daemon::report::SpoolTarget) -> f64;
     let gauges: [(&str, &str, Value); 3] = [
         (
             "spool_target_messages",
@@ -243,7 +243,7 @@ fn encode_spool(
             ConstGauge::new(value(target)).encode(family.encode_family(&labels)?)?;
         }
     }
-    type Count = fn(&crate::report::SpoolTarget) -> u64;
+    type Count = fn(&crate::daemon::report::SpoolTarget) -> u64;
     let counters: [(&str, &str, Count); 4] = [
         (
             "spool_target_spooled",

@@ -19,14 +19,14 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::access::TokenCheck;
 use crate::config::Settings;
-use crate::connections::ConnectionLimit;
-use crate::ingest::IngestService;
-use crate::ingress::{Ingress, Refused};
+use crate::daemon::access::TokenCheck;
+use crate::daemon::connections::ConnectionLimit;
+use crate::daemon::ingest::IngestService;
+use crate::daemon::ingress::{Ingress, Refused};
+use crate::daemon::report::Source;
 use crate::proto::ferry::v1::ingest_server::IngestServer;
 use crate::proto::message_broker_server::MessageBrokerServer;
-use crate::report::Source;
 use crate::wire::RequestLimits;
 
 /// Pending connections each listener queues before the kernel refuses more.
@@ -513,7 +513,7 @@ async fn serve(
     }
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
     let (http_done_tx, http_done_rx) = oneshot::channel();
-    let router = crate::http::router(source, health.serving.clone());
+    let router = crate::daemon::http::router(source, health.serving.clone());
     let ops_addr = settings.ops_listen;
     arbiters[0].spawn(async move {
         let served = async move {

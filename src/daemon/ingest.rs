@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::ingress::Ingress;
+use crate::daemon::ingress::Ingress;
 use crate::proto::ferry::v1::ingest_request::Message;
 use crate::proto::ferry::v1::ingest_server::Ingest;
 use crate::proto::ferry::v1::{IngestAck, IngestRequest};

@@ -1,0 +1,12 @@
+//! The client side, which job scripts run: sending one message through a list of daemons
+//! with failover ([`failover`]), the predecessor's JSON event envelopes ([`envelope`]), and
+//! publishing straight to RabbitMQ without a daemon ([`direct`]).
+
+pub mod direct;
+pub mod envelope;
+pub mod failover;
+
+pub use failover::{
+    Answer, AttemptError, Client, ClientError, DaemonFailure, Delivered, Destination, NotDelivered,
+    RETRY_PAUSE,
+};

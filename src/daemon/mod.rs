@@ -1,0 +1,18 @@
+//! The daemon: everything `ferry serve` runs, from the listening socket to the
+//! `ferry-actors` forwarder, and the operations endpoint beside it.
+//!
+//! Data flow: [`server`] accepts connections (bounded by [`connections`]), serves
+//! [`ingress`] (unary `messagebroker.MessageBroker`) and [`ingest`] (the `ferry.v1.Ingest`
+//! stream), which check [`access`] and hand each message to the forwarder. [`report`] is
+//! what [`http`] serves as `/stats` and [`metrics`] renders for Prometheus. [`signal`] turns
+//! SIGTERM, SIGINT and SIGHUP into the drain.
+
+pub mod access;
+pub mod connections;
+pub mod http;
+pub mod ingest;
+pub mod ingress;
+pub mod metrics;
+pub mod report;
+pub mod server;
+pub mod signal;

@@ -192,7 +192,7 @@ async fn ecflow_client_sends_the_predecessors_envelope_over_a_daemon_and_directl
     assert_eq!(received.len(), 2);
     let task = |command: &str, args: Value, port: &str| {
         json!({
-            "command": command, "args": args, "envs": [],
+            "command": command, "args": args, "envs": null,
             "ecf_host": "login_b01", "ecf_port": port,
             "ecf_name": "/grapes_gfs_gmf/00/model/fcst", "ecf_rid": "4242",
             "ecf_tryno": "2", "ecf_date": "20261121",
@@ -209,7 +209,7 @@ async fn ecflow_client_sends_the_predecessors_envelope_over_a_daemon_and_directl
     assert_envelope(
         &received[1].data,
         "ecflow-client",
-        task("complete", json!([]), "31067"),
+        task("complete", Value::Null, "31067"),
         (before, after),
     );
     for message in &received {
@@ -265,8 +265,82 @@ async fn production_uses_the_system_and_type_routing_key() {
         &received[0].data,
         "production",
         json!({
-            "system": "grapes_gfs_gmf", "type": "grib2", "stream": "oper", "product": "orig",
-            "start_time": "2026112100", "forecast_time": "24h", "event": "storage", "status": 3,
+            "system": "grapes_gfs_gmf", "type": "grib2", "stream": "oper", "name": "orig",
+            "start_time": "2026-11-21T00:00:00Z", "forecast_time": "24h", "event": "storage",
+            "status": 3,
+        }),
+        (before, after),
+    );
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn an_eps_product_and_a_log_event_arrive_as_the_predecessor_sent_them() {
+    let listen = free_address();
+    let daemon = serve(&listen);
+    let url = shared_amqp_url();
+    let (products, product_queue) = exchange_and_queue("grapes_gefs.production.grib2").await;
+    let (logs, log_queue) = exchange_and_queue("grapes_gfs_gmf.log.prepare").await;
+    let through = [
+        format!("--rabbitmq-server={url}"),
+        "--with-broker".to_owned(),
+        format!("--broker-address={listen}"),
+    ];
+    let before = chrono::Utc::now().timestamp();
+    let mut eps: Vec<String> = [
+        "production",
+        "--system=grapes_gefs",
+        "--production-type=grib2",
+        "--production-stream=eps",
+        "--number=3",
+        "--production-name=orig",
+        "--event=storage",
+        "--start-time=2026112200",
+        "--forecast-time=024h",
+    ]
+    .map(String::from)
+    .into();
+    eps.push(format!("--exchange-name={products}"));
+    eps.extend(through.clone());
+    assert_delivered(&run(&eps.iter().map(String::as_str).collect::<Vec<_>>()));
+    let mut log: Vec<String> = [
+        "log",
+        "--system=grapes_gfs_gmf",
+        "--start-time=2026112200",
+        "--time=2026112206",
+        "--level=info",
+        "--log-type=prepare",
+    ]
+    .map(String::from)
+    .into();
+    log.push(format!("--exchange-name={logs}"));
+    log.extend(through);
+    log.extend(["--", "--forecast-time=0h", "--source=ncep"].map(String::from));
+    assert_delivered(&run(&log.iter().map(String::as_str).collect::<Vec<_>>()));
+    let after = chrono::Utc::now().timestamp();
+
+    let product = amqp::read_queue(&url, &product_queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(product.len(), 1);
+    assert_envelope(
+        &product[0].data,
+        "production",
+        json!({
+            "system": "grapes_gefs", "stream": "eps", "type": "grib2", "name": "orig",
+            "start_time": "2026-11-22T00:00:00Z", "forecast_time": "024h", "number": 3,
+            "event": "storage", "status": 1,
+        }),
+        (before, after),
+    );
+    let logged = amqp::read_queue(&url, &log_queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].routing_key, "grapes_gfs_gmf.log.prepare");
+    assert_envelope(
+        &logged[0].data,
+        "production",
+        json!({
+            "system": "grapes_gfs_gmf", "start_time": "2026-11-22T00:00:00Z",
+            "time": "2026-11-22T06:00:00Z", "level": "info", "type": "prepare",
+            "content": {"forecast-time": "0h", "source": "ncep"},
         }),
         (before, after),
     );

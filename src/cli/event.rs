@@ -1,5 +1,6 @@
-//! `ferry ecflow-client` and `ferry production`: the predecessor's event commands, with its
-//! flags and defaults, so an existing wrapper works by changing only the program name.
+//! `ferry ecflow-client`, `ferry production` and `ferry log`: the predecessor's event
+//! commands, with its flags and defaults, so an existing wrapper works by changing only the
+//! program name.
 //!
 //! Without `--with-broker` they publish straight to RabbitMQ, as the predecessor did; with
 //! it they send through the ferry daemons of `--broker-address`, with failover.
@@ -20,7 +21,8 @@ use crate::client::Destination;
 use crate::client::direct;
 use crate::client::envelope::{
     DEFAULT_APP, ECFLOW_CLIENT_EXCHANGE, ECFLOW_CLIENT_ROUTING_KEY, ECFLOW_CLIENT_TYPE,
-    EcflowClientData, Envelope, EventStatus, PRODUCTION_EXCHANGE, PRODUCTION_TYPE, ProductionData,
+    EcflowClientData, Envelope, EventStatus, LOG_EXCHANGE, LogData, PRODUCTION_EXCHANGE,
+    PRODUCTION_TYPE, ProductionData, ProductionStream, parse_log_time, parse_start_time,
 };
 use crate::config::DEFAULT_LISTEN;
 
@@ -43,15 +45,32 @@ Examples:
 
 /// Examples shown by `ferry production --help`.
 const PRODUCTION_EXAMPLES: &str = "\
-The message is {\"app\", \"type\": \"production\", \"time\", \"data\": {\"system\", \"type\",
-\"stream\", \"product\", \"start_time\", \"forecast_time\", \"event\", \"status\"}}, sent to exchange
-nwpc.operation.production with routing key {system}.production.{type}.
+The message is {\"app\", \"type\": \"production\", \"time\", \"data\": {\"system\", \"stream\",
+\"type\", \"name\", \"start_time\", \"forecast_time\", \"event\", \"status\"}} (eps adds \"number\"),
+start_time in RFC 3339 (UTC), sent to exchange nwpc.operation.production with routing key
+{system}.production.{type}.
 
-Example:
+Examples:
   ferry production --system=grapes_gfs_gmf --production-type=grib2 --production-stream=oper \\
       --production-name=orig --event=storage --status=complete \\
-      --start-time=2026112100 --forecast-time=24h \\
-      --rabbitmq-server=amqp://user:pass@mq1:5672/%2f --with-broker --broker-address=login1:33383";
+      --start-time=2026112200 --forecast-time=024h \\
+      --rabbitmq-server=amqp://user:pass@mq1:5672/%2f --with-broker --broker-address=login1:33383
+  # an ensemble member:
+  ferry production --system=grapes_gefs --production-type=grib2 --production-stream=eps \\
+      --number=3 --production-name=orig --event=storage --start-time=2026112200 \\
+      --forecast-time=024h --rabbitmq-server=amqp://mq1 --disable-send";
+
+/// Examples shown by `ferry log --help`.
+const LOG_EXAMPLES: &str = "\
+The message is {\"app\", \"type\": \"production\", \"time\", \"data\": {\"system\", \"start_time\",
+\"time\", \"level\", \"type\", \"content\"}} (\"type\": \"production\" as the predecessor sends it;
+data.type is the log type), times in RFC 3339, content from the --name=value options after --
+(null without --), sent to exchange nwpc.operation.log with routing key {system}.log.{log-type}.
+
+Example:
+  ferry log --system=grapes_gfs_gmf --start-time=2026112200 --level=info --log-type=prepare \\
+      --rabbitmq-server=amqp://user:pass@mq1:5672/%2f --with-broker --broker-address=login1:33383 \\
+      -- --forecast-time=0h --source=ncep";
 
 /// Where an event goes and how: the predecessor's target flags plus ferry's failover and
 /// time limits.
@@ -121,9 +140,13 @@ pub struct ProductionArgs {
     /// The production type. Example: --production-type=grib2
     #[arg(long)]
     pub production_type: String,
-    /// The production stream. Example: --production-stream=oper
+    /// The production stream: oper or eps. Example: --production-stream=oper
     #[arg(long)]
-    pub production_stream: String,
+    pub production_stream: ProductionStream,
+    /// The ensemble member: required with --production-stream=eps, refused with oper.
+    /// Example: --number=3
+    #[arg(long, value_name = "N")]
+    pub number: Option<u32>,
     /// The production name. Example: --production-name=orig
     #[arg(long)]
     pub production_name: String,
@@ -134,10 +157,10 @@ pub struct ProductionArgs {
     /// suspended, or its number 0-6. Example: --status=complete
     #[arg(long, default_value = "complete")]
     pub status: EventStatus,
-    /// Start time, YYYYMMDDHH. Example: --start-time=2026112100
-    #[arg(long)]
-    pub start_time: String,
-    /// Forecast time. Example: --forecast-time=24h
+    /// Start time, YYYYMMDDHH in UTC (sent as RFC 3339). Example: --start-time=2026112200
+    #[arg(long, value_parser = parse_start_time)]
+    pub start_time: chrono::DateTime<chrono::Utc>,
+    /// Forecast time. Example: --forecast-time=024h
     #[arg(long)]
     pub forecast_time: String,
     /// The exchange. Example: --exchange-name=nwpc.operation.production
@@ -150,6 +173,41 @@ pub struct ProductionArgs {
     /// Where and how to send.
     #[command(flatten)]
     pub target: EventTargetArgs,
+}
+
+/// Flags of `ferry log`.
+#[derive(Debug, Args)]
+#[command(after_help = LOG_EXAMPLES)]
+pub struct LogArgs {
+    /// The system. Example: --system=grapes_gfs_gmf
+    #[arg(long)]
+    pub system: String,
+    /// Start time, YYYYMMDDHH in UTC (sent as RFC 3339). Example: --start-time=2026112200
+    #[arg(long, value_parser = parse_start_time)]
+    pub start_time: chrono::DateTime<chrono::Utc>,
+    /// When it happened: YYYYMMDDHH (UTC) or RFC 3339 [default: now].
+    /// Example: --time=2026112206 or --time=2026-11-22T06:10:00+08:00
+    #[arg(long, value_parser = parse_log_time)]
+    pub time: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The level. Example: --level=info
+    #[arg(long)]
+    pub level: String,
+    /// The log type. Example: --log-type=prepare
+    #[arg(long)]
+    pub log_type: String,
+    /// The exchange. Example: --exchange-name=nwpc.operation.log
+    #[arg(long, default_value = LOG_EXCHANGE)]
+    pub exchange_name: String,
+    /// The routing key [default: {system}.log.{log-type}].
+    /// Example: --route-key-name=grapes_gfs_gmf.log.prepare
+    #[arg(long)]
+    pub route_key_name: Option<String>,
+    /// Where and how to send.
+    #[command(flatten)]
+    pub target: EventTargetArgs,
+    /// Content options after --, each --name=value. Example: -- --forecast-time=0h --source=ncep
+    #[arg(last = true, value_name = "CONTENT")]
+    pub content: Option<Vec<String>>,
 }
 
 /// Builds and sends an ecflow_client event.
@@ -170,13 +228,43 @@ pub fn ecflow_client(args: EcflowClientArgs) -> ExitCode {
 pub fn production(args: ProductionArgs) -> ExitCode {
     let data = ProductionData {
         system: args.system,
-        production_type: args.production_type,
         stream: args.production_stream,
-        product: args.production_name,
+        production_type: args.production_type,
+        name: args.production_name,
         start_time: args.start_time,
         forecast_time: args.forecast_time,
+        number: args.number,
         event: args.event,
         status: args.status,
+    };
+    if let Err(error) = data.check() {
+        return fail(EXIT_USAGE, error);
+    }
+    let routing_key = args.route_key_name.unwrap_or_else(|| data.routing_key());
+    let envelope = Envelope::now(&args.target.app, PRODUCTION_TYPE, data);
+    deliver(&args.target, &envelope, args.exchange_name, routing_key)
+}
+
+/// Builds and sends a log event.
+pub fn log(args: LogArgs) -> ExitCode {
+    let content = match args
+        .content
+        .as_deref()
+        .map(LogData::parse_content)
+        .transpose()
+    {
+        Ok(content) => content,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let data = LogData {
+        system: args.system,
+        start_time: args.start_time,
+        time: args
+            .time
+            .unwrap_or_else(|| chrono::Local::now().fixed_offset()),
+        level: args.level,
+        log_type: args.log_type,
+        content,
     };
     let routing_key = args.route_key_name.unwrap_or_else(|| data.routing_key());
     let envelope = Envelope::now(&args.target.app, PRODUCTION_TYPE, data);

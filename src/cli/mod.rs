@@ -4,7 +4,7 @@
 //! - [`serve`]: the daemon.
 //! - [`send`]: one message of any payload to a Kafka topic or RabbitMQ exchange, through
 //!   daemons with failover.
-//! - [`event`]: the predecessor's `ecflow-client` and `production` commands, drop-in.
+//! - [`event`]: the predecessor's `ecflow-client`, `production` and `log` commands, drop-in.
 //! - [`ops`]: `check` (for ecFlow) and `stats` (for a human).
 
 use std::future::Future;
@@ -32,7 +32,7 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 
 /// Exit codes, shown at the end of `ferry --help`.
 const EXIT_CODES: &str = "\
-Exit codes of the client commands (send, ecflow-client, production):
+Exit codes of the client commands (send, ecflow-client, production, log):
   0  delivered: the broker confirmed the message (or --disable-send)
   1  not delivered: one line on stderr says why, for each daemon tried
   2  usage error: a flag or the payload cannot be used
@@ -62,6 +62,8 @@ pub enum Command {
     EcflowClient(event::EcflowClientArgs),
     /// Send a product event (drop-in for the predecessor's command).
     Production(event::ProductionArgs),
+    /// Send a log event (drop-in for the predecessor's command).
+    Log(event::LogArgs),
     /// Check that a daemon serves (grpc.health.v1): exit 0 if it does, 1 if not.
     Check(ops::CheckArgs),
     /// Print a daemon's per-producer stats as a table.
@@ -81,6 +83,7 @@ impl Command {
             Self::Send(_)
             | Self::EcflowClient(_)
             | Self::Production(_)
+            | Self::Log(_)
             | Self::Check(_)
             | Self::Stats(_)
             | Self::Spool(_) => "warn",
@@ -95,6 +98,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(command) => send::send(command),
         Command::EcflowClient(args) => event::ecflow_client(args),
         Command::Production(args) => event::production(args),
+        Command::Log(args) => event::log(args),
         Command::Check(args) => ops::check(args),
         Command::Stats(args) => ops::stats(args),
         Command::Spool(args) => spool::list(args),

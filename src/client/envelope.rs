@@ -3,19 +3,23 @@
 //!
 //! ```json
 //! {"app": "nwpc-message-client", "type": "ecflow-client", "time": "<RFC 3339>",
-//!  "data": {"command": "complete", "args": [], "envs": [], "ecf_host": "…", "ecf_port": "…",
-//!           "ecf_name": "…", "ecf_rid": "…", "ecf_tryno": "…", "ecf_date": "…"}}
+//!  "data": {"command": "complete", "args": null, "envs": null, "ecf_host": "…",
+//!           "ecf_port": "…", "ecf_name": "…", "ecf_rid": "…", "ecf_tryno": "…",
+//!           "ecf_date": "…"}}
 //! ```
 //!
-//! One deliberate difference: where the predecessor wrote `null` for an empty `args` or
-//! `envs`, ferry writes `[]`, the list the field is documented to be.
+//! Three kinds of `data`: [`EcflowClientData`], [`ProductionData`] (type `production`) and
+//! [`LogData`] (also type `production`, as the predecessor sends it). Where the predecessor
+//! wrote `null` (an empty `args`, every `envs`, a log without content) ferry writes `null`
+//! too, since the fleet's consumers parse exactly that; the tests pin each envelope against
+//! JSON taken from the predecessor's behaviour.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{Local, SecondsFormat};
-use serde::Serialize;
+use chrono::{DateTime, FixedOffset, Local, NaiveDate, SecondsFormat, TimeZone, Utc};
+use serde::{Serialize, Serializer};
 
 /// The `app` the predecessor wrote; kept so downstream consumers see no change.
 pub const DEFAULT_APP: &str = "nwpc-message-client";
@@ -29,13 +33,59 @@ pub const ECFLOW_CLIENT_EXCHANGE: &str = "nwpc.operation.workflow";
 pub const ECFLOW_CLIENT_ROUTING_KEY: &str = "ecflow.command.ecflow_client";
 /// The predecessor's exchange for product events.
 pub const PRODUCTION_EXCHANGE: &str = "nwpc.operation.production";
+/// The predecessor's exchange for log events.
+pub const LOG_EXCHANGE: &str = "nwpc.operation.log";
+
+/// A time as the predecessor's JSON wrote it (Go's `time.Time`): RFC 3339, `Z` for UTC,
+/// fractional seconds only when there are any.
+pub fn rfc3339<Tz: TimeZone>(time: &DateTime<Tz>) -> String
+where
+    Tz::Offset: fmt::Display,
+{
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Reads a start time, `YYYYMMDDHH` (UTC), as the predecessor did; e.g. `2026112200` is
+/// 2026-11-22T00:00:00Z.
+pub fn parse_start_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let invalid = || format!("invalid start time {text:?}: expected YYYYMMDDHH, e.g. 2026112200");
+    if text.len() != 10 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    // Ten ASCII digits: every slice below is in bounds and parses.
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().map_err(|_| invalid());
+    let year = i32::try_from(number(0..4)?).map_err(|_| invalid())?;
+    NaiveDate::from_ymd_opt(year, number(4..6)?, number(6..8)?)
+        .and_then(|date| date.and_hms_opt(number(8..10).ok()?, 0, 0))
+        .map(|time| time.and_utc())
+        .ok_or_else(invalid)
+}
+
+/// Reads a log time: `YYYYMMDDHH` (UTC) or RFC 3339 with its offset, which is kept.
+///
+/// The predecessor guessed the format and read `2026112206` as a Unix timestamp (the year
+/// 2034); ferry reads it as the hour it names.
+pub fn parse_log_time(text: &str) -> Result<DateTime<FixedOffset>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time);
+    }
+    parse_start_time(text)
+        .map(|time| time.fixed_offset())
+        .map_err(|_| {
+            format!(
+                "invalid time {text:?}: expected YYYYMMDDHH (UTC) or RFC 3339, e.g. 2026112206 or \
+             2026-11-22T06:00:00+08:00"
+            )
+        })
+}
 
 /// One event as sent on the wire.
 #[derive(Debug, Clone, Serialize)]
 pub struct Envelope<T> {
     /// Which program sent it.
     pub app: String,
-    /// What kind of event it is: [`ECFLOW_CLIENT_TYPE`] or [`PRODUCTION_TYPE`].
+    /// What kind of event it is: [`ECFLOW_CLIENT_TYPE`] or [`PRODUCTION_TYPE`] (products
+    /// and logs).
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// When it was built, RFC 3339 in local time with the offset.
@@ -50,7 +100,7 @@ impl<T: Serialize> Envelope<T> {
         Self {
             app: app.to_owned(),
             kind,
-            time: Local::now().to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            time: rfc3339(&Local::now()),
             data,
         }
     }
@@ -72,10 +122,13 @@ pub struct EcflowClientData {
     /// The ecflow_client command: the last `--option` of the command options, without
     /// dashes (`complete`, `init`, `event`, …).
     pub command: String,
-    /// The command's values: each option's `=value`, then the positional arguments.
+    /// The command's values: each option's `=value`, then the positional arguments;
+    /// `null` on the wire when there are none, as the predecessor sent it.
+    #[serde(serialize_with = "empty_as_null")]
     pub args: Vec<String>,
-    /// Environment entries; the predecessor never filled them, and neither does ferry.
-    pub envs: Vec<BTreeMap<String, String>>,
+    /// Environment entries: the predecessor never filled them and always sent `null`, and
+    /// so does ferry.
+    pub envs: Option<Vec<BTreeMap<String, String>>>,
     /// `ECF_HOST`, or `--host` from the command options.
     pub ecf_host: String,
     /// `ECF_PORT`, or `--port` from the command options.
@@ -104,7 +157,7 @@ impl EcflowClientData {
         let mut data = Self {
             command: String::new(),
             args: Vec::new(),
-            envs: Vec::new(),
+            envs: None,
             ecf_host: var("ECF_HOST"),
             ecf_port: var("ECF_PORT"),
             ecf_name: var("ECF_NAME"),
@@ -155,6 +208,26 @@ impl EcflowClientData {
         data.args.extend(positional);
         data
     }
+}
+
+/// Writes an empty list as `null`, as Go's JSON writes a nil slice.
+fn empty_as_null<S: Serializer>(items: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    if items.is_empty() {
+        serializer.serialize_none()
+    } else {
+        serializer.collect_seq(items)
+    }
+}
+
+/// Writes a time as [`rfc3339`].
+fn as_rfc3339<S: Serializer, Tz: TimeZone>(
+    time: &DateTime<Tz>,
+    serializer: S,
+) -> Result<S::Ok, S::Error>
+where
+    Tz::Offset: fmt::Display,
+{
+    serializer.serialize_str(&rfc3339(time))
 }
 
 /// The status of a product event, sent as its number.
@@ -232,23 +305,65 @@ impl Serialize for EventStatus {
     }
 }
 
-/// The `data` of a product event of the operational stream, with the predecessor's field
-/// names and order.
+/// The production streams the predecessor knew; their consumers parse nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductionStream {
+    /// `oper`: the deterministic forecast.
+    Oper,
+    /// `eps`: the ensemble, whose events carry the member `number`.
+    Eps,
+}
+
+impl ProductionStream {
+    /// The stream's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Oper => "oper",
+            Self::Eps => "eps",
+        }
+    }
+}
+
+impl FromStr for ProductionStream {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "oper" => Ok(Self::Oper),
+            "eps" => Ok(Self::Eps),
+            _ => Err(format!(
+                "unsupported production stream {text:?}: expected oper or eps"
+            )),
+        }
+    }
+}
+
+impl Serialize for ProductionStream {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// The `data` of a product event, with the predecessor's field names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProductionData {
     /// The system, e.g. `grapes_gfs_gmf`.
     pub system: String,
+    /// The stream, `oper` or `eps`.
+    pub stream: ProductionStream,
     /// The production type, e.g. `grib2`.
     #[serde(rename = "type")]
     pub production_type: String,
-    /// The stream, e.g. `oper`.
-    pub stream: String,
-    /// The production name, e.g. `orig` (the predecessor's JSON calls it `product`).
-    pub product: String,
-    /// Start time, `YYYYMMDDHH`.
-    pub start_time: String,
-    /// Forecast time, e.g. `24h`.
+    /// The production name, e.g. `orig`.
+    pub name: String,
+    /// The forecast's start time; RFC 3339 in UTC on the wire.
+    #[serde(serialize_with = "as_rfc3339")]
+    pub start_time: DateTime<Utc>,
+    /// Forecast time, e.g. `024h`.
     pub forecast_time: String,
+    /// The ensemble member (`eps` only; absent from `oper` events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<u32>,
     /// The event, e.g. `storage`.
     pub event: String,
     /// The event's status.
@@ -256,9 +371,75 @@ pub struct ProductionData {
 }
 
 impl ProductionData {
+    /// Checks what the predecessor required of a stream: `eps` events name their member,
+    /// `oper` events have none.
+    pub fn check(&self) -> Result<(), String> {
+        match (self.stream, self.number) {
+            (ProductionStream::Eps, None) => Err(
+                "--number is required for --production-stream=eps (the member, e.g. --number=3)"
+                    .into(),
+            ),
+            (ProductionStream::Oper, Some(_)) => Err(
+                "--number is only for --production-stream=eps: an oper event has no member".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The predecessor's routing key for this event: `{system}.production.{type}`.
     pub fn routing_key(&self) -> String {
         format!("{}.production.{}", self.system, self.production_type)
+    }
+}
+
+/// The `data` of a log event (`ferry log`), with the predecessor's field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogData {
+    /// The system, e.g. `grapes_gfs_gmf`.
+    pub system: String,
+    /// The forecast's start time; RFC 3339 in UTC on the wire.
+    #[serde(serialize_with = "as_rfc3339")]
+    pub start_time: DateTime<Utc>,
+    /// When the logged thing happened (now when not given); RFC 3339 on the wire.
+    #[serde(serialize_with = "as_rfc3339")]
+    pub time: DateTime<FixedOffset>,
+    /// The level, e.g. `info`.
+    pub level: String,
+    /// The log type, e.g. `prepare`.
+    #[serde(rename = "type")]
+    pub log_type: String,
+    /// The content options given after `--`, or `null` when there was no `--`.
+    pub content: Option<BTreeMap<String, String>>,
+}
+
+impl LogData {
+    /// Reads the content options given after `--`: each `--name=value` (or `-name=value`)
+    /// becomes `"name": "value"`. An option with an empty value is left out, as the
+    /// predecessor left it out; a word that is not `--name=value` is an error, where the
+    /// predecessor dropped it without a word.
+    pub fn parse_content(words: &[String]) -> Result<BTreeMap<String, String>, String> {
+        let mut content = BTreeMap::new();
+        for word in words {
+            let option = word
+                .strip_prefix("--")
+                .or_else(|| word.strip_prefix('-'))
+                .and_then(|option| option.split_once('='))
+                .filter(|(name, _)| !name.is_empty());
+            let Some((name, value)) = option else {
+                return Err(format!(
+                    "content {word:?} is not --name=value (after --, e.g. -- --forecast-time=0h --source=ncep)"
+                ));
+            };
+            if !value.is_empty() {
+                content.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Ok(content)
+    }
+
+    /// The predecessor's routing key for this event: `{system}.log.{type}`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.log.{}", self.system, self.log_type)
     }
 }
 
@@ -349,30 +530,162 @@ mod tests {
             assert!(keys.contains(&key.to_owned()), "{key}");
         }
         assert_eq!(json["type"], "ecflow-client");
-        assert_eq!(json["data"]["args"], serde_json::json!([]));
-        assert_eq!(json["data"]["envs"], serde_json::json!([]));
         let time = json["time"].as_str().unwrap();
         chrono::DateTime::parse_from_rfc3339(time).unwrap();
     }
 
+    /// Parses an envelope's JSON and drops `time` (the send time), which no literal can pin.
+    fn sent<T: Serialize>(kind: &'static str, data: T) -> serde_json::Value {
+        let envelope = Envelope::now(DEFAULT_APP, kind, data);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&envelope.to_json().unwrap()).unwrap();
+        let time = json.as_object_mut().unwrap().remove("time").unwrap();
+        chrono::DateTime::parse_from_rfc3339(time.as_str().unwrap()).unwrap();
+        json
+    }
+
     #[test]
-    fn production_data_keeps_the_predecessors_names() {
-        let data = ProductionData {
+    fn an_ecflow_client_event_without_values_is_the_predecessors_to_the_byte() {
+        let expected = serde_json::json!({
+            "app": "nwpc-message-client", "type": "ecflow-client",
+            "data": {"command": "complete", "args": null, "envs": null,
+                     "ecf_host": "login_b01", "ecf_port": "31067",
+                     "ecf_name": "/grapes_gfs_gmf/00/model/fcst", "ecf_rid": "123456",
+                     "ecf_tryno": "2", "ecf_date": "20261121"}});
+        assert_eq!(sent(ECFLOW_CLIENT_TYPE, parse("--complete")), expected);
+    }
+
+    #[test]
+    fn an_ecflow_client_event_with_values_is_the_predecessors() {
+        let expected = serde_json::json!({
+            "app": "nwpc-message-client", "type": "ecflow-client",
+            "data": {"command": "meter", "args": ["progress", "10"], "envs": null,
+                     "ecf_host": "login_b01", "ecf_port": "31067",
+                     "ecf_name": "/grapes_gfs_gmf/00/model/fcst", "ecf_rid": "123456",
+                     "ecf_tryno": "2", "ecf_date": "20261121"}});
+        assert_eq!(
+            sent(ECFLOW_CLIENT_TYPE, parse("--meter=progress 10")),
+            expected
+        );
+    }
+
+    fn production(stream: &str, number: Option<u32>) -> ProductionData {
+        ProductionData {
             system: "grapes_gfs_gmf".into(),
+            stream: stream.parse().unwrap(),
             production_type: "grib2".into(),
-            stream: "oper".into(),
-            product: "orig".into(),
-            start_time: "2026112100".into(),
-            forecast_time: "24h".into(),
+            name: "orig".into(),
+            start_time: parse_start_time("2026112200").unwrap(),
+            forecast_time: "024h".into(),
+            number,
             event: "storage".into(),
             status: "complete".parse().unwrap(),
-        };
+        }
+    }
+
+    #[test]
+    fn an_oper_product_event_is_the_predecessors() {
+        let expected = serde_json::json!({
+            "app": "nwpc-message-client", "type": "production",
+            "data": {"system": "grapes_gfs_gmf", "stream": "oper", "type": "grib2",
+                     "name": "orig", "start_time": "2026-11-22T00:00:00Z",
+                     "forecast_time": "024h", "event": "storage", "status": 1}});
+        let data = production("oper", None);
+        assert_eq!(data.check(), Ok(()));
         assert_eq!(data.routing_key(), "grapes_gfs_gmf.production.grib2");
-        let json = serde_json::to_string(&data).unwrap();
-        assert_eq!(
-            json,
-            r#"{"system":"grapes_gfs_gmf","type":"grib2","stream":"oper","product":"orig","start_time":"2026112100","forecast_time":"24h","event":"storage","status":1}"#
+        assert_eq!(sent(PRODUCTION_TYPE, data), expected);
+    }
+
+    #[test]
+    fn an_eps_product_event_carries_its_member_number() {
+        let expected = serde_json::json!({
+            "app": "nwpc-message-client", "type": "production",
+            "data": {"system": "grapes_gfs_gmf", "stream": "eps", "type": "grib2",
+                     "name": "orig", "start_time": "2026-11-22T00:00:00Z",
+                     "forecast_time": "024h", "number": 3, "event": "storage",
+                     "status": 1}});
+        let data = production("eps", Some(3));
+        assert_eq!(data.check(), Ok(()));
+        assert_eq!(sent(PRODUCTION_TYPE, data), expected);
+    }
+
+    #[test]
+    fn the_member_number_is_required_for_eps_and_refused_for_oper() {
+        assert!(
+            production("eps", None)
+                .check()
+                .unwrap_err()
+                .contains("required")
         );
+        assert!(
+            production("oper", Some(3))
+                .check()
+                .unwrap_err()
+                .contains("only for")
+        );
+        let error = "test".parse::<ProductionStream>().unwrap_err();
+        assert!(error.contains("oper or eps"), "{error}");
+    }
+
+    #[test]
+    fn a_log_event_is_the_predecessors() {
+        let words: Vec<String> = ["--forecast-time=0h", "--source=ncep", "--empty="]
+            .map(String::from)
+            .into();
+        let data = LogData {
+            system: "grapes_gfs_gmf".into(),
+            start_time: parse_start_time("2026112200").unwrap(),
+            time: parse_log_time("2026-11-22T06:10:00+08:00").unwrap(),
+            level: "info".into(),
+            log_type: "prepare".into(),
+            content: Some(LogData::parse_content(&words).unwrap()),
+        };
+        assert_eq!(data.routing_key(), "grapes_gfs_gmf.log.prepare");
+        let expected = serde_json::json!({
+            "app": "nwpc-message-client", "type": "production",
+            "data": {"system": "grapes_gfs_gmf", "start_time": "2026-11-22T00:00:00Z",
+                     "time": "2026-11-22T06:10:00+08:00", "level": "info",
+                     "type": "prepare",
+                     "content": {"forecast-time": "0h", "source": "ncep"}}});
+        assert_eq!(sent(PRODUCTION_TYPE, data.clone()), expected);
+        let without = LogData {
+            content: None,
+            ..data
+        };
+        assert_eq!(
+            sent(PRODUCTION_TYPE, without)["data"]["content"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
+    fn content_words_must_be_name_value_options() {
+        let words = ["--source".to_owned(), "ncep".to_owned()];
+        assert!(LogData::parse_content(&words).is_err());
+        assert!(LogData::parse_content(&["--=x".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn times_are_read_as_the_hour_they_name_in_utc_or_rfc3339() {
+        assert_eq!(
+            rfc3339(&parse_log_time("2026112206").unwrap()),
+            "2026-11-22T06:00:00Z",
+            "the predecessor sent the year 2034 for this"
+        );
+        assert_eq!(
+            rfc3339(&parse_log_time("2026-11-22T06:00:00.5+08:00").unwrap()),
+            "2026-11-22T06:00:00.500+08:00"
+        );
+        for bad in [
+            "",
+            "202611220",
+            "2026113100",
+            "2026112224",
+            "20261122ab",
+            "+026112200",
+        ] {
+            assert!(parse_start_time(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use ferry::proto::{self, KafkaMessage, RabbitMqMessage};
 use ferry_actors::StatsSnapshot;
 use tonic::transport::Channel;
 
+pub mod ecflow;
 pub mod process;
 
 /// The config of a test daemon: defaults (the production policy), on free ports.

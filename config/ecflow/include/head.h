@@ -8,6 +8,8 @@ export ECF_HOST=%ECF_HOST%
 export ECF_NAME=%ECF_NAME%
 export ECF_PASS=%ECF_PASS%
 export ECF_TRYNO=%ECF_TRYNO%
+# The suite date: ferry ecflow-client reports it (ecf_date).
+export ECF_DATE=%ECF_DATE%
 export ECF_RID=$$
 
 ERROR() {

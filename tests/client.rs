@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::process::{ferry, free_address, serve};
+use common::process::{ferry, free_address, scratch_dir, serve, serve_with};
 use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
 use serde_json::{Value, json};
 
@@ -529,4 +529,106 @@ fn usage_errors_exit_2_and_are_told_apart_from_failures() {
         "--disable-send",
     ]);
     assert_eq!(bad_status.status.code(), Some(2));
+}
+
+/// Runs `ferry ARGS` with `input` on its standard input.
+fn run_with_input(args: &[&str], input: &[u8]) -> Output {
+    let mut child = ferry(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn send_lines_delivers_each_line_once_over_one_stream_and_fails_over_to_the_next_daemon() {
+    const LINES: usize = 1_000;
+    let brokers = shared_kafka();
+    let topic = kafka::unique_topic("ferry.test.lines");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = serve(&free_address());
+    // The first daemon is down: every line goes through the second.
+    let proxies = format!("{},{}", free_address(), daemon.address);
+    let input: String = (1..=LINES).map(|i| format!("{{\"line\":{i}}}\n")).collect();
+    let started = Instant::now();
+    let output = run_with_input(
+        &[
+            "send",
+            "kafka",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &topic,
+            "--lines",
+            "--proxy",
+            &proxies,
+        ],
+        input.as_bytes(),
+    );
+    println!("{LINES} lines in {} ms", started.elapsed().as_millis());
+    assert_delivered(&output);
+    let received = kafka::drain_topic(
+        &brokers,
+        &topic,
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+    );
+    assert_eq!(received.len(), LINES, "one message per line");
+    let received: BTreeSet<Vec<u8>> = received.into_iter().collect();
+    let sent: BTreeSet<Vec<u8>> = input.lines().map(|line| line.as_bytes().to_vec()).collect();
+    assert_eq!(received, sent, "every line, once, without its newline");
+    let report = common::report(&daemon.ops_address).await;
+    assert_eq!(report.totals.sent, LINES as u64, "no line sent twice");
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn send_lines_exits_1_naming_the_lines_not_delivered_and_why() {
+    let brokers = shared_kafka();
+    let topic = kafka::unique_topic("ferry.test.lines");
+    kafka::create_topic(&brokers, &topic).await;
+    let dir = scratch_dir("lines-limit");
+    let config = dir.join("ferry.toml");
+    std::fs::write(&config, "[server]\nmax_message_bytes = 100\n").unwrap();
+    let daemon = serve_with(&free_address(), &["--config", &config.to_string_lossy()]);
+    let long = "x".repeat(101);
+    let input = format!("one\ntwo\n{long}\nfour\n{long}\n{long}\nseven");
+    let file = dir.join("events.txt");
+    std::fs::write(&file, &input).unwrap();
+    let output = run(&[
+        "send",
+        "kafka",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--lines",
+        "--file",
+        &file.to_string_lossy(),
+        "--proxy",
+        &daemon.address,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3 of 7 lines not delivered"), "{stderr}");
+    let why = stderr
+        .lines()
+        .find(|line| line.starts_with("ferry: lines 3, 5-6: "))
+        .unwrap_or_else(|| panic!("the failed lines and their reason: {stderr}"));
+    assert!(why.contains("error_no 1"), "{why}");
+    assert!(why.contains("more than the 100 allowed"), "{why}");
+    let received = kafka::drain_topic(
+        &brokers,
+        &topic,
+        Duration::from_secs(1),
+        Duration::from_secs(20),
+    );
+    let received: BTreeSet<&[u8]> = received.iter().map(Vec::as_slice).collect();
+    let delivered: BTreeSet<&[u8]> = [&b"one"[..], b"two", b"four", b"seven"].into();
+    assert_eq!(received, delivered);
+    std::fs::remove_dir_all(dir).unwrap();
+    daemon.terminate();
 }

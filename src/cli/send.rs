@@ -8,8 +8,11 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 
-use super::{ConnectArgs, EXIT_USAGE, LimitArgs, fail, policy, through_daemons};
-use crate::client::Destination;
+use super::{
+    ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons,
+};
+use crate::client::lines::{describe_failures, split_lines};
+use crate::client::{Client, Destination};
 use crate::config::DEFAULT_LISTEN;
 
 /// Examples shown by `ferry send kafka --help`.
@@ -18,7 +21,9 @@ Examples:
   ferry send kafka --brokers kafka1:9092,kafka2:9092 --topic nwp.events --data '{\"step\":24}'
   ferry send kafka --brokers kafka1:9092 --topic nwp.events --file event.json \\
       --proxy login1:33383,login2:33383
-  echo '{\"step\":24}' | ferry send kafka --brokers kafka1:9092 --topic nwp.events || true";
+  echo '{\"step\":24}' | ferry send kafka --brokers kafka1:9092 --topic nwp.events || true
+  # one message per line of a file, over one stream, each acknowledged:
+  ferry send kafka --brokers kafka1:9092 --topic nwp.events --lines --file events.jsonl";
 
 /// Examples shown by `ferry send rabbitmq --help`.
 const RABBITMQ_EXAMPLES: &str = "\
@@ -74,36 +79,59 @@ pub enum SendCommand {
     },
 }
 
+/// The most `--file` or standard input may hold: the payload (or, with `--lines`, every
+/// line) is held in memory until the daemons have answered.
+pub const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Where the payload comes from; standard input when neither flag is given.
 #[derive(Debug, Args)]
 pub struct PayloadArgs {
     /// The payload as a string. Example: --data '{"step":24}'
-    #[arg(long, conflicts_with = "file")]
+    #[arg(long, conflicts_with_all = ["file", "lines"])]
     pub data: Option<String>,
     /// Read the payload from this file, byte for byte. Example: --file event.json
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// Send each line of --file or standard input as its own message (without its newline),
+    /// all over one stream, each acknowledged. Exit 0 only if every line was delivered;
+    /// otherwise 1, with the failed line numbers and why on stderr. Example: --lines
+    #[arg(long)]
+    pub lines: bool,
 }
 
 impl PayloadArgs {
-    /// The payload from `--data`, `--file` or standard input (which must not be a terminal).
+    /// The payload from `--data`, `--file` or standard input (which must not be a terminal),
+    /// at most [`MAX_INPUT_BYTES`].
     fn read(self) -> Result<Bytes, String> {
         if let Some(data) = self.data {
             return Ok(Bytes::from(data));
         }
-        if let Some(path) = self.file {
-            return std::fs::read(&path)
-                .map(Bytes::from)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()));
-        }
-        let mut stdin = std::io::stdin();
-        if stdin.is_terminal() {
-            return Err("no payload: give --data, --file, or pipe it on standard input".into());
-        }
+        let (reader, name): (Box<dyn Read>, String) = match self.file {
+            Some(path) => {
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                (Box::new(file), path.display().to_string())
+            }
+            None => {
+                let stdin = std::io::stdin();
+                if stdin.is_terminal() {
+                    return Err(
+                        "no payload: give --data, --file, or pipe it on standard input".into(),
+                    );
+                }
+                (Box::new(stdin), "standard input".to_owned())
+            }
+        };
         let mut buffer = Vec::new();
-        stdin
+        reader
+            .take(MAX_INPUT_BYTES + 1)
             .read_to_end(&mut buffer)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
+            .map_err(|e| format!("cannot read {name}: {e}"))?;
+        if buffer.len() as u64 > MAX_INPUT_BYTES {
+            return Err(format!(
+                "{name} holds more than {MAX_INPUT_BYTES} bytes, the most one send takes"
+            ));
+        }
         Ok(Bytes::from(buffer))
     }
 }
@@ -164,10 +192,14 @@ pub fn send(command: SendCommand) -> ExitCode {
         Ok(policy) => policy,
         Err(code) => return code,
     };
+    let lines = payload.lines;
     let payload = match payload.read() {
         Ok(payload) => payload,
         Err(error) => return fail(EXIT_USAGE, error),
     };
+    if lines {
+        return send_lines(&delivery, policy, &destination, &payload);
+    }
     through_daemons(
         &delivery.proxy,
         policy,
@@ -176,4 +208,60 @@ pub fn send(command: SendCommand) -> ExitCode {
         &destination,
         payload,
     )
+}
+
+/// How many line ranges `--lines` prints per reason on failure.
+const MAX_RANGES_SHOWN: usize = 20;
+
+/// `ferry send --lines`: every line of `input` as its own message over one stream.
+fn send_lines(
+    delivery: &DeliveryArgs,
+    policy: ferry_actors::RetryPolicy,
+    destination: &Destination,
+    input: &Bytes,
+) -> ExitCode {
+    let deadline = delivery
+        .limits
+        .timeout_ms
+        .map(std::time::Duration::from_millis);
+    let client = match Client::new(&delivery.proxy, policy, deadline) {
+        Ok(client) => client,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let client = match delivery.connect.apply(client) {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let lines = split_lines(input);
+    let outcome = match block_on(client.send_many(destination, &lines)) {
+        Ok(outcome) => outcome,
+        Err(code) => return code,
+    };
+    log::info!(
+        "{} of {} lines delivered, {} spooled, in {} ms",
+        outcome.delivered,
+        lines.len(),
+        outcome.spooled,
+        outcome.elapsed.as_millis()
+    );
+    if outcome.spooled > 0 {
+        eprintln!(
+            "ferry: {} of {} lines spooled by the daemon (delivered when the broker is back)",
+            outcome.spooled,
+            lines.len()
+        );
+    }
+    if outcome.failed.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "ferry: {} of {} lines not delivered ({} ms):",
+        outcome.failed.len(),
+        lines.len(),
+        outcome.elapsed.as_millis()
+    );
+    for line in describe_failures(&outcome.failed, MAX_RANGES_SHOWN) {
+        eprintln!("ferry: {}", line.replace(['\n', '\r'], " "));
+    }
+    ExitCode::from(EXIT_NOT_DELIVERED)
 }

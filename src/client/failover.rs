@@ -204,24 +204,24 @@ pub struct Answer {
 
 /// One daemon to send through.
 #[derive(Debug, Clone)]
-struct Daemon {
+pub(super) struct Daemon {
     /// As given, for messages.
-    address: String,
+    pub(super) address: String,
     /// Where to connect.
-    endpoint: Endpoint,
+    pub(super) endpoint: Endpoint,
 }
 
 /// Sends messages through ferry daemons with failover.
 #[derive(Debug, Clone)]
 pub struct Client {
     /// The daemons, tried in order.
-    daemons: Vec<Daemon>,
+    pub(super) daemons: Vec<Daemon>,
     /// Attempts per daemon and their time limits.
-    policy: RetryPolicy,
+    pub(super) policy: RetryPolicy,
     /// An overall limit, when shorter than the policy's bound.
-    deadline: Option<Duration>,
+    pub(super) deadline: Option<Duration>,
     /// `authorization` header value for daemons that require a bearer token.
-    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    pub(super) authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Client {

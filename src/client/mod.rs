@@ -1,10 +1,12 @@
 //! The client side, which job scripts run: sending one message through a list of daemons
-//! with failover ([`failover`]), the predecessor's JSON event envelopes ([`envelope`]), and
-//! publishing straight to RabbitMQ without a daemon ([`direct`]).
+//! with failover ([`failover`]), many messages of one job over one stream ([`lines`]), the
+//! predecessor's JSON event envelopes ([`envelope`]), and publishing straight to RabbitMQ
+//! without a daemon ([`direct`]).
 
 pub mod direct;
 pub mod envelope;
 pub mod failover;
+pub mod lines;
 
 pub use failover::{
     Answer, AttemptError, Client, ClientError, DaemonFailure, Delivered, Destination, NotDelivered,

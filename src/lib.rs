@@ -3,8 +3,9 @@
 //!
 //! - [`daemon`]: what `ferry serve` runs — the gRPC ingress (unary and streaming), the
 //!   allowlist and token, connection bounds, signals and the operations endpoint.
-//! - [`client`]: what job scripts run — sending through daemons with failover, the
-//!   predecessor's event envelopes, and publishing straight to RabbitMQ.
+//! - [`client`]: what job scripts run — sending through daemons with failover (one message, or
+//!   many over one stream), the predecessor's event envelopes, and publishing straight to
+//!   RabbitMQ.
 //! - [`config`]: the TOML configuration, validated into [`config::Settings`].
 //! - [`wire`] and [`proto`]: protobuf ↔ domain conversion and the `error_no` codes, shared
 //!   by both sides.

@@ -328,7 +328,10 @@ mod tests {
     #[test]
     fn lines_split_on_newlines_and_a_last_line_without_one_counts() {
         let lines = split_lines(&Bytes::from_static(b"a\n\nb c\nlast"));
-        assert_eq!(lines, [&b"a"[..], b"", b"b c", b"last"].map(Bytes::from_static));
+        assert_eq!(
+            lines,
+            [&b"a"[..], b"", b"b c", b"last"].map(Bytes::from_static)
+        );
         assert_eq!(split_lines(&Bytes::from_static(b"one\n")).len(), 1);
         assert!(split_lines(&Bytes::new()).is_empty());
     }

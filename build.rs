@@ -1,5 +1,6 @@
 //! Generates the gRPC code of `proto/` with the vendored protoc (no system package needed):
-//! `messagebroker.proto` (the predecessor's interface) and `ingest.proto` (ferry's own).
+//! `messagebroker.proto` (the predecessor's interface), `ingest.proto` and `send.proto`
+//! (ferry's own).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -15,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(descriptors)
         .compile_with_config(
             config,
-            &["proto/messagebroker.proto", "proto/ingest.proto"],
+            &[
+                "proto/messagebroker.proto",
+                "proto/ingest.proto",
+                "proto/send.proto",
+            ],
             &["proto"],
         )?;
     Ok(())

@@ -12,6 +12,7 @@ use ferry_actors::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettin
 use serde::Deserialize;
 
 use crate::daemon::access::{Access, Allowlist, Exchanges};
+use crate::daemon::routes::{RouteConfig, RouteError, Routes};
 
 /// The address the daemon listens on when no config says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:33383";
@@ -38,6 +39,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// The durable spool.
     pub spool: SpoolConfig,
+    /// Named routes (`[routes.NAME]`): targets a job names without knowing them.
+    pub routes: std::collections::BTreeMap<String, RouteConfig>,
 }
 
 /// `[spool]`: the durable spool for messages a broker cannot take now (off unless `dir`
@@ -315,6 +318,9 @@ pub enum ConfigError {
         /// Where and why.
         source: Box<toml::de::Error>,
     },
+    /// A route cannot be used.
+    #[error("invalid config: {0}")]
+    Route(#[from] RouteError),
     /// A field has a value that cannot work.
     #[error("invalid config: {field}: {reason}")]
     Invalid {
@@ -372,6 +378,8 @@ pub struct Settings {
     pub registry: RegistrySettings,
     /// The durable spool, if one is configured.
     pub spool: Option<SpoolSettings>,
+    /// The named routes.
+    pub routes: Routes,
 }
 
 /// A certificate chain and its private key, PEM.
@@ -493,7 +501,7 @@ impl Config {
         }
 
         let spool = self.spool.validate()?;
-        let access = self.access.validate(listen)?;
+        let access = self.access.validate(listen, !self.routes.is_empty())?;
         let token = read_token(&self.access.token_file)?;
 
         let p = &self.producers;
@@ -543,6 +551,7 @@ impl Config {
             field: "kafka",
             reason,
         })?;
+        let routes = Routes::from_config(&self.routes, self.kafka.max_brokers_per_target)?;
         Ok(Settings {
             listen,
             workers,
@@ -580,6 +589,7 @@ impl Config {
                 idle_timeout: Duration::from_secs(p.idle_timeout_s),
             },
             spool,
+            routes,
         })
     }
 }
@@ -612,9 +622,10 @@ impl SpoolConfig {
 }
 
 impl AccessConfig {
-    /// The access rule: the allowlist if one is given; any target on loopback; refused
-    /// beyond loopback unless `allow_any_target` says so.
-    fn validate(&self, listen: SocketAddr) -> Result<Access, ConfigError> {
+    /// The access rule: the allowlist if one is given; any target on loopback; beyond
+    /// loopback, routes only when there are routes (`has_routes`), and otherwise refused
+    /// unless `allow_any_target` says so.
+    fn validate(&self, listen: SocketAddr, has_routes: bool) -> Result<Access, ConfigError> {
         let invalid = |field, reason: String| ConfigError::Invalid { field, reason };
         let listed = !self.kafka_brokers.is_empty() || !self.rabbitmq.is_empty();
         if self.allow_any_target {
@@ -630,11 +641,15 @@ impl AccessConfig {
             if listen.ip().is_loopback() {
                 return Ok(Access::Any);
             }
+            if has_routes {
+                // Routes only: a request that names a target itself is answered 7.
+                return Ok(Access::Only(Allowlist::default()));
+            }
             return Err(invalid(
                 "access",
                 format!(
-                    "listening on {listen}, beyond loopback, needs an allowlist \
-                     (kafka_brokers, rabbitmq) or allow_any_target = true"
+                    "listening on {listen}, beyond loopback, needs routes, an \
+                     allowlist (kafka_brokers, rabbitmq) or allow_any_target = true"
                 ),
             ));
         }
@@ -809,6 +824,26 @@ mod tests {
         assert!(list.kafka_brokers.contains("k:9092"));
         assert_eq!(list.rabbitmq.get("mq:5672"), Some(&Exchanges::Any));
         assert_eq!(parse("").unwrap().access, Access::Any, "loopback");
+    }
+
+    #[test]
+    fn beyond_loopback_routes_alone_allow_only_the_routes() {
+        let routes_only = parse(
+            "[server]\nlisten = \"0.0.0.0:1\"\n[routes.events]\nkind = \"kafka\"\n\
+             brokers = [\"k1:9092\"]\ntopic = \"nwp.events\"\n",
+        )
+        .unwrap();
+        assert_eq!(routes_only.access, Access::Only(Allowlist::default()));
+        assert_eq!(routes_only.routes.len(), 1);
+        let error = parse("[server]\nlisten = \"0.0.0.0:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("needs routes, an allowlist"), "{error}");
+        let bad_route =
+            parse("[routes.events]\nkind = \"kafka\"\nbrokers = [\"k1:9092\"]\ntopic = \"\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(bad_route.contains("routes.events.topic"), "{bad_route}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The generated protobuf types and gRPC stubs: `messagebroker` (the predecessor's
-//! interface, re-exported at this module's root) and `ferry::v1` (the streaming ingress).
+//! interface, re-exported at this module's root) and `ferry::v1` (the streaming ingress and
+//! the `Send` service with routes and metadata).
 
 #![allow(missing_docs, clippy::all)]
 
@@ -12,7 +13,7 @@ pub use messagebroker::*;
 
 /// ferry's own services.
 pub mod ferry {
-    /// `proto/ingest.proto`.
+    /// `proto/ingest.proto` and `proto/send.proto`.
     pub mod v1 {
         tonic::include_proto!("ferry.v1");
     }

@@ -1,13 +1,18 @@
 //! The one place where wire requests become domain values and outcomes become
 //! `Response.error_no`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use ferry_actors::metadata::{AmqpMetadata, HeaderValue, KafkaMetadata};
 use ferry_actors::target::{validate_routing_key, validate_topic};
 use ferry_actors::{
-    Accepted, AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, ProduceError, Target,
+    Accepted, AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, Metadata, ProduceError, Target,
 };
 
+use crate::daemon::routes::Routes;
 use crate::proto;
+use crate::proto::ferry::v1;
 
 /// The `error_no` values of `Response`, as documented in `proto/messagebroker.proto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +61,7 @@ impl ErrorNo {
             ProduceError::Unavailable(_) => Self::Unavailable,
             ProduceError::Overloaded(_) => Self::Overloaded,
             ProduceError::ShuttingDown => Self::ShuttingDown,
+            ProduceError::Invalid(_) => Self::InvalidRequest,
         }
     }
 }
@@ -78,6 +84,10 @@ pub struct SendRequest {
     pub route: String,
     /// The bytes to deliver.
     pub payload: Bytes,
+    /// Key, headers and properties, checked and of the target's kind.
+    pub metadata: Option<Arc<Metadata>>,
+    /// Named by a route of the daemon's config: allowed by definition.
+    pub routed: bool,
 }
 
 /// Why a request was not delivered.
@@ -120,6 +130,8 @@ pub fn kafka_request(
         target: Target::Kafka(kafka),
         route: target.topic,
         payload,
+        metadata: None,
+        routed: false,
     })
 }
 
@@ -138,7 +150,225 @@ pub fn rabbitmq_request(
         target: Target::Amqp(amqp),
         route: target.route_key,
         payload,
+        metadata: None,
+        routed: false,
     })
+}
+
+/// Validates a `ferry.v1.SendRequest`: its route (looked up in `routes`) or explicit target,
+/// the topic or routing key it asks for, and its metadata.
+pub fn send_request(
+    request: v1::SendRequest,
+    limits: RequestLimits,
+    routes: &Routes,
+) -> Result<SendRequest, InvalidRequest> {
+    use v1::send_request::Target as Wire;
+    if request.data.len() > limits.max_message_bytes {
+        return Err(InvalidRequest::new(
+            "data",
+            format!(
+                "{} bytes is more than the {} allowed",
+                request.data.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    let (target, route, routed, default_key) = match request.target {
+        Some(Wire::Route(name)) => {
+            let route = routes.get(&name).ok_or_else(|| {
+                InvalidRequest::new(
+                    "route",
+                    format!("{name:?} is not a route of this daemon (ferry routes lists them)"),
+                )
+            })?;
+            let subject = match &route.target {
+                Target::Kafka(_) => {
+                    if request.routing_key.is_some() {
+                        return Err(InvalidRequest::new(
+                            "routing_key",
+                            "this is a Kafka route: name a topic, not a routing key",
+                        ));
+                    }
+                    let topic = route.subject(request.topic.as_deref(), "topic")?;
+                    validate_topic(&topic)?;
+                    topic
+                }
+                Target::Amqp(_) => {
+                    if request.topic.is_some() {
+                        return Err(InvalidRequest::new(
+                            "topic",
+                            "this is a RabbitMQ route: name a routing key, not a topic",
+                        ));
+                    }
+                    let key = route.subject(request.routing_key.as_deref(), "routing_key")?;
+                    validate_routing_key(&key)?;
+                    key
+                }
+            };
+            (
+                route.target.clone(),
+                subject,
+                true,
+                route.default_key.clone(),
+            )
+        }
+        Some(Wire::Kafka(target)) => {
+            let kafka = KafkaTarget::try_new(&target.brokers, limits.max_brokers_per_target)?;
+            validate_topic(&target.topic)?;
+            (Target::Kafka(kafka), target.topic, false, None)
+        }
+        Some(Wire::Rabbitmq(target)) => {
+            let amqp = AmqpTarget::try_new(&target.server, &target.exchange)?;
+            validate_routing_key(&target.route_key)?;
+            (Target::Amqp(amqp), target.route_key, false, None)
+        }
+        None => {
+            return Err(InvalidRequest::new(
+                "target",
+                "missing: name a route or a target",
+            ));
+        }
+    };
+    if !routed && (request.topic.is_some() || request.routing_key.is_some()) {
+        return Err(InvalidRequest::new(
+            if request.topic.is_some() {
+                "topic"
+            } else {
+                "routing_key"
+            },
+            "only with a route: an explicit target names its own topic or routing key",
+        ));
+    }
+    let metadata = metadata(
+        &target,
+        request.kafka_metadata,
+        request.amqp_metadata,
+        request.headers,
+        default_key,
+    )?;
+    Ok(SendRequest {
+        target,
+        route,
+        payload: request.data,
+        metadata: metadata.map(Arc::new),
+        routed,
+    })
+}
+
+/// The metadata of a request, for `target`'s kind: metadata for the other kind is an
+/// error, and a Kafka message without a key gets the route's `default_key`.
+fn metadata(
+    target: &Target,
+    kafka: Option<v1::KafkaMetadata>,
+    amqp: Option<v1::AmqpMetadata>,
+    headers: Vec<v1::KafkaHeader>,
+    default_key: Option<Bytes>,
+) -> Result<Option<Metadata>, InvalidRequest> {
+    let metadata = match target {
+        Target::Kafka(_) => {
+            if amqp.is_some() {
+                return Err(InvalidRequest::new(
+                    "amqp_metadata",
+                    "AMQP metadata for a Kafka target",
+                ));
+            }
+            let kafka = kafka.unwrap_or_default();
+            let key = kafka.key.or(default_key);
+            let headers: Vec<(String, Bytes)> = kafka
+                .headers
+                .into_iter()
+                .chain(headers)
+                .map(|header| (header.name, header.value))
+                .collect();
+            if key.is_none() && headers.is_empty() && kafka.partition.is_none() {
+                return Ok(None);
+            }
+            Metadata::Kafka(KafkaMetadata {
+                key,
+                headers,
+                partition: kafka.partition,
+            })
+        }
+        Target::Amqp(_) => {
+            if kafka.is_some() {
+                return Err(InvalidRequest::new(
+                    "kafka_metadata",
+                    "Kafka metadata for a RabbitMQ target",
+                ));
+            }
+            if amqp.is_none() && headers.is_empty() {
+                return Ok(None);
+            }
+            let amqp = amqp.unwrap_or_default();
+            let priority = amqp
+                .priority
+                .map(|p| {
+                    u8::try_from(p).map_err(|_| {
+                        InvalidRequest::new("priority", format!("{p}: a priority is 0 to 255"))
+                    })
+                })
+                .transpose()?;
+            let mut table = std::collections::BTreeMap::new();
+            for (name, value) in amqp.headers {
+                use v1::amqp_header_value::Value;
+                let value = match value.value {
+                    Some(Value::Text(text)) => HeaderValue::Text(text),
+                    Some(Value::Int(n)) => HeaderValue::Int(n),
+                    Some(Value::Bool(b)) => HeaderValue::Bool(b),
+                    None => {
+                        return Err(InvalidRequest::new(
+                            "headers",
+                            format!("header {name:?} has no value"),
+                        ));
+                    }
+                };
+                table.insert(name, value);
+            }
+            for header in headers {
+                let text = String::from_utf8(header.value.to_vec()).map_err(|_| {
+                    InvalidRequest::new(
+                        "headers",
+                        format!(
+                            "header {:?}: an AMQP text header must be UTF-8",
+                            header.name
+                        ),
+                    )
+                })?;
+                table.insert(header.name, HeaderValue::Text(text));
+            }
+            Metadata::Amqp(AmqpMetadata {
+                headers: table,
+                expiration_ms: amqp.expiration_ms,
+                content_type: amqp.content_type,
+                content_encoding: amqp.content_encoding,
+                correlation_id: amqp.correlation_id,
+                message_id: amqp.message_id,
+                kind: amqp.r#type,
+                app_id: amqp.app_id,
+                priority,
+            })
+        }
+    };
+    metadata.check()?;
+    Ok(Some(metadata))
+}
+
+/// The `ferry.v1.SendReply` for an outcome: the same answer as [`response`], plus where a
+/// Kafka broker put the record.
+pub fn reply(outcome: &Result<Accepted, Failure>, target: Option<&Target>) -> v1::SendReply {
+    let response = response(outcome, target);
+    let delivery = outcome
+        .as_ref()
+        .map(|accepted| accepted.delivery)
+        .unwrap_or_default();
+    v1::SendReply {
+        error_no: response.error_no,
+        error_message: response.error_message,
+        id: response.id,
+        spooled: response.spooled,
+        partition: delivery.partition,
+        offset: delivery.offset,
+    }
 }
 
 /// The payload of a request, bounded in size. An empty payload is a valid message.
@@ -158,7 +388,9 @@ fn payload(message: Option<proto::Message>, max: usize) -> Result<Bytes, Invalid
 /// The wire answer for an outcome (`target` names where a spooled message goes).
 pub fn response(outcome: &Result<Accepted, Failure>, target: Option<&Target>) -> proto::Response {
     match outcome {
-        Ok(Accepted { id, spooled: None }) => proto::Response {
+        Ok(Accepted {
+            id, spooled: None, ..
+        }) => proto::Response {
             error_no: ErrorNo::Delivered as i32,
             error_message: String::new(),
             spooled: false,
@@ -167,6 +399,7 @@ pub fn response(outcome: &Result<Accepted, Failure>, target: Option<&Target>) ->
         Ok(Accepted {
             id,
             spooled: Some(why),
+            ..
         }) => proto::Response {
             error_no: ErrorNo::Delivered as i32,
             error_message: format!(
@@ -211,6 +444,11 @@ mod tests {
             message: Some(proto::Message { data: Bytes::new() }),
         }
     }
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_message_bytes: 1024,
+        max_brokers_per_target: 8,
+    };
 
     fn limits(max_message_bytes: usize) -> RequestLimits {
         RequestLimits {
@@ -277,7 +515,13 @@ mod tests {
         let delivered = Accepted {
             id: "0190".into(),
             spooled: None,
+            delivery: ferry_actors::Delivery {
+                partition: Some(2),
+                offset: Some(41),
+            },
         };
+        let answer = reply(&Ok(delivered.clone()), None);
+        assert_eq!((answer.partition, answer.offset), (Some(2), Some(41)));
         assert_eq!(code(Ok(delivered.clone())), 0);
         let spooled = response(
             &Ok(Accepted {
@@ -310,5 +554,138 @@ mod tests {
             answer.error_message,
             "broker unavailable: refused (after 2 attempts)"
         );
+    }
+
+    fn routes() -> Routes {
+        let config: std::collections::BTreeMap<String, crate::daemon::routes::RouteConfig> =
+            toml::from_str(
+                "[events]\nkind = \"kafka\"\nbrokers = [\"k1:9092\"]\ntopic = \"nwp.events\"\n\
+                 key = \"default\"\nallow_topic = [\"nwp.*\"]\n\
+                 [workflow]\nkind = \"rabbitmq\"\nserver = \"amqp://mq1/%2f\"\n\
+                 exchange = \"x\"\nrouting_key = \"a.b\"\n",
+            )
+            .unwrap();
+        Routes::from_config(&config, 8).unwrap()
+    }
+
+    fn to_route(route: &str) -> v1::SendRequest {
+        v1::SendRequest {
+            target: Some(v1::send_request::Target::Route(route.into())),
+            data: Bytes::from_static(b"x"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_route_supplies_the_target_subject_and_default_key() {
+        let request = send_request(to_route("events"), LIMITS, &routes()).unwrap();
+        assert!(request.routed);
+        assert_eq!(request.route, "nwp.events");
+        let Some(Metadata::Kafka(kafka)) = request.metadata.as_deref() else {
+            panic!("the route's default key");
+        };
+        assert_eq!(kafka.key.as_deref(), Some(&b"default"[..]));
+        let allowed = v1::SendRequest {
+            topic: Some("nwp.other".into()),
+            kafka_metadata: Some(v1::KafkaMetadata {
+                key: Some(Bytes::from_static(b"task/1")),
+                ..Default::default()
+            }),
+            ..to_route("events")
+        };
+        let request = send_request(allowed, LIMITS, &routes()).unwrap();
+        assert_eq!(request.route, "nwp.other");
+        let Some(Metadata::Kafka(kafka)) = request.metadata.as_deref() else {
+            panic!("metadata");
+        };
+        assert_eq!(
+            kafka.key.as_deref(),
+            Some(&b"task/1"[..]),
+            "the sender's key wins"
+        );
+        let plain = send_request(to_route("workflow"), LIMITS, &routes()).unwrap();
+        assert_eq!(
+            (plain.route.as_str(), plain.metadata.is_none()),
+            ("a.b", true)
+        );
+    }
+
+    #[test]
+    fn invalid_routes_and_metadata_are_answered_1_naming_the_field() {
+        let field =
+            |request: v1::SendRequest| send_request(request, LIMITS, &routes()).unwrap_err().field;
+        assert_eq!(field(to_route("nope")), "route");
+        let other_topic = v1::SendRequest {
+            topic: Some("other".into()),
+            ..to_route("events")
+        };
+        assert_eq!(field(other_topic), "topic");
+        let key_on_kafka = v1::SendRequest {
+            routing_key: Some("a.c".into()),
+            ..to_route("events")
+        };
+        assert_eq!(field(key_on_kafka), "routing_key");
+        let not_allowed_key = v1::SendRequest {
+            routing_key: Some("a.c".into()),
+            ..to_route("workflow")
+        };
+        assert_eq!(field(not_allowed_key), "routing_key");
+        let wrong_kind = v1::SendRequest {
+            amqp_metadata: Some(v1::AmqpMetadata::default()),
+            ..to_route("events")
+        };
+        assert_eq!(field(wrong_kind), "amqp_metadata");
+        let long_header = v1::SendRequest {
+            kafka_metadata: Some(v1::KafkaMetadata {
+                headers: vec![v1::KafkaHeader {
+                    name: "h".repeat(256),
+                    value: Bytes::new(),
+                }],
+                ..Default::default()
+            }),
+            ..to_route("events")
+        };
+        assert_eq!(field(long_header), "headers");
+        let negative_partition = v1::SendRequest {
+            kafka_metadata: Some(v1::KafkaMetadata {
+                partition: Some(-1),
+                ..Default::default()
+            }),
+            ..to_route("events")
+        };
+        assert_eq!(field(negative_partition), "partition");
+        for ttl in [0, u64::from(u32::MAX) + 1] {
+            let bad_ttl = v1::SendRequest {
+                amqp_metadata: Some(v1::AmqpMetadata {
+                    expiration_ms: Some(ttl),
+                    ..Default::default()
+                }),
+                ..to_route("workflow")
+            };
+            assert_eq!(field(bad_ttl), "expiration");
+        }
+        let bad_priority = v1::SendRequest {
+            amqp_metadata: Some(v1::AmqpMetadata {
+                priority: Some(256),
+                ..Default::default()
+            }),
+            ..to_route("workflow")
+        };
+        assert_eq!(field(bad_priority), "priority");
+        let too_big = v1::SendRequest {
+            data: Bytes::from(vec![0; LIMITS.max_message_bytes + 1]),
+            ..to_route("events")
+        };
+        assert_eq!(field(too_big), "data");
+        let explicit_with_topic = v1::SendRequest {
+            target: Some(v1::send_request::Target::Kafka(proto::KafkaTarget {
+                brokers: vec!["k:9092".into()],
+                topic: "t".into(),
+            })),
+            topic: Some("u".into()),
+            ..Default::default()
+        };
+        assert_eq!(field(explicit_with_topic), "topic");
+        assert_eq!(field(v1::SendRequest::default()), "target");
     }
 }

@@ -44,7 +44,7 @@ async fn stream(daemon: &Daemon, requests: Vec<IngestRequest>) -> BTreeMap<u64, 
         .expect("stream opens")
         .into_inner();
     let mut answered = BTreeMap::new();
-    while let Some(IngestAck { id, response }) = acks.message().await.expect("acks") {
+    while let Some(IngestAck { id, response, .. }) = acks.message().await.expect("acks") {
         let response = response.expect("every ack has a response");
         let previous = answered.insert(id, (response.error_no, response.error_message));
         assert!(previous.is_none(), "message {id} answered twice");
@@ -317,7 +317,7 @@ async fn a_stream_that_cannot_be_read_further_ends_with_an_error_saying_where() 
     let mut acked = BTreeSet::new();
     let end = loop {
         match acks.message().await {
-            Ok(Some(IngestAck { id, response })) => {
+            Ok(Some(IngestAck { id, response, .. })) => {
                 assert_eq!(response.unwrap().error_no, 0, "message {id}");
                 acked.insert(id);
             }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use tokio_stream::StreamExt;
 
 use crate::error::ProduceError;
-use crate::producer::{Backend, LostSignal, ProducerActor, Publish};
+use crate::metadata::{AmqpMetadata, HeaderValue, Metadata};
+use crate::producer::{Backend, Delivery, LostSignal, ProducerActor, Publish};
 use crate::settings::AmqpSettings;
 use crate::target::AmqpTarget;
 
@@ -103,23 +104,20 @@ impl AmqpLink {
         })
     }
 
-    /// Publishes `payload` persistent, as `text/plain`, with routing key `route` and, when
-    /// given, `message_id` `id`. The future resolves once the broker confirmed it, and
-    /// borrows nothing from `self`.
+    /// Publishes `payload` persistent with routing key `route`, the properties of
+    /// `metadata` (`text/plain` unless it says otherwise) and ferry's `id` as `message_id`
+    /// (or as header `ferry-id` when `metadata` sets a `message_id`). The future resolves
+    /// once the broker confirmed it, and borrows nothing from `self`.
     pub fn publish(
         &self,
         route: String,
         payload: Bytes,
         id: Option<&str>,
+        metadata: Option<&AmqpMetadata>,
     ) -> impl Future<Output = Result<(), ProduceError>> + 'static {
         let channel = self.channel.clone();
         let exchange = self.exchange.clone();
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
-            .with_content_type("text/plain".into());
-        if let Some(id) = id {
-            properties = properties.with_message_id(id.into());
-        }
+        let properties = properties(id, metadata);
         async move {
             let confirmation = channel
                 .basic_publish(
@@ -175,8 +173,12 @@ impl Backend for AmqpBackend {
         link: &AmqpLink,
         lost: &LostSignal<Self>,
         message: Publish,
-    ) -> LocalBoxFuture<'static, Result<(), ProduceError>> {
-        let published = link.publish(message.route, message.payload, Some(&message.id));
+    ) -> LocalBoxFuture<'static, Result<Delivery, ProduceError>> {
+        let metadata = match message.metadata.as_deref() {
+            Some(Metadata::Amqp(amqp)) => Some(amqp),
+            _ => None,
+        };
+        let published = link.publish(message.route, message.payload, Some(&message.id), metadata);
         let channel = link.channel.clone();
         let lost = lost.clone();
         async move {
@@ -188,7 +190,7 @@ impl Backend for AmqpBackend {
                 // error such as a deleted exchange): open everything again.
                 lost.signal(error.clone());
             }
-            outcome
+            outcome.map(|()| Delivery::default())
         }
         .boxed_local()
     }
@@ -200,6 +202,59 @@ impl Backend for AmqpBackend {
         runtime.spawn(link.close("ferry: producer closed"));
     }
 }
+
+/// The basic properties of a message: persistent, `text/plain` unless `metadata` names
+/// another content type, and the rest of `metadata`.
+fn properties(id: Option<&str>, metadata: Option<&AmqpMetadata>) -> BasicProperties {
+    let default = AmqpMetadata::default();
+    let m = metadata.unwrap_or(&default);
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(m.content_type.as_deref().unwrap_or("text/plain").into());
+    let mut headers = FieldTable::default();
+    for (name, value) in &m.headers {
+        let value = match value {
+            HeaderValue::Text(text) => AMQPValue::LongString(text.as_str().into()),
+            HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
+            HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        };
+        headers.insert(name.as_str().into(), value);
+    }
+    match (&m.message_id, id) {
+        (Some(theirs), Some(ours)) => {
+            properties = properties.with_message_id(theirs.as_str().into());
+            headers.insert(ID_HEADER.into(), AMQPValue::LongString(ours.into()));
+        }
+        (Some(theirs), None) => properties = properties.with_message_id(theirs.as_str().into()),
+        (None, Some(ours)) => properties = properties.with_message_id(ours.into()),
+        (None, None) => {}
+    }
+    if !headers.inner().is_empty() {
+        properties = properties.with_headers(headers);
+    }
+    if let Some(ttl) = m.expiration_ms {
+        properties = properties.with_expiration(ttl.to_string().into());
+    }
+    if let Some(encoding) = &m.content_encoding {
+        properties = properties.with_content_encoding(encoding.as_str().into());
+    }
+    if let Some(correlation) = &m.correlation_id {
+        properties = properties.with_correlation_id(correlation.as_str().into());
+    }
+    if let Some(kind) = &m.kind {
+        properties = properties.with_type(kind.as_str().into());
+    }
+    if let Some(app) = &m.app_id {
+        properties = properties.with_app_id(app.as_str().into());
+    }
+    if let Some(priority) = m.priority {
+        properties = properties.with_priority(priority);
+    }
+    properties
+}
+
+/// The header that carries ferry's id when the sender set its own `message_id`.
+pub const ID_HEADER: &str = "ferry-id";
 
 /// Reports the connection lost on its first error event.
 fn watch(connection: &Connection, lost: LostSignal<AmqpBackend>) {

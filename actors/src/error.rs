@@ -20,6 +20,10 @@ pub enum ProduceError {
     /// The daemon is shutting down and accepts no new messages.
     #[error("shutting down")]
     ShuttingDown,
+    /// The broker refused the message for a field the sender set that cannot be honoured
+    /// (a partition the topic does not have): the sender's error, answered as invalid.
+    #[error("invalid {0}")]
+    Invalid(String),
 }
 
 impl ForwardError {

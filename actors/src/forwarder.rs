@@ -8,8 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::error::{ForwardError, ProduceError};
+use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
-use crate::producer::Publish;
+use crate::producer::{Delivery, Publish};
 use crate::registry::Registry;
 use crate::spooler::Spooler;
 use crate::stats::InFlight;
@@ -24,6 +25,8 @@ pub struct Accepted {
     /// `None` when the broker confirmed it; otherwise it is durable in the spool and this
     /// says why it was spooled.
     pub spooled: Option<String>,
+    /// Where the broker put it (Kafka: partition and offset); empty when spooled.
+    pub delivery: Delivery,
 }
 
 /// Forwards messages to their targets under the retry policy and the in-flight bounds.
@@ -88,16 +91,18 @@ impl Forwarder {
         }
     }
 
-    /// Delivers `payload` to `target` (topic or routing key `route`) and returns once the
-    /// broker confirmed it or (with a spool) it is durable in the spool, or with the reason
-    /// it was not delivered. Returns within the policy's total budget.
+    /// Delivers `payload` to `target` (topic or routing key `route`), with `metadata`
+    /// (checked by the caller, of `target`'s kind), and returns once the broker confirmed
+    /// it or (with a spool) it is durable in the spool, or with the reason it was not
+    /// delivered. Returns within the policy's total budget.
     pub async fn forward(
         &self,
         target: &Target,
         route: String,
         payload: Bytes,
+        metadata: Option<Arc<Metadata>>,
     ) -> Result<Accepted, ForwardError> {
-        let result = self.forward_counted(target, route, payload).await;
+        let result = self.forward_counted(target, route, payload, metadata).await;
         let total = match &result {
             Ok(Accepted { spooled: None, .. }) => &self.totals.sent,
             Ok(Accepted {
@@ -115,6 +120,7 @@ impl Forwarder {
         target: &Target,
         route: String,
         payload: Bytes,
+        metadata: Option<Arc<Metadata>>,
     ) -> Result<Accepted, ForwardError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(ForwardError::refused(ProduceError::ShuttingDown));
@@ -130,7 +136,10 @@ impl Forwarder {
             })?;
         let _admitted_bytes = self
             .in_flight_bytes
-            .try_add(payload.len() as u64, self.max_in_flight_bytes)
+            .try_add(
+                (payload.len() + metadata.as_deref().map_or(0, Metadata::bytes)) as u64,
+                self.max_in_flight_bytes,
+            )
             .ok_or_else(|| {
                 ForwardError::refused(ProduceError::Overloaded(format!(
                     "{} payload bytes in flight (max_in_flight_bytes {})",
@@ -144,7 +153,13 @@ impl Forwarder {
         {
             // Behind the target's spooled messages, in arrival order.
             let why = "earlier messages to this target are spooled".to_owned();
-            return spool(spooler, target, id, &route, &payload, why).await;
+            let message = ToSpool {
+                id,
+                route: &route,
+                payload: &payload,
+                metadata: metadata.as_deref(),
+            };
+            return spool(spooler, target, message, why).await;
         }
         let producer = self
             .registry
@@ -178,21 +193,32 @@ impl Forwarder {
                     route: route.clone(),
                     payload: payload.clone(),
                     id: Arc::clone(&id),
+                    metadata: metadata.clone(),
                 })
             })
             .await;
         match result {
-            Ok(()) => {
+            Ok(delivery) => {
                 stats.sent.fetch_add(1, Ordering::Relaxed);
                 stats.latency.record(arrived.elapsed());
-                Ok(Accepted { id, spooled: None })
+                Ok(Accepted {
+                    id,
+                    spooled: None,
+                    delivery,
+                })
             }
             Err(error) => {
                 stats.record_error(error.to_string());
                 match &self.spooler {
                     // The broker cannot take it now: the spool keeps it.
                     Some(spooler) if error.last.is_retriable() => {
-                        spool(spooler, target, id, &route, &payload, error.to_string()).await
+                        let message = ToSpool {
+                            id,
+                            route: &route,
+                            payload: &payload,
+                            metadata: metadata.as_deref(),
+                        };
+                        spool(spooler, target, message, error.to_string()).await
                     }
                     _ => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -247,20 +273,31 @@ impl Forwarder {
     }
 }
 
+/// A message on its way into the spool.
+pub(crate) struct ToSpool<'a> {
+    /// Its id.
+    pub(crate) id: Arc<str>,
+    /// Topic or routing key.
+    pub(crate) route: &'a str,
+    /// Its bytes.
+    pub(crate) payload: &'a Bytes,
+    /// Its metadata.
+    pub(crate) metadata: Option<&'a Metadata>,
+}
+
 /// Writes a message to the spool: accepted once durable, or refused as overloaded when the
 /// spool is full (nothing spooled before is dropped).
 async fn spool(
     spooler: &Arc<Spooler>,
     target: &Target,
-    id: Arc<str>,
-    route: &str,
-    payload: &Bytes,
+    message: ToSpool<'_>,
     why: String,
 ) -> Result<Accepted, ForwardError> {
-    match spooler.spool(target, &id, route, payload).await {
+    match spooler.spool(target, &message).await {
         Ok(()) => Ok(Accepted {
-            id,
+            id: message.id,
             spooled: Some(why),
+            delivery: Delivery::default(),
         }),
         Err(ferry_spool::SpoolError::Full(reason)) => Err(ForwardError::refused(
             ProduceError::Overloaded(format!("spool full: {reason}")),

@@ -10,7 +10,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord};
 
 use crate::error::ProduceError;
-use crate::producer::{Backend, LostSignal, ProducerActor, Publish};
+use crate::metadata::Metadata;
+use crate::producer::{Backend, Delivery, LostSignal, ProducerActor, Publish};
 use crate::settings::KafkaSettings;
 use crate::target::KafkaTarget;
 
@@ -94,18 +95,40 @@ impl Backend for KafkaBackend {
         producer: &Self::Connection,
         _lost: &LostSignal<Self>,
         message: Publish,
-    ) -> LocalBoxFuture<'static, Result<(), ProduceError>> {
-        let headers = OwnedHeaders::new().insert(Header {
+    ) -> LocalBoxFuture<'static, Result<Delivery, ProduceError>> {
+        let kafka = match message.metadata.as_deref() {
+            Some(Metadata::Kafka(kafka)) => Some(kafka),
+            _ => None,
+        };
+        let mut headers =
+            OwnedHeaders::new_with_capacity(1 + kafka.map_or(0, |kafka| kafka.headers.len()));
+        // The sender's headers first, in their order; ferry's id last.
+        for (name, value) in kafka.into_iter().flat_map(|kafka| &kafka.headers) {
+            headers = headers.insert(Header {
+                key: name.as_str(),
+                value: Some(&value[..]),
+            });
+        }
+        headers = headers.insert(Header {
             key: ID_HEADER,
             value: Some(message.id.as_bytes()),
         });
-        let record = FutureRecord::<(), [u8]>::to(&message.route)
+        let mut record = FutureRecord::<[u8], [u8]>::to(&message.route)
             .payload(&message.payload[..])
             .headers(headers);
+        if let Some(key) = kafka.and_then(|kafka| kafka.key.as_ref()) {
+            record = record.key(&key[..]);
+        }
+        if let Some(partition) = kafka.and_then(|kafka| kafka.partition) {
+            record = record.partition(partition);
+        }
         match producer.send_result(record) {
             Ok(delivery) => async move {
                 match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(written)) => Ok(Delivery {
+                        partition: Some(written.partition),
+                        offset: Some(written.offset),
+                    }),
                     Ok(Err((error, _))) => Err(classify(&error)),
                     Err(_cancelled) => Err(ProduceError::Unavailable(
                         "the Kafka producer was closed before delivery".into(),
@@ -134,6 +157,9 @@ pub fn classify(error: &KafkaError) -> ProduceError {
         Some(C::QueueFull) => {
             ProduceError::Overloaded(format!("Kafka producer queue full: {text}"))
         }
+        Some(C::UnknownPartition) => ProduceError::Invalid(format!(
+            "partition: the topic has no such partition ({text})"
+        )),
         Some(C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue) => {
             ProduceError::Unavailable(text)
         }

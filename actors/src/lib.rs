@@ -14,6 +14,7 @@ pub mod amqp;
 pub mod error;
 pub mod forwarder;
 pub mod kafka;
+pub mod metadata;
 pub mod policy;
 pub mod producer;
 pub mod registry;
@@ -24,7 +25,9 @@ pub mod target;
 
 pub use error::{ForwardError, InvalidRequest, ProduceError};
 pub use forwarder::{Accepted, Forwarder};
+pub use metadata::Metadata;
 pub use policy::RetryPolicy;
+pub use producer::Delivery;
 pub use registry::Registry;
 pub use settings::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings};
 pub use stats::{LastError, LatencySnapshot, ProducerState, StatsSnapshot, TargetStats};

@@ -45,23 +45,36 @@ pub trait Backend: Unpin + Sized + 'static {
         connection: &Self::Connection,
         lost: &LostSignal<Self>,
         message: Publish,
-    ) -> LocalBoxFuture<'static, Result<(), ProduceError>>;
+    ) -> LocalBoxFuture<'static, Result<Delivery, ProduceError>>;
 
     /// Disposes of a connection without blocking the calling thread.
     fn close(connection: Self::Connection);
 }
 
+/// Where the broker put a confirmed message, when it says: Kafka reports the partition
+/// and offset, RabbitMQ nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The partition the record was written to.
+    pub partition: Option<i32>,
+    /// The record's offset in that partition.
+    pub offset: Option<i64>,
+}
+
 /// Publish one message to the actor's target.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), ProduceError>")]
+#[rtype(result = "Result<Delivery, ProduceError>")]
 pub struct Publish {
     /// The Kafka topic or the AMQP routing key.
     pub route: String,
     /// The message bytes, passed on unchanged.
     pub payload: Bytes,
     /// The message's id (UUIDv7), sent as the Kafka header `ferry-id` and the AMQP
-    /// `message_id`, the same on every attempt and replay.
+    /// `message_id` (or header `ferry-id` when the sender set a `message_id`), the same on
+    /// every attempt and replay.
     pub id: std::sync::Arc<str>,
+    /// Key, headers, properties: what the sender asked for besides the bytes.
+    pub metadata: Option<std::sync::Arc<crate::metadata::Metadata>>,
 }
 
 /// The connection of generation `generation` is dead; sent by the backend via [`LostSignal`].
@@ -251,7 +264,7 @@ impl<B: Backend> Supervised for ProducerActor<B> {
 }
 
 impl<B: Backend> Handler<Publish> for ProducerActor<B> {
-    type Result = ResponseFuture<Result<(), ProduceError>>;
+    type Result = ResponseFuture<Result<Delivery, ProduceError>>;
 
     fn handle(&mut self, message: Publish, ctx: &mut Context<Self>) -> Self::Result {
         if matches!(self.link, Link::Down(_)) && Instant::now() >= self.reconnect_at {

@@ -12,7 +12,7 @@ use actix_rt::ArbiterHandle;
 use crate::amqp::{AmqpBackend, AmqpProducer};
 use crate::error::ProduceError;
 use crate::kafka::{KafkaBackend, KafkaProducer};
-use crate::producer::{Publish, mailbox_error};
+use crate::producer::{Delivery, Publish, mailbox_error};
 use crate::settings::{ProducerSettings, RegistrySettings};
 use crate::stats::{StatsSnapshot, TargetStats};
 use crate::target::Target;
@@ -43,7 +43,7 @@ impl Producer {
 
     /// Publishes one message and waits for the broker's confirmation (unbounded in
     /// time: the caller applies the policy's timeout).
-    pub async fn publish(&self, message: Publish) -> Result<(), ProduceError> {
+    pub async fn publish(&self, message: Publish) -> Result<Delivery, ProduceError> {
         let answer = match &self.addr {
             ProducerAddr::Kafka(addr) => addr.send(message).await,
             ProducerAddr::Amqp(addr) => addr.send(message).await,

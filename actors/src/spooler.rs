@@ -21,6 +21,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::Notify;
 
 use crate::error::ProduceError;
+use crate::forwarder::ToSpool;
+use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
 use crate::producer::Publish;
 use crate::registry::Registry;
@@ -199,13 +201,15 @@ impl Spooler {
 
     /// Writes a message to the spool; returns once it is durable. Starts the target's
     /// replay task if none runs.
-    pub async fn spool(
+    pub(crate) async fn spool(
         self: &Arc<Self>,
         target: &Target,
-        id: &str,
-        route: &str,
-        payload: &Bytes,
+        message: &ToSpool<'_>,
     ) -> Result<(), SpoolError> {
+        let meta = match message.metadata.map(serde_json::to_vec).transpose() {
+            Ok(meta) => meta.map(Bytes::from),
+            Err(error) => return Err(SpoolError::Io(format!("cannot encode metadata: {error}"))),
+        };
         let (start, appended, stats) = {
             let mut targets = self.lock();
             let state = targets.entry(target.clone()).or_default();
@@ -218,10 +222,11 @@ impl Spooler {
             self.spawn_replay(target.clone(), Arc::clone(&appended));
         }
         let record = NewRecord {
-            id: id.to_owned(),
+            id: message.id.to_string(),
             destination: destination_of(target),
-            route: route.to_owned(),
-            payload: payload.clone(),
+            route: message.route.to_owned(),
+            payload: message.payload.clone(),
+            meta,
         };
         let size = record.bytes();
         match self.spool.append(record).await {
@@ -418,6 +423,7 @@ impl Spooler {
                     route: record.route.clone(),
                     payload: record.payload.clone(),
                     id: Arc::from(record.id.as_str()),
+                    metadata: decode_metadata(record),
                 });
                 async move {
                     tokio::time::timeout(budget, publish)
@@ -434,7 +440,7 @@ impl Spooler {
             let record = &records[index];
             index += 1;
             match outcome {
-                Ok(()) => confirmed.push(record.clone()),
+                Ok(_) => confirmed.push(record.clone()),
                 Err(error)
                     if error.is_retriable() || matches!(error, ProduceError::Overloaded(_)) =>
                 {
@@ -541,5 +547,21 @@ pub fn target_of(destination: &Destination) -> Option<Target> {
         Kind::Amqp => AmqpTarget::try_new(&destination.address, &destination.exchange)
             .ok()
             .map(Target::Amqp),
+    }
+}
+
+/// The metadata stored with `record`. It was encoded by this daemon, so a record whose
+/// metadata does not decode is replayed without it (and logged): its bytes still arrive.
+fn decode_metadata(record: &Record) -> Option<Arc<Metadata>> {
+    let meta = record.meta.as_ref()?;
+    match serde_json::from_slice(meta) {
+        Ok(metadata) => Some(Arc::new(metadata)),
+        Err(error) => {
+            log::error!(
+                "Spooled metadata unreadable, replaying the message without it id={} error={error}",
+                record.id
+            );
+            None
+        }
     }
 }

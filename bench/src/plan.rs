@@ -4,8 +4,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-/// The broker target of every message: the client's own type.
-pub use ferry::client::Destination;
+/// The broker target of every message (a benchmark names its broker; it has no routes).
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A Kafka topic.
+    Kafka {
+        /// Bootstrap addresses of the cluster.
+        brokers: Vec<String>,
+        /// The topic.
+        topic: String,
+    },
+    /// A RabbitMQ exchange.
+    RabbitMq {
+        /// AMQP URL of the server.
+        server: String,
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+}
 
 /// "kafka" or "rabbitmq".
 pub fn kind(destination: &Destination) -> &'static str {

@@ -53,6 +53,8 @@ pub struct NewRecord {
     pub route: String,
     /// The bytes to deliver.
     pub payload: Bytes,
+    /// The message's metadata as the caller encoded it (opaque to the spool).
+    pub meta: Option<Bytes>,
 }
 
 /// A spooled record read back.
@@ -68,26 +70,51 @@ pub struct Record {
     pub route: String,
     /// The bytes to deliver.
     pub payload: Bytes,
+    /// The metadata stored with it.
+    pub meta: Option<Bytes>,
     /// When it was spooled, in milliseconds since the Unix epoch.
     pub created_ms: i64,
 }
 
-/// Bytes a record counts against `max_bytes`: its payload, route, id and destination.
-fn record_bytes(id: &str, destination: &Destination, route: &str, payload: usize) -> u64 {
-    (payload + route.len() + id.len() + destination.address.len() + destination.exchange.len())
-        as u64
+/// Bytes a record counts against `max_bytes`: its payload, metadata, route, id and
+/// destination.
+fn record_bytes(
+    id: &str,
+    destination: &Destination,
+    route: &str,
+    payload: &Bytes,
+    meta: Option<&Bytes>,
+) -> u64 {
+    (payload.len()
+        + meta.map_or(0, Bytes::len)
+        + route.len()
+        + id.len()
+        + destination.address.len()
+        + destination.exchange.len()) as u64
 }
 
 impl NewRecord {
     /// Bytes it counts against `max_bytes`.
     pub fn bytes(&self) -> u64 {
-        record_bytes(&self.id, &self.destination, &self.route, self.payload.len())
+        record_bytes(
+            &self.id,
+            &self.destination,
+            &self.route,
+            &self.payload,
+            self.meta.as_ref(),
+        )
     }
 }
 
 impl Record {
     /// Bytes it counts against `max_bytes`.
     pub fn bytes(&self) -> u64 {
-        record_bytes(&self.id, &self.destination, &self.route, self.payload.len())
+        record_bytes(
+            &self.id,
+            &self.destination,
+            &self.route,
+            &self.payload,
+            self.meta.as_ref(),
+        )
     }
 }

@@ -335,6 +335,7 @@ mod tests {
             },
             route: "a.b".into(),
             payload: Bytes::from(vec![b'x'; payload]),
+            meta: None,
         }
     }
 

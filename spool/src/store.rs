@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS records (
     id TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    crc INTEGER NOT NULL
+    crc INTEGER NOT NULL,
+    meta BLOB
 );
 CREATE INDEX IF NOT EXISTS records_by_destination ON records (kind, address, exchange, seq);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -42,9 +43,25 @@ CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT NOT NULL,
     created_ms INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    crc INTEGER NOT NULL
+    crc INTEGER NOT NULL,
+    meta BLOB
 );
 ";
+
+/// Columns added since the first schema, added to a spool written by an older ferry (in
+/// the same order to both tables, which `INSERT … SELECT *` relies on).
+const ADDED_COLUMNS: [&str; 1] = ["meta BLOB"];
+
+/// A record's checksum: CRC-32 of its payload, then of its metadata if it has any (so a
+/// record written before metadata existed keeps its checksum).
+fn checksum(payload: &[u8], meta: Option<&[u8]>) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(payload);
+    if let Some(meta) = meta {
+        hasher.update(meta);
+    }
+    hasher.finalize()
+}
 
 /// What opening the spool found and repaired.
 #[derive(Debug, Default, Clone)]
@@ -117,6 +134,19 @@ impl Store {
             return Err(SpoolError::Io(format!("integrity check failed: {check}")));
         }
         conn.execute_batch(SCHEMA)?;
+        for column in ADDED_COLUMNS {
+            let name = column.split(' ').next().unwrap_or(column);
+            for table in ["records", "quarantine"] {
+                let present: i64 = conn.query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [name],
+                    |r| r.get(0),
+                )?;
+                if present == 0 {
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+                }
+            }
+        }
         Ok(Self { conn })
     }
 
@@ -127,8 +157,8 @@ impl Store {
         let mut seqs = Vec::with_capacity(batch.len());
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (kind, address, exchange, route, id, created_ms, payload, crc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO records (kind, address, exchange, route, id, created_ms, payload, crc, meta)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for record in batch {
                 let d = &record.destination;
@@ -140,7 +170,8 @@ impl Store {
                     record.id,
                     now_ms,
                     &record.payload[..],
-                    crc32fast::hash(&record.payload),
+                    checksum(&record.payload, record.meta.as_deref()),
+                    record.meta.as_deref(),
                 ])?;
                 seqs.push(tx.last_insert_rowid());
             }
@@ -161,7 +192,7 @@ impl Store {
         let mut corrupt = Vec::new();
         {
             let mut select = self.conn.prepare_cached(
-                "SELECT seq, route, id, created_ms, payload, crc FROM records
+                "SELECT seq, route, id, created_ms, payload, crc, meta FROM records
                  WHERE kind = ?1 AND address = ?2 AND exchange = ?3 AND seq > ?4
                  ORDER BY seq LIMIT ?5",
             )?;
@@ -181,12 +212,13 @@ impl Store {
                         r.get::<_, i64>(3)?,
                         r.get::<_, Vec<u8>>(4)?,
                         r.get::<_, u32>(5)?,
+                        r.get::<_, Option<Vec<u8>>>(6)?,
                     ))
                 },
             )?;
             for row in rows {
-                let (seq, route, id, created_ms, payload, crc) = row?;
-                if crc32fast::hash(&payload) != crc {
+                let (seq, route, id, created_ms, payload, crc, meta) = row?;
+                if checksum(&payload, meta.as_deref()) != crc {
                     corrupt.push((seq, id));
                     continue;
                 }
@@ -196,6 +228,7 @@ impl Store {
                     destination: destination.clone(),
                     route,
                     payload: Bytes::from(payload),
+                    meta: meta.map(Bytes::from),
                     created_ms,
                 });
             }
@@ -272,7 +305,7 @@ impl Store {
     pub fn summary(&self) -> Result<Vec<Summary>, SpoolError> {
         let mut select = self.conn.prepare(
             "SELECT kind, address, exchange, COUNT(*), SUM(LENGTH(payload) + LENGTH(route) + LENGTH(id)
-                    + LENGTH(address) + LENGTH(exchange)), MIN(created_ms)
+                    + LENGTH(address) + LENGTH(exchange) + IFNULL(LENGTH(meta), 0)), MIN(created_ms)
              FROM records GROUP BY kind, address, exchange ORDER BY kind, address, exchange",
         )?;
         let rows = select.query_map([], |r| {
@@ -394,6 +427,9 @@ mod tests {
             destination: dest(n),
             route: "topic".into(),
             payload: Bytes::from(format!("payload {id}")),
+            meta: n
+                .is_multiple_of(2)
+                .then(|| Bytes::from(format!("meta {id}"))),
         }
     }
 
@@ -425,6 +461,44 @@ mod tests {
         let summary = store.summary().unwrap();
         assert_eq!(summary.len(), 2);
         assert_eq!((summary[0].count, summary[0].oldest_ms), (2, 5));
+        let (with_meta, _) = store.read(&dest(2), 0, 10).unwrap();
+        assert_eq!(with_meta[0].meta.as_deref(), Some(&b"meta x"[..]));
+        assert_eq!(rest[0].meta, None);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_spool_written_before_metadata_existed_is_read_and_extended() {
+        let dir = scratch("old-schema");
+        fs::create_dir_all(&dir).unwrap();
+        {
+            let old = Connection::open(dir.join(DB_FILE)).unwrap();
+            let schema = SCHEMA.replace(",\n    meta BLOB", "");
+            assert!(!schema.contains("meta"));
+            old.execute_batch(&schema).unwrap();
+            old.execute(
+                "INSERT INTO records (kind, address, exchange, route, id, created_ms, payload, crc)
+                 VALUES ('kafka', 'b:9092', '', 't', 'old', 1, x'6869', ?1)",
+                [crc32fast::hash(b"hi")],
+            )
+            .unwrap();
+        }
+        let (mut store, recovery) = Store::open(&dir).unwrap();
+        assert!(recovery.moved_aside.is_empty());
+        let old = Destination {
+            kind: Kind::Kafka,
+            address: "b:9092".into(),
+            exchange: String::new(),
+        };
+        let (records, corrupt) = store.read(&old, 0, 10).unwrap();
+        assert!(corrupt.is_empty(), "the old checksum still holds");
+        assert_eq!(
+            (records[0].payload.as_ref(), records[0].meta.as_ref()),
+            (&b"hi"[..], None)
+        );
+        store.append(&[record(2, "new")], 2).unwrap();
+        let (records, _) = store.read(&dest(2), 0, 10).unwrap();
+        assert_eq!(records[0].meta.as_deref(), Some(&b"meta new"[..]));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -77,8 +77,13 @@ Example:
 #[derive(Debug, Args)]
 pub struct EventTargetArgs {
     /// AMQP URL of the RabbitMQ server. Example: --rabbitmq-server=amqp://user:pass@mq1:5672/%2f
-    #[arg(long, value_name = "URL")]
-    pub rabbitmq_server: String,
+    #[arg(long, value_name = "URL", required_unless_present = "route")]
+    pub rabbitmq_server: Option<String>,
+    /// A route of the daemons' config instead of --rabbitmq-server (implies --with-broker):
+    /// the daemons know the server, the exchange and the password; the event's routing key
+    /// is sent where the route allows it. Example: --route=workflow
+    #[arg(long, value_name = "NAME", conflicts_with = "rabbitmq_server")]
+    pub route: Option<String>,
     /// Send through ferry daemons (--broker-address) instead of straight to RabbitMQ.
     /// Example: --with-broker
     #[arg(long)]
@@ -296,11 +301,27 @@ fn deliver<T: Serialize>(
         Ok(policy) => policy,
         Err(code) => return code,
     };
-    if target.with_broker {
-        let destination = Destination::RabbitMq {
-            server: target.rabbitmq_server.clone(),
-            exchange,
-            routing_key,
+    // Straight to RabbitMQ only with a server and without --with-broker or --route.
+    let server = match (&target.route, &target.rabbitmq_server) {
+        (None, Some(server)) if !target.with_broker => Some(server),
+        // clap requires one of them.
+        (None, None) => return fail(EXIT_USAGE, "give --rabbitmq-server or --route"),
+        _ => None,
+    };
+    let Some(server) = server else {
+        // Through the daemons: to the route (sending the event's routing key), or to the
+        // server and exchange given.
+        let destination = match (&target.route, &target.rabbitmq_server) {
+            (Some(route), _) => Destination::Route {
+                name: route.clone(),
+                topic: None,
+                routing_key: Some(routing_key),
+            },
+            (None, server) => Destination::RabbitMq {
+                server: server.clone().unwrap_or_default(),
+                exchange,
+                routing_key,
+            },
         };
         return through_daemons(
             &target.broker_address,
@@ -309,9 +330,10 @@ fn deliver<T: Serialize>(
             &target.connect,
             &destination,
             payload,
+            &Default::default(),
         );
-    }
-    let amqp = match AmqpTarget::try_new(&target.rabbitmq_server, &exchange)
+    };
+    let amqp = match AmqpTarget::try_new(server, &exchange)
         .and_then(|amqp| validate_routing_key(&routing_key).map(|()| amqp))
     {
         Ok(amqp) => amqp,

@@ -55,9 +55,9 @@ pub enum Command {
     ///
     /// Example: ferry serve --config /etc/ferry/ferry.toml
     Serve(serve::ServeArgs),
-    /// Send one message through ferry daemons, failing over from one to the next.
-    #[command(subcommand)]
-    Send(send::SendCommand),
+    /// Send one message through ferry daemons to a route or a target, failing over from one
+    /// daemon to the next.
+    Send(Box<send::SendArgs>),
     /// Send an ecflow_client event (drop-in for the predecessor's command).
     EcflowClient(event::EcflowClientArgs),
     /// Send a product event (drop-in for the predecessor's command).
@@ -68,6 +68,8 @@ pub enum Command {
     Check(ops::CheckArgs),
     /// Print a daemon's per-producer stats as a table.
     Stats(ops::StatsArgs),
+    /// List the routes a daemon serves (names and kinds, never addresses or credentials).
+    Routes(ops::RoutesArgs),
     /// List what a spool directory holds, per target, without a daemon.
     ///
     /// Example: ferry spool --dir /var/spool/ferry
@@ -86,6 +88,7 @@ impl Command {
             | Self::Log(_)
             | Self::Check(_)
             | Self::Stats(_)
+            | Self::Routes(_)
             | Self::Spool(_) => "warn",
         }
     }
@@ -95,12 +98,13 @@ impl Command {
 pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve(args) => serve::serve(args),
-        Command::Send(command) => send::send(command),
+        Command::Send(args) => send::send(*args),
         Command::EcflowClient(args) => event::ecflow_client(args),
         Command::Production(args) => event::production(args),
         Command::Log(args) => event::log(args),
         Command::Check(args) => ops::check(args),
         Command::Stats(args) => ops::stats(args),
+        Command::Routes(args) => ops::routes(args),
         Command::Spool(args) => spool::list(args),
     }
 }
@@ -191,6 +195,7 @@ fn through_daemons(
     connect: &ConnectArgs,
     destination: &Destination,
     payload: Bytes,
+    metadata: &crate::client::MessageMetadata,
 ) -> ExitCode {
     let deadline = limits.timeout_ms.map(Duration::from_millis);
     let client = match Client::new(proxies, policy, deadline) {
@@ -201,7 +206,7 @@ fn through_daemons(
         Ok(client) => client,
         Err(code) => return code,
     };
-    match block_on(client.send(destination, payload)) {
+    match block_on(client.send_with(destination, payload, metadata)) {
         Ok(Ok(delivered)) if delivered.answer.spooled => {
             // Accepted, durable on the daemon's disk: delivered when the broker is back.
             eprintln!(
@@ -212,10 +217,12 @@ fn through_daemons(
         }
         Ok(Ok(delivered)) => {
             log::info!(
-                "Delivered via {} (attempt {}) id={}",
+                "Delivered via {} (attempt {}) id={} partition={:?} offset={:?}",
                 delivered.daemon,
                 delivered.attempts,
-                delivered.answer.id
+                delivered.answer.id,
+                delivered.answer.partition,
+                delivered.answer.offset
             );
             ExitCode::SUCCESS
         }

@@ -53,6 +53,64 @@ pub struct StatsArgs {
     pub timeout_ms: u64,
 }
 
+/// Flags of `ferry routes`.
+#[derive(Debug, Args)]
+#[command(after_help = "Example: ferry routes --http 127.0.0.1:33384")]
+pub struct RoutesArgs {
+    /// The daemon's operations endpoint ([ops] listen). Example: --http 127.0.0.1:33384
+    #[arg(long, default_value = DEFAULT_OPS_LISTEN, value_name = "HOST:PORT")]
+    pub http: String,
+    /// Give up after this long. Example: --timeout-ms 2000
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+/// Reads the routes from `/stats` and prints one line per route: name and kind.
+pub fn routes(args: RoutesArgs) -> ExitCode {
+    let report = match read_report(&args.http, args.timeout_ms) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
+    if report.routes.is_empty() {
+        println!("no routes (the daemon's config has no [routes.NAME])");
+    }
+    let width = report
+        .routes
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(0);
+    for route in &report.routes {
+        println!("{:width$}  {}", route.name, route.kind);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Fetches and parses `/stats` of the ops endpoint at `http`.
+fn read_report(http: &str, timeout_ms: u64) -> Result<Report, ExitCode> {
+    let Ok(uri) = format!("http://{http}/stats").parse::<Uri>() else {
+        return Err(fail(EXIT_USAGE, format!("invalid address {http:?}")));
+    };
+    let limit = Duration::from_millis(timeout_ms);
+    let fetched = block_on(async move {
+        tokio::time::timeout(limit, fetch(uri))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
+    })?;
+    let body = fetched.map_err(|error| {
+        fail(
+            EXIT_NOT_DELIVERED,
+            format!("cannot read http://{http}/stats: {error}"),
+        )
+    })?;
+    serde_json::from_slice::<Report>(&body).map_err(|error| {
+        fail(
+            EXIT_NOT_DELIVERED,
+            format!("unexpected /stats document: {error}"),
+        )
+    })
+}
+
 /// Asks the daemon's grpc.health.v1 service; exit 0 and "serving" when it serves, else 1.
 pub fn check(args: CheckArgs) -> ExitCode {
     let scheme = if args.tls_ca.is_some() {

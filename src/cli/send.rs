@@ -1,5 +1,6 @@
-//! `ferry send`: one message to a Kafka topic or a RabbitMQ exchange, through ferry
-//! daemons with failover.
+//! `ferry send`: one message (or one per line) to a named route of the daemons' config,
+//! a Kafka topic or a RabbitMQ exchange, with its metadata, through ferry daemons with
+//! failover.
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -12,8 +13,9 @@ use super::{
     ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons,
 };
 use crate::client::lines::{describe_failures, split_lines};
-use crate::client::{Client, Destination};
+use crate::client::{Client, Destination, MessageMetadata};
 use crate::config::DEFAULT_LISTEN;
+use crate::proto::ferry::v1;
 
 /// Examples shown by `ferry send kafka --help`.
 const KAFKA_EXAMPLES: &str = "\
@@ -32,6 +34,186 @@ Examples:
       --routing-key gfs.fcst.024 --data '{\"step\":24}'
   ferry send rabbitmq --server amqp://mq1:5672/%2f --exchange nwp.events --file event.json \\
       --proxy login1:33383,login2:33383 --attempts 3 --timeout-ms 10000";
+
+/// Examples shown by `ferry send --help`.
+const ROUTE_EXAMPLES: &str = "\
+A route names a target in the daemons' config ([routes.NAME]), so the job carries no broker
+address and no password; `ferry routes` lists them. `ferry send kafka|rabbitmq` names the
+target itself.
+
+Examples:
+  ferry send --route nwp_events --data '{\"step\":24}' --key gfs/fcst --header source=gfs
+  ferry send --route workflow --routing-key ecflow.task.complete --ttl 30s \\
+      --content-type application/json --correlation-id job-4242 --file event.json
+  ferry send --route nwp_events --lines --file events.jsonl --proxy login1:33383,login2:33383";
+
+/// Flags of `ferry send`: a route, or a subcommand naming the target.
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = ROUTE_EXAMPLES
+)]
+pub struct SendArgs {
+    /// Name the target yourself instead of a route.
+    #[command(subcommand)]
+    pub target: Option<SendCommand>,
+    /// A route of the daemons' config. Example: --route nwp_events
+    #[arg(long, required = true, value_name = "NAME")]
+    pub route: Option<String>,
+    /// A Kafka topic instead of the route's own (where the route allows it).
+    /// Example: --topic nwp.events.test
+    #[arg(long, conflicts_with = "routing_key")]
+    pub topic: Option<String>,
+    /// An AMQP routing key instead of the route's own (where the route allows it).
+    /// Example: --routing-key gfs.fcst.024
+    #[arg(long)]
+    pub routing_key: Option<String>,
+    /// The payload.
+    #[command(flatten)]
+    pub payload: PayloadArgs,
+    /// What the message carries besides its bytes.
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
+    /// The daemons and the time limits.
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+}
+
+/// What a message carries besides its bytes. Kafka takes --key, --partition and
+/// --header; RabbitMQ takes --header and the AMQP properties.
+#[derive(Debug, Args, Default)]
+pub struct MetadataArgs {
+    /// Kafka: the record's key (records with one key keep their order). Example: --key gfs/fcst
+    #[arg(long, help_heading = "Metadata")]
+    pub key: Option<String>,
+    /// Kafka: the partition. Example: --partition 0
+    #[arg(long, value_name = "N", help_heading = "Metadata")]
+    pub partition: Option<i32>,
+    /// A header NAME=VALUE (Kafka record header, AMQP text header); repeat for more.
+    /// Example: --header source=gfs --header step=24
+    #[arg(long = "header", value_name = "NAME=VALUE", help_heading = "Metadata")]
+    pub headers: Vec<String>,
+    /// RabbitMQ: the message's TTL (AMQP expiration): 500ms, 30s, 5m, 2h, or milliseconds.
+    /// Example: --ttl 30s
+    #[arg(long, value_parser = parse_ttl_ms, value_name = "DURATION", help_heading = "Metadata")]
+    pub ttl: Option<u64>,
+    /// RabbitMQ: content_type [default: text/plain]. Example: --content-type application/json
+    #[arg(long, help_heading = "Metadata")]
+    pub content_type: Option<String>,
+    /// RabbitMQ: content_encoding. Example: --content-encoding gzip
+    #[arg(long, help_heading = "Metadata")]
+    pub content_encoding: Option<String>,
+    /// RabbitMQ: correlation_id. Example: --correlation-id job-4242
+    #[arg(long, help_heading = "Metadata")]
+    pub correlation_id: Option<String>,
+    /// RabbitMQ: message_id [default: the message's ferry id]. Example: --message-id 4242-24
+    #[arg(long, help_heading = "Metadata")]
+    pub message_id: Option<String>,
+    /// RabbitMQ: type. Example: --type forecast.step
+    #[arg(long = "type", help_heading = "Metadata")]
+    pub kind: Option<String>,
+    /// RabbitMQ: app_id. Example: --app-id gfs-post
+    #[arg(long, help_heading = "Metadata")]
+    pub app_id: Option<String>,
+    /// RabbitMQ: priority, 0-255. Example: --priority 5
+    #[arg(long, value_name = "N", help_heading = "Metadata")]
+    pub priority: Option<u8>,
+}
+
+/// The broker kind a command's target is, when the client knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Kafka.
+    Kafka,
+    /// RabbitMQ.
+    RabbitMq,
+}
+
+impl MetadataArgs {
+    /// The metadata as `ferry.v1.Send` takes it, for a target of `kind` (`None`: a route,
+    /// whose kind the daemon knows). Kafka flags for a RabbitMQ target, or the reverse,
+    /// are an error.
+    fn to_wire(&self, kind: Option<Kind>) -> Result<MessageMetadata, String> {
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for header in &self.headers {
+            let Some((name, value)) = header.split_once('=') else {
+                return Err(format!("--header {header:?}: expected NAME=VALUE"));
+            };
+            headers.push(v1::KafkaHeader {
+                name: name.to_owned(),
+                value: Bytes::from(value.to_owned()),
+            });
+        }
+        let kafka = (self.key.is_some() || self.partition.is_some()).then(|| v1::KafkaMetadata {
+            key: self.key.clone().map(Bytes::from),
+            headers: Vec::new(),
+            partition: self.partition,
+        });
+        let amqp_given = self.ttl.is_some()
+            || self.content_type.is_some()
+            || self.content_encoding.is_some()
+            || self.correlation_id.is_some()
+            || self.message_id.is_some()
+            || self.kind.is_some()
+            || self.app_id.is_some()
+            || self.priority.is_some();
+        let amqp = amqp_given.then(|| v1::AmqpMetadata {
+            headers: Default::default(),
+            expiration_ms: self.ttl,
+            content_type: self.content_type.clone(),
+            content_encoding: self.content_encoding.clone(),
+            correlation_id: self.correlation_id.clone(),
+            message_id: self.message_id.clone(),
+            r#type: self.kind.clone(),
+            app_id: self.app_id.clone(),
+            priority: self.priority.map(u32::from),
+        });
+        match (kind, &kafka, &amqp) {
+            (Some(Kind::Kafka), _, Some(_)) => {
+                return Err(
+                    "AMQP properties (--ttl, --content-type, …) are for RabbitMQ, not Kafka".into(),
+                );
+            }
+            (Some(Kind::RabbitMq), Some(_), _) => {
+                return Err("--key and --partition are for Kafka, not RabbitMQ".into());
+            }
+            (None, Some(_), Some(_)) => {
+                return Err(
+                    "--key/--partition (Kafka) and AMQP properties (RabbitMQ) together: a route goes to one kind of broker"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        Ok(MessageMetadata {
+            kafka,
+            amqp,
+            headers,
+        })
+    }
+}
+
+/// Reads a TTL: `500ms`, `30s`, `5m`, `2h`, or a number of milliseconds.
+fn parse_ttl_ms(text: &str) -> Result<u64, String> {
+    let invalid = || format!("invalid TTL {text:?}: e.g. 500ms, 30s, 5m, 2h or 30000 (ms)");
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "ms"),
+    };
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(scale)
+        .filter(|ms| *ms > 0)
+        .ok_or_else(invalid)
+}
 
 /// Targets of `ferry send`.
 #[derive(Debug, Subcommand)]
@@ -54,6 +236,9 @@ pub enum SendCommand {
         /// The payload.
         #[command(flatten)]
         payload: PayloadArgs,
+        /// What the message carries besides its bytes.
+        #[command(flatten)]
+        metadata: MetadataArgs,
         /// The daemons and the time limits.
         #[command(flatten)]
         delivery: DeliveryArgs,
@@ -73,6 +258,9 @@ pub enum SendCommand {
         /// The payload.
         #[command(flatten)]
         payload: PayloadArgs,
+        /// What the message carries besides its bytes.
+        #[command(flatten)]
+        metadata: MetadataArgs,
         /// The daemons and the time limits.
         #[command(flatten)]
         delivery: DeliveryArgs,
@@ -164,29 +352,55 @@ pub struct DeliveryArgs {
 
 /// Sends one message; exit 0 when delivered, 1 with one line on stderr when not, 2 for a
 /// usage error.
-pub fn send(command: SendCommand) -> ExitCode {
-    let (destination, payload, delivery) = match command {
-        SendCommand::Kafka {
+pub fn send(args: SendArgs) -> ExitCode {
+    let (destination, kind, payload, metadata, delivery) = match args.target {
+        Some(SendCommand::Kafka {
             brokers,
             topic,
             payload,
+            metadata,
             delivery,
-        } => (Destination::Kafka { brokers, topic }, payload, delivery),
-        SendCommand::Rabbitmq {
+        }) => (
+            Destination::Kafka { brokers, topic },
+            Some(Kind::Kafka),
+            payload,
+            metadata,
+            delivery,
+        ),
+        Some(SendCommand::Rabbitmq {
             server,
             exchange,
             routing_key,
             payload,
+            metadata,
             delivery,
-        } => (
+        }) => (
             Destination::RabbitMq {
                 server,
                 exchange,
                 routing_key,
             },
+            Some(Kind::RabbitMq),
             payload,
+            metadata,
             delivery,
         ),
+        None => (
+            Destination::Route {
+                // clap requires --route when no subcommand is given.
+                name: args.route.unwrap_or_default(),
+                topic: args.topic,
+                routing_key: args.routing_key,
+            },
+            None,
+            args.payload,
+            args.metadata,
+            args.delivery,
+        ),
+    };
+    let metadata = match metadata.to_wire(kind) {
+        Ok(metadata) => metadata,
+        Err(error) => return fail(EXIT_USAGE, error),
     };
     let policy = match policy(delivery.attempts, delivery.limits.attempt_timeout_ms) {
         Ok(policy) => policy,
@@ -198,6 +412,12 @@ pub fn send(command: SendCommand) -> ExitCode {
         Err(error) => return fail(EXIT_USAGE, error),
     };
     if lines {
+        if !metadata.is_empty() {
+            return fail(
+                EXIT_USAGE,
+                "--lines sends bytes only: metadata flags are for single messages",
+            );
+        }
         return send_lines(&delivery, policy, &destination, &payload);
     }
     through_daemons(
@@ -207,6 +427,7 @@ pub fn send(command: SendCommand) -> ExitCode {
         &delivery.connect,
         &destination,
         payload,
+        &metadata,
     )
 }
 

@@ -24,7 +24,9 @@ pub async fn publish(
             let payload = payload.clone();
             async move {
                 let link = AmqpLink::open(target, settings).await?;
-                let outcome = link.publish(routing_key.to_owned(), payload, None).await;
+                let outcome = link
+                    .publish(routing_key.to_owned(), payload, None, None)
+                    .await;
                 link.close("ferry: message sent").await;
                 outcome.map(|()| n)
             }

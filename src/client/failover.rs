@@ -24,6 +24,8 @@ use bytes::Bytes;
 use ferry_actors::RetryPolicy;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::proto::ferry::v1;
+use crate::proto::ferry::v1::send_client::SendClient;
 use crate::proto::message_broker_client::MessageBrokerClient;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
 use crate::wire::ErrorNo;
@@ -50,6 +52,82 @@ pub enum Destination {
         /// The routing key.
         routing_key: String,
     },
+    /// A route of the daemons' config (`ferry.v1.Send`): the daemon knows the target.
+    Route {
+        /// The route's name.
+        name: String,
+        /// A topic instead of the route's own (where the route allows it).
+        topic: Option<String>,
+        /// A routing key instead of the route's own (where the route allows it).
+        routing_key: Option<String>,
+    },
+}
+
+/// What a message carries besides its bytes, as `ferry.v1.Send` takes it. Empty (the
+/// default), the legacy calls carry the message, so an older daemon still takes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessageMetadata {
+    /// Key, headers and partition for Kafka.
+    pub kafka: Option<v1::KafkaMetadata>,
+    /// Properties for RabbitMQ.
+    pub amqp: Option<v1::AmqpMetadata>,
+    /// Headers for either kind.
+    pub headers: Vec<v1::KafkaHeader>,
+}
+
+impl MessageMetadata {
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.kafka.is_none() && self.amqp.is_none() && self.headers.is_empty()
+    }
+}
+
+impl Destination {
+    /// The `ferry.v1.SendRequest` of `data` to this destination with `metadata`.
+    pub fn v1_request(&self, data: Bytes, metadata: &MessageMetadata) -> v1::SendRequest {
+        use v1::send_request::Target;
+        let (target, topic, routing_key) = match self {
+            Self::Kafka { brokers, topic } => (
+                Target::Kafka(proto::KafkaTarget {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                }),
+                None,
+                None,
+            ),
+            Self::RabbitMq {
+                server,
+                exchange,
+                routing_key,
+            } => (
+                Target::Rabbitmq(proto::RabbitMqTarget {
+                    server: server.clone(),
+                    exchange: exchange.clone(),
+                    route_key: routing_key.clone(),
+                }),
+                None,
+                None,
+            ),
+            Self::Route {
+                name,
+                topic,
+                routing_key,
+            } => (
+                Target::Route(name.clone()),
+                topic.clone(),
+                routing_key.clone(),
+            ),
+        };
+        v1::SendRequest {
+            target: Some(target),
+            data,
+            topic,
+            routing_key,
+            kafka_metadata: metadata.kafka.clone(),
+            amqp_metadata: metadata.amqp.clone(),
+            headers: metadata.headers.clone(),
+        }
+    }
 }
 
 /// A client that cannot be built.
@@ -200,6 +278,10 @@ pub struct Answer {
     pub spooled: bool,
     /// The daemon's words about it (why it was spooled).
     pub message: String,
+    /// Kafka, over `ferry.v1.Send`: the record's partition.
+    pub partition: Option<i32>,
+    /// Kafka, over `ferry.v1.Send`: the record's offset.
+    pub offset: Option<i64>,
 }
 
 /// One daemon to send through.
@@ -299,6 +381,18 @@ impl Client {
         destination: &Destination,
         data: Bytes,
     ) -> Result<Delivered, NotDelivered> {
+        self.send_with(destination, data, &MessageMetadata::default())
+            .await
+    }
+
+    /// [`Self::send`] with `metadata` (over `ferry.v1.Send` when there is any, or the
+    /// destination is a route).
+    pub async fn send_with(
+        &self,
+        destination: &Destination,
+        data: Bytes,
+        metadata: &MessageMetadata,
+    ) -> Result<Delivered, NotDelivered> {
         let started = Instant::now();
         let deadline = self.deadline.map(|limit| started + limit);
         let mut failures = Vec::new();
@@ -306,7 +400,10 @@ impl Client {
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 break;
             }
-            match self.via(daemon, destination, &data, deadline).await {
+            match self
+                .via(daemon, destination, &data, metadata, deadline)
+                .await
+            {
                 Ok((attempts, answer)) => {
                     return Ok(Delivered {
                         daemon: daemon.address.clone(),
@@ -337,6 +434,7 @@ impl Client {
         daemon: &Daemon,
         destination: &Destination,
         data: &Bytes,
+        metadata: &MessageMetadata,
         deadline: Option<Instant>,
     ) -> Result<(u32, Answer), DaemonFailure> {
         let mut channel: Option<Channel> = None;
@@ -350,6 +448,7 @@ impl Client {
             let call = Call {
                 destination,
                 data,
+                metadata,
                 limit,
                 authorization: self.authorization.as_ref(),
             };
@@ -404,12 +503,23 @@ async fn attempt(
         .unwrap_or(Err(AttemptError::Timeout(limit)))
 }
 
+/// A message the predecessor's `MessageBroker` calls carry (no route, no metadata), which
+/// every ferry daemon, old or new, takes.
+enum Legacy {
+    /// `SendKafkaMessage`.
+    Kafka(KafkaMessage),
+    /// `SendRabbitMQMessage`.
+    RabbitMq(RabbitMqMessage),
+}
+
 /// One gRPC call: what to send, within what time, with what credentials.
 struct Call<'a> {
     /// Where the message goes.
     destination: &'a Destination,
     /// The payload.
     data: &'a Bytes,
+    /// What it carries besides.
+    metadata: &'a MessageMetadata,
     /// The attempt's time limit, also sent as grpc-timeout.
     limit: Duration,
     /// The `authorization` header, if the daemon needs one.
@@ -422,6 +532,7 @@ impl Call<'_> {
         let Self {
             destination,
             data,
+            metadata,
             limit,
             authorization,
         } = self;
@@ -430,41 +541,7 @@ impl Call<'_> {
                 request.insert("authorization", value.clone());
             }
         };
-        let mut client = MessageBrokerClient::new(connected);
-        let message = Some(proto::Message { data: data.clone() });
-        let response = match destination {
-            Destination::Kafka { brokers, topic } => {
-                let mut request = tonic::Request::new(KafkaMessage {
-                    target: Some(proto::KafkaTarget {
-                        brokers: brokers.clone(),
-                        topic: topic.clone(),
-                    }),
-                    message,
-                });
-                // Tells the daemon when the client stops waiting (the grpc-timeout header).
-                request.set_timeout(limit);
-                prepare(request.metadata_mut());
-                client.send_kafka_message(request).await
-            }
-            Destination::RabbitMq {
-                server,
-                exchange,
-                routing_key,
-            } => {
-                let mut request = tonic::Request::new(RabbitMqMessage {
-                    target: Some(proto::RabbitMqTarget {
-                        server: server.clone(),
-                        exchange: exchange.clone(),
-                        route_key: routing_key.clone(),
-                    }),
-                    message,
-                });
-                request.set_timeout(limit);
-                prepare(request.metadata_mut());
-                client.send_rabbit_mq_message(request).await
-            }
-        }
-        .map_err(|status| {
+        let timeout = |status: tonic::Status| {
             if status.code() == tonic::Code::DeadlineExceeded
                 || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
             {
@@ -472,13 +549,79 @@ impl Call<'_> {
             } else {
                 AttemptError::Rpc(status)
             }
-        })?
+        };
+        let legacy = match destination {
+            _ if !metadata.is_empty() => None,
+            Destination::Kafka { brokers, topic } => Some(Legacy::Kafka(KafkaMessage {
+                target: Some(proto::KafkaTarget {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                }),
+                message: Some(proto::Message { data: data.clone() }),
+            })),
+            Destination::RabbitMq {
+                server,
+                exchange,
+                routing_key,
+            } => Some(Legacy::RabbitMq(RabbitMqMessage {
+                target: Some(proto::RabbitMqTarget {
+                    server: server.clone(),
+                    exchange: exchange.clone(),
+                    route_key: routing_key.clone(),
+                }),
+                message: Some(proto::Message { data: data.clone() }),
+            })),
+            Destination::Route { .. } => None,
+        };
+        let Some(legacy) = legacy else {
+            // A route, or metadata: only ferry.v1.Send carries them.
+            let mut request = tonic::Request::new(destination.v1_request(data.clone(), metadata));
+            request.set_timeout(limit);
+            prepare(request.metadata_mut());
+            let reply = SendClient::new(connected)
+                .send(request)
+                .await
+                .map_err(timeout)?
+                .into_inner();
+            return match reply.error_no {
+                0 => Ok(Answer {
+                    id: reply.id,
+                    spooled: reply.spooled,
+                    message: reply.error_message,
+                    partition: reply.partition,
+                    offset: reply.offset,
+                }),
+                error_no => Err(AttemptError::Answered {
+                    error_no,
+                    message: reply.error_message,
+                }),
+            };
+        };
+        let mut client = MessageBrokerClient::new(connected);
+        let response = match legacy {
+            Legacy::Kafka(message) => {
+                let mut request = tonic::Request::new(message);
+                // Tells the daemon when the client stops waiting (the grpc-timeout header).
+                request.set_timeout(limit);
+                prepare(request.metadata_mut());
+                client.send_kafka_message(request).await
+            }
+            Legacy::RabbitMq(message) => {
+                let mut request = tonic::Request::new(message);
+                request.set_timeout(limit);
+                prepare(request.metadata_mut());
+                client.send_rabbit_mq_message(request).await
+            }
+        }
+        .map_err(timeout)?
         .into_inner();
         match response.error_no {
             0 => Ok(Answer {
                 id: response.id,
                 spooled: response.spooled,
                 message: response.error_message,
+                partition: None,
+                offset: None,
             }),
             error_no => Err(AttemptError::Answered {
                 error_no,

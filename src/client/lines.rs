@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::failover::{Client, Daemon, Destination, RETRY_PAUSE, chain};
+use super::failover::{Client, Daemon, Destination, MessageMetadata, RETRY_PAUSE, chain};
 use crate::proto::ferry::v1::ingest_client::IngestClient;
 use crate::proto::ferry::v1::ingest_request::Message;
 use crate::proto::ferry::v1::{IngestAck, IngestRequest};
@@ -231,7 +231,7 @@ fn settle(daemon: &str, response: proto::Response) -> State {
 
 /// The stream message that sends `data` to `destination`.
 fn message(destination: &Destination, data: Bytes) -> Message {
-    let message = Some(proto::Message { data });
+    let message = Some(proto::Message { data: data.clone() });
     match destination {
         Destination::Kafka { brokers, topic } => Message::Kafka(KafkaMessage {
             target: Some(proto::KafkaTarget {
@@ -252,6 +252,9 @@ fn message(destination: &Destination, data: Bytes) -> Message {
             }),
             message,
         }),
+        Destination::Route { .. } => {
+            Message::Send(destination.v1_request(data, &MessageMetadata::default()))
+        }
     }
 }
 

@@ -9,6 +9,6 @@ pub mod failover;
 pub mod lines;
 
 pub use failover::{
-    Answer, AttemptError, Client, ClientError, DaemonFailure, Delivered, Destination, NotDelivered,
-    RETRY_PAUSE,
+    Answer, AttemptError, Client, ClientError, DaemonFailure, Delivered, Destination,
+    MessageMetadata, NotDelivered, RETRY_PAUSE,
 };

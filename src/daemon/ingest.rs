@@ -153,10 +153,27 @@ async fn answer(ingress: &Ingress, request: IngestRequest) -> IngestAck {
     let validated = match request.message {
         Some(Message::Kafka(message)) => wire::kafka_request(message, max),
         Some(Message::Rabbitmq(message)) => wire::rabbitmq_request(message, max),
+        Some(Message::Send(message)) => {
+            let validated = wire::send_request(message, max, ingress.routes());
+            let reply = ingress.send_v1(validated).await;
+            // `response` too, for a reader of the first version of the ack.
+            let response = crate::proto::Response {
+                error_no: reply.error_no,
+                error_message: reply.error_message.clone(),
+                id: reply.id.clone(),
+                spooled: reply.spooled,
+            };
+            return IngestAck {
+                id: request.id,
+                response: Some(response),
+                reply: Some(reply),
+            };
+        }
         None => Err(ferry_actors::InvalidRequest::new("message", "missing")),
     };
     IngestAck {
         id: request.id,
         response: Some(ingress.send(validated).await),
+        reply: None,
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::daemon::access::Access;
+use crate::daemon::routes::Routes;
 use crate::proto::message_broker_server::MessageBroker;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
 use crate::wire::{self, Failure, RequestLimits, SendRequest};
@@ -91,6 +92,8 @@ pub struct Ingress {
     forwarder: Arc<Forwarder>,
     /// Which targets requests may name.
     access: Arc<Access>,
+    /// The named routes.
+    routes: Arc<Routes>,
     /// Bounds of a request.
     limits: RequestLimits,
     /// Requests refused before forwarding.
@@ -107,6 +110,7 @@ impl Ingress {
     pub fn new(
         forwarder: Arc<Forwarder>,
         access: Arc<Access>,
+        routes: Arc<Routes>,
         limits: RequestLimits,
         refused: Arc<Refused>,
         abort: watch::Receiver<bool>,
@@ -114,6 +118,7 @@ impl Ingress {
         Self {
             forwarder,
             access,
+            routes,
             limits,
             refused,
             abort,
@@ -123,6 +128,11 @@ impl Ingress {
     /// The bounds requests are validated against.
     pub fn limits(&self) -> RequestLimits {
         self.limits
+    }
+
+    /// The named routes requests may use.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// Runs `line` (a log statement) if the log budget allows, with the count of lines
@@ -161,10 +171,35 @@ impl Ingress {
         &self,
         request: Result<SendRequest, ferry_actors::InvalidRequest>,
     ) -> proto::Response {
+        let (outcome, spooled_to) = self.outcome(request).await;
+        wire::response(&outcome, spooled_to.as_ref())
+    }
+
+    /// [`Self::send`] answered as `ferry.v1.SendReply` (with the Kafka partition and offset).
+    pub async fn send_v1(
+        &self,
+        request: Result<SendRequest, ferry_actors::InvalidRequest>,
+    ) -> crate::proto::ferry::v1::SendReply {
+        let (outcome, spooled_to) = self.outcome(request).await;
+        wire::reply(&outcome, spooled_to.as_ref())
+    }
+
+    /// The outcome of a request, and the target it was spooled for, if it was.
+    async fn outcome(
+        &self,
+        request: Result<SendRequest, ferry_actors::InvalidRequest>,
+    ) -> (
+        Result<ferry_actors::Accepted, Failure>,
+        Option<ferry_actors::Target>,
+    ) {
         let started = Instant::now();
         let mut spooled_to = None;
         let outcome = match request {
-            Ok(request) if let Err(refusal) = self.access.check(&request.target) => {
+            // A route's target is allowed by definition; any other is checked.
+            Ok(request)
+                if !request.routed
+                    && let Err(refusal) = self.access.check(&request.target) =>
+            {
                 self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
                 self.log_limited(|suppressed| {
                     log::warn!("Request refused error={refusal} suppressed_before={suppressed}");
@@ -172,9 +207,12 @@ impl Ingress {
                 Err(Failure::NotAllowed(refusal))
             }
             Ok(request) => {
-                let forward =
-                    self.forwarder
-                        .forward(&request.target, request.route, request.payload);
+                let forward = self.forwarder.forward(
+                    &request.target,
+                    request.route,
+                    request.payload,
+                    request.metadata,
+                );
                 let result = tokio::select! {
                     result = forward => result.map_err(Failure::from),
                     () = aborted(self.abort.clone()) => {
@@ -215,7 +253,7 @@ impl Ingress {
                 Err(Failure::Invalid(invalid))
             }
         };
-        wire::response(&outcome, spooled_to.as_ref())
+        (outcome, spooled_to)
     }
 }
 

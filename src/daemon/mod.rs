@@ -3,7 +3,8 @@
 //!
 //! Data flow: [`server`] accepts connections (bounded by [`connections`]), serves
 //! [`ingress`] (unary `messagebroker.MessageBroker`) and [`ingest`] (the `ferry.v1.Ingest`
-//! stream), which check [`access`] and hand each message to the forwarder. [`report`] is
+//! stream) and `ferry.v1.Send` ([`send`]), which resolve [`routes`], check [`access`] and
+//! hand each message to the forwarder. [`report`] is
 //! what [`http`] serves as `/stats` and [`metrics`] renders for Prometheus. [`signal`] turns
 //! SIGTERM, SIGINT and SIGHUP into the drain.
 
@@ -14,5 +15,7 @@ pub mod ingest;
 pub mod ingress;
 pub mod metrics;
 pub mod report;
+pub mod routes;
+pub mod send;
 pub mod server;
 pub mod signal;

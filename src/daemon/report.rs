@@ -34,6 +34,10 @@ pub struct Report {
     /// The durable spool, when one is configured.
     #[serde(default)]
     pub spool: Option<SpoolReport>,
+    /// The named routes the daemon serves: names and kinds only, never an address or a
+    /// credential.
+    #[serde(default)]
+    pub routes: Vec<crate::daemon::routes::RouteSummary>,
 }
 
 /// The durable spool.
@@ -175,6 +179,8 @@ pub struct Source {
     pub started_at: SystemTime,
     /// When the daemon started, by the monotonic clock.
     pub started: Instant,
+    /// The routes served (names and kinds).
+    pub routes: Vec<crate::daemon::routes::RouteSummary>,
 }
 
 impl Source {
@@ -183,11 +189,13 @@ impl Source {
         forwarder: Arc<Forwarder>,
         refused: Arc<Refused>,
         connections: ConnectionLimit,
+        routes: Vec<crate::daemon::routes::RouteSummary>,
     ) -> Self {
         Self {
             forwarder,
             refused,
             connections,
+            routes,
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
@@ -241,6 +249,7 @@ impl Source {
                     })
                     .collect(),
             }),
+            routes: self.routes.clone(),
         }
     }
 }

@@ -25,7 +25,9 @@ use crate::daemon::connections::ConnectionLimit;
 use crate::daemon::ingest::IngestService;
 use crate::daemon::ingress::{Ingress, Refused};
 use crate::daemon::report::Source;
+use crate::daemon::send::SendService;
 use crate::proto::ferry::v1::ingest_server::IngestServer;
+use crate::proto::ferry::v1::send_server::SendServer;
 use crate::proto::message_broker_server::MessageBrokerServer;
 use crate::wire::RequestLimits;
 
@@ -416,8 +418,14 @@ async fn serve(
         settings.idle_connection_timeout,
     );
     raise_open_file_limit(settings.max_connections);
-    let source = Source::new(forwarder.clone(), refused.clone(), connections.clone());
+    let source = Source::new(
+        forwarder.clone(),
+        refused.clone(),
+        connections.clone(),
+        settings.routes.summaries(),
+    );
     let access = Arc::new(settings.access.clone());
+    let routes = Arc::new(settings.routes.clone());
     let token_check = TokenCheck::new(settings.token.clone());
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {
@@ -455,6 +463,7 @@ async fn serve(
         let ingress = Arc::new(Ingress::new(
             forwarder.clone(),
             access.clone(),
+            routes.clone(),
             RequestLimits {
                 max_message_bytes: settings.max_message_bytes,
                 max_brokers_per_target: settings.max_brokers_per_target,
@@ -465,6 +474,11 @@ async fn serve(
         let max_request_bytes = settings.max_message_bytes + REQUEST_OVERHEAD_BYTES;
         let service = InterceptedService::new(
             MessageBrokerServer::from_arc(ingress.clone())
+                .max_decoding_message_size(max_request_bytes),
+            token_check.clone(),
+        );
+        let send = InterceptedService::new(
+            SendServer::new(SendService::new(ingress.clone()))
                 .max_decoding_message_size(max_request_bytes),
             token_check.clone(),
         );
@@ -500,6 +514,7 @@ async fn serve(
                 };
                 builder
                     .add_service(service)
+                    .add_service(send)
                     .add_service(ingest)
                     .add_service(health_service)
                     .add_service(reflection_v1)

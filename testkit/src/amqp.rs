@@ -21,6 +21,8 @@ pub struct Received {
     pub routing_key: String,
     /// The `message_id` property (ferry's message id).
     pub message_id: Option<String>,
+    /// Every property as the broker delivered it (headers, expiration, correlation id, …).
+    pub properties: lapin::BasicProperties,
 }
 
 /// Declares the durable topic `exchange` (as ferry does) and a durable queue `queue`
@@ -107,6 +109,7 @@ async fn read(
                 last = Instant::now();
                 let delivery = message.delivery;
                 received.push(Received {
+                    properties: delivery.properties.clone(),
                     data: delivery.data.clone(),
                     delivery_mode: *delivery.properties.delivery_mode(),
                     message_id: delivery

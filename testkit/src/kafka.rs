@@ -11,13 +11,18 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// Creates `topic` with one partition on the cluster at `bootstrap`.
 pub async fn create_topic(bootstrap: &str, topic: &str) {
+    create_topic_with_partitions(bootstrap, topic, 1).await;
+}
+
+/// Creates `topic` with `partitions` partitions (one replica), unless it exists.
+pub async fn create_topic_with_partitions(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         )
         .await
@@ -44,7 +49,7 @@ pub fn unique_topic(prefix: &str) -> String {
 /// Reads partition 0 of `topic` from the start until `count` messages arrived or `timeout`
 /// passed, and returns their payloads. Blocking: call from `spawn_blocking` in async tests.
 pub fn read_topic(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    payloads(read(bootstrap, topic, count, timeout, None))
+    payloads(read(bootstrap, topic, 0, count, timeout, None))
 }
 
 /// Like [`drain_topic`], with each message's `ferry-id` header beside its payload.
@@ -54,12 +59,18 @@ pub fn drain_topic_with_ids(
     quiet: Duration,
     timeout: Duration,
 ) -> Vec<(Vec<u8>, Option<String>)> {
-    read(bootstrap, topic, usize::MAX, timeout, Some(quiet))
+    read(bootstrap, topic, 0, usize::MAX, timeout, Some(quiet))
+        .into_iter()
+        .map(|record| {
+            let id = record.ferry_id();
+            (record.payload, id)
+        })
+        .collect()
 }
 
 /// The payloads alone.
-fn payloads(records: Vec<(Vec<u8>, Option<String>)>) -> Vec<Vec<u8>> {
-    records.into_iter().map(|(payload, _)| payload).collect()
+fn payloads(records: Vec<Record>) -> Vec<Vec<u8>> {
+    records.into_iter().map(|record| record.payload).collect()
 }
 
 /// Reads partition 0 of `topic` from the start until nothing new arrived for `quiet`
@@ -70,7 +81,44 @@ pub fn drain_topic(
     quiet: Duration,
     timeout: Duration,
 ) -> Vec<Vec<u8>> {
-    payloads(read(bootstrap, topic, usize::MAX, timeout, Some(quiet)))
+    payloads(read(bootstrap, topic, 0, usize::MAX, timeout, Some(quiet)))
+}
+
+/// A record as a consumer reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The key.
+    pub key: Option<Vec<u8>>,
+    /// The value.
+    pub payload: Vec<u8>,
+    /// The headers, in order (`ferry-id` among them).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The partition.
+    pub partition: i32,
+    /// The offset in that partition.
+    pub offset: i64,
+}
+
+impl Record {
+    /// The `ferry-id` header.
+    pub fn ferry_id(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == "ferry-id")
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    }
+}
+
+/// Reads partition `partition` of `topic` from the start until `count` records arrived or
+/// `timeout` passed. Blocking.
+pub fn read_records(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    read(bootstrap, topic, partition, count, timeout, None)
 }
 
 /// Reads up to `count` messages, for at most `timeout`, stopping early after `quiet`
@@ -78,10 +126,11 @@ pub fn drain_topic(
 fn read(
     bootstrap: &str,
     topic: &str,
+    partition: i32,
     count: usize,
     timeout: Duration,
     quiet: Option<Duration>,
-) -> Vec<(Vec<u8>, Option<String>)> {
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("ferry-test-{topic}"))
@@ -93,29 +142,37 @@ fn read(
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
+        .add_partition_offset(topic, partition, Offset::Beginning)
         .expect("partition");
     consumer.assign(&assignment).expect("assign");
     let deadline = Instant::now() + timeout;
-    let mut payloads = Vec::new();
+    let mut records = Vec::new();
     let mut last = Instant::now();
-    while payloads.len() < count && Instant::now() < deadline {
+    while records.len() < count && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
-                let id = message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|h| h.key == "ferry-id")
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                records.push(Record {
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    partition: message.partition(),
+                    offset: message.offset(),
                 });
-                payloads.push((message.payload().unwrap_or_default().to_vec(), id));
                 last = Instant::now();
             }
             Some(Err(error)) => panic!("consuming {topic}: {error}"),
-            None if quiet.is_some_and(|q| !payloads.is_empty() && last.elapsed() >= q) => break,
+            None if quiet.is_some_and(|q| !records.is_empty() && last.elapsed() >= q) => break,
             None => {}
         }
     }
-    payloads
+    records
 }

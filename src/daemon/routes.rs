@@ -1,0 +1,403 @@
+//! Named routes (`[routes.NAME]` in the config): a job names a route and the daemon supplies
+//! the target, so job scripts carry no broker address and no password. A route's target is
+//! allowed by definition; what a sender may change (the topic or routing key) is limited by
+//! the route's patterns.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use ferry_actors::target::{validate_routing_key, validate_topic};
+use ferry_actors::{AmqpTarget, InvalidRequest, KafkaTarget, Target};
+use serde::{Deserialize, Serialize};
+
+/// Most routes one config may hold.
+pub const MAX_ROUTES: usize = 1024;
+/// Longest route name, in bytes.
+pub const MAX_ROUTE_NAME_BYTES: usize = 64;
+/// Most patterns in one `allow_topic` / `allow_routing_key`.
+pub const MAX_PATTERNS: usize = 64;
+
+/// One `[routes.NAME]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RouteConfig {
+    /// `kind = "kafka"`.
+    Kafka {
+        /// Bootstrap brokers, `host:port`.
+        brokers: Vec<String>,
+        /// The topic.
+        topic: String,
+        /// A key for messages that bring none (UTF-8 text).
+        #[serde(default)]
+        key: Option<String>,
+        /// Topics a sender may name instead of `topic` (`*` any run of characters, `?`
+        /// one); none by default.
+        #[serde(default)]
+        allow_topic: Vec<String>,
+    },
+    /// `kind = "rabbitmq"`.
+    Rabbitmq {
+        /// The AMQP URL, with the user name but never the password.
+        server: String,
+        /// File holding the password (its first line; readable by the daemon only).
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        #[serde(default)]
+        routing_key: String,
+        /// Routing keys a sender may use instead of `routing_key` (`*`, `?`); none by
+        /// default.
+        #[serde(default)]
+        allow_routing_key: Vec<String>,
+    },
+}
+
+/// A route that cannot be used; the daemon refuses to start (or to reload).
+#[derive(Debug, thiserror::Error)]
+#[error("routes.{route}.{field}: {reason}")]
+pub struct RouteError {
+    /// The route's name.
+    pub route: String,
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Where its messages go (for RabbitMQ, the URL with the password from its file).
+    pub target: Target,
+    /// The topic or routing key when the sender names none.
+    pub subject: String,
+    /// Subjects a sender may name instead.
+    allow: Vec<String>,
+    /// The Kafka key for messages that bring none.
+    pub default_key: Option<Bytes>,
+}
+
+/// What the ops endpoint shows of a route: never an address or a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSummary {
+    /// The route's name.
+    pub name: String,
+    /// `kafka` or `rabbitmq`.
+    pub kind: String,
+}
+
+/// Every route of the config, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    /// The routes.
+    by_name: BTreeMap<String, Route>,
+}
+
+impl Routes {
+    /// Validates the `[routes]` tables; `max_brokers` bounds a Kafka route's brokers as it
+    /// bounds a request's.
+    pub fn from_config(
+        config: &BTreeMap<String, RouteConfig>,
+        max_brokers: usize,
+    ) -> Result<Self, RouteError> {
+        if config.len() > MAX_ROUTES {
+            return Err(RouteError {
+                route: "*".into(),
+                field: "name",
+                reason: format!(
+                    "{} routes is more than the {MAX_ROUTES} allowed",
+                    config.len()
+                ),
+            });
+        }
+        let mut by_name = BTreeMap::new();
+        for (name, route) in config {
+            let error = |field, reason: String| RouteError {
+                route: name.clone(),
+                field,
+                reason,
+            };
+            check_name(name).map_err(|reason| error("name", reason))?;
+            let field_error = |e: InvalidRequest| error(e.field, e.reason);
+            let route = match route {
+                RouteConfig::Kafka {
+                    brokers,
+                    topic,
+                    key,
+                    allow_topic,
+                } => {
+                    let kafka = KafkaTarget::try_new(brokers, max_brokers).map_err(field_error)?;
+                    validate_topic(topic).map_err(field_error)?;
+                    check_patterns(allow_topic).map_err(|r| error("allow_topic", r))?;
+                    Route {
+                        target: Target::Kafka(kafka),
+                        subject: topic.clone(),
+                        allow: allow_topic.clone(),
+                        default_key: key.as_ref().map(|key| Bytes::from(key.clone())),
+                    }
+                }
+                RouteConfig::Rabbitmq {
+                    server,
+                    password_file,
+                    exchange,
+                    routing_key,
+                    allow_routing_key,
+                } => {
+                    let url = with_password(server, password_file.as_ref())
+                        .map_err(|(field, reason)| error(field, reason))?;
+                    let amqp = AmqpTarget::try_new(&url, exchange).map_err(field_error)?;
+                    validate_routing_key(routing_key).map_err(field_error)?;
+                    check_patterns(allow_routing_key).map_err(|r| error("allow_routing_key", r))?;
+                    Route {
+                        target: Target::Amqp(amqp),
+                        subject: routing_key.clone(),
+                        allow: allow_routing_key.clone(),
+                        default_key: None,
+                    }
+                }
+            };
+            by_name.insert(name.clone(), route);
+        }
+        Ok(Self { by_name })
+    }
+
+    /// The route called `name`.
+    pub fn get(&self, name: &str) -> Option<&Route> {
+        self.by_name.get(name)
+    }
+
+    /// Names and kinds, for the ops endpoint.
+    pub fn summaries(&self) -> Vec<RouteSummary> {
+        self.by_name
+            .iter()
+            .map(|(name, route)| RouteSummary {
+                name: name.clone(),
+                kind: route.target.kind().to_owned(),
+            })
+            .collect()
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+impl Route {
+    /// The topic or routing key for a message that asks for `wanted` (or none): the
+    /// route's own, or `wanted` where an allow pattern matches it; `field` names the
+    /// request field in an error.
+    pub fn subject(
+        &self,
+        wanted: Option<&str>,
+        field: &'static str,
+    ) -> Result<String, InvalidRequest> {
+        let Some(wanted) = wanted else {
+            return Ok(self.subject.clone());
+        };
+        if wanted == self.subject || self.allow.iter().any(|p| matches(p, wanted)) {
+            return Ok(wanted.to_owned());
+        }
+        let allowed = if self.allow.is_empty() {
+            "this route allows none (its config has no allow pattern)".to_owned()
+        } else {
+            format!("this route allows {}", self.allow.join(", "))
+        };
+        Err(InvalidRequest::new(
+            field,
+            format!(
+                "{wanted:?} is not the route's own ({:?}) and {allowed}",
+                self.subject
+            ),
+        ))
+    }
+}
+
+/// A route name: 1 to [`MAX_ROUTE_NAME_BYTES`] of ASCII letters, digits, `.`, `_`, `-`.
+fn check_name(name: &str) -> Result<(), String> {
+    let fine = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if name.is_empty() || name.len() > MAX_ROUTE_NAME_BYTES || !name.bytes().all(fine) {
+        return Err(format!(
+            "{name:?}: a route name is 1 to {MAX_ROUTE_NAME_BYTES} ASCII letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Allow patterns: at most [`MAX_PATTERNS`], each non-empty.
+fn check_patterns(patterns: &[String]) -> Result<(), String> {
+    if patterns.len() > MAX_PATTERNS {
+        return Err(format!(
+            "{} patterns is more than the {MAX_PATTERNS} allowed",
+            patterns.len()
+        ));
+    }
+    if patterns.iter().any(String::is_empty) {
+        return Err("a pattern is empty (\"*\" allows every name)".into());
+    }
+    Ok(())
+}
+
+/// The AMQP URL with the password read from `password_file`. A URL that holds a password
+/// itself is refused: the config is not where a password goes.
+fn with_password(
+    server: &str,
+    password_file: Option<&PathBuf>,
+) -> Result<String, (&'static str, String)> {
+    let mut url = url::Url::parse(server).map_err(|e| {
+        (
+            "server",
+            format!("not a URL ({e}); e.g. amqp://ferry@mq1:5672/%2f"),
+        )
+    })?;
+    if url.password().is_some() {
+        return Err((
+            "server",
+            "holds a password: write the password in a file named by password_file and leave \
+             it out of the URL"
+                .into(),
+        ));
+    }
+    let Some(path) = password_file else {
+        return Ok(server.to_owned());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        (
+            "password_file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let password = text.lines().next().unwrap_or("").trim_end();
+    if password.is_empty() {
+        return Err(("password_file", format!("{} is empty", path.display())));
+    }
+    if url.username().is_empty() {
+        return Err((
+            "server",
+            "names no user: a password_file needs a user in the URL, e.g. amqp://ferry@mq1/%2f"
+                .into(),
+        ));
+    }
+    url.set_password(Some(password))
+        .map_err(|()| ("server", "cannot carry a password".to_owned()))?;
+    Ok(url.to_string())
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters (none
+/// included) and `?` for exactly one. Iterative, with one backtrack point: linear in
+/// practice, never exponential.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && (p[i] == b'?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == b'*' {
+            star = Some((i, j));
+            i += 1;
+        } else if let Some((star_i, star_j)) = star {
+            i = star_i + 1;
+            j = star_j + 1;
+            star = Some((star_i, star_j + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&b| b == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> BTreeMap<String, RouteConfig> {
+        #[derive(Deserialize)]
+        struct File {
+            routes: BTreeMap<String, RouteConfig>,
+        }
+        toml::from_str::<File>(text).unwrap().routes
+    }
+
+    #[test]
+    fn patterns_match_runs_and_single_characters() {
+        assert!(matches("*", ""));
+        assert!(matches("*", "anything.at.all"));
+        assert!(matches("nwp.*", "nwp.events"));
+        assert!(!matches("nwp.*", "nwpx"));
+        assert!(matches("*.production.*", "grapes_gfs_gmf.production.grib2"));
+        assert!(matches("a?c", "abc"));
+        assert!(!matches("a?c", "ac"));
+        assert!(matches("a*b*c", "axxbyyc"));
+        assert!(!matches("a*b*c", "axxbyy"));
+        assert!(matches("exact", "exact"));
+        assert!(!matches("exact", "exactly"));
+    }
+
+    #[test]
+    fn a_route_validates_like_a_request_and_names_the_field() {
+        let routes = parse(
+            "[routes.events]\nkind = \"kafka\"\nbrokers = [\"k1:9092\"]\ntopic = \"bad topic\"\n",
+        );
+        let error = Routes::from_config(&routes, 8).unwrap_err().to_string();
+        assert!(error.starts_with("routes.events.topic:"), "{error}");
+        let routes = parse(
+            "[routes.mq]\nkind = \"rabbitmq\"\nserver = \"amqp://u:secret@mq/%2f\"\nexchange = \"x\"\n",
+        );
+        let error = Routes::from_config(&routes, 8).unwrap_err().to_string();
+        assert!(
+            error.starts_with("routes.mq.server: holds a password"),
+            "{error}"
+        );
+        assert!(!error.contains("secret"));
+        let routes =
+            parse("[routes.\"bad name\"]\nkind = \"kafka\"\nbrokers = [\"k:1\"]\ntopic = \"t\"\n");
+        assert!(Routes::from_config(&routes, 8).is_err());
+    }
+
+    #[test]
+    fn the_password_comes_from_its_file_and_stays_out_of_what_is_shown() {
+        let dir = std::env::temp_dir().join(format!("ferry-routes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mq.password");
+        std::fs::write(&file, "s3cret/with:odd@chars\n").unwrap();
+        let routes = parse(&format!(
+            "[routes.mq]\nkind = \"rabbitmq\"\nserver = \"amqp://ferry@mq1:5672/%2f\"\n\
+             password_file = \"{}\"\nexchange = \"x\"\nrouting_key = \"a.b\"\n\
+             allow_routing_key = [\"a.*\"]\n",
+            file.display()
+        ));
+        let routes = Routes::from_config(&routes, 8).unwrap();
+        let route = routes.get("mq").unwrap();
+        let Target::Amqp(amqp) = &route.target else {
+            panic!("an AMQP route");
+        };
+        assert_eq!(
+            amqp.uri().authority.userinfo.password,
+            "s3cret/with:odd@chars"
+        );
+        assert!(!route.target.to_string().contains("s3cret"));
+        assert!(!format!("{routes:?}").contains("s3cret"));
+        assert_eq!(
+            routes.summaries(),
+            [RouteSummary {
+                name: "mq".into(),
+                kind: "rabbitmq".into()
+            }]
+        );
+        assert_eq!(route.subject(None, "routing_key").unwrap(), "a.b");
+        assert_eq!(route.subject(Some("a.c"), "routing_key").unwrap(), "a.c");
+        let error = route.subject(Some("b.c"), "routing_key").unwrap_err();
+        assert_eq!(error.field, "routing_key");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

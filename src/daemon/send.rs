@@ -1,0 +1,45 @@
+//! The `ferry.v1.Send` service: one message to a named route or an explicit target, with
+//! its metadata, answered with a `SendReply` (the Kafka partition and offset included).
+//! It goes through the same [`Ingress`] as the legacy unary service.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::daemon::ingress::Ingress;
+use crate::proto::ferry::v1::send_server::Send;
+use crate::proto::ferry::v1::{SendReply, SendRequest};
+use crate::wire;
+
+/// The `Send` service over an [`Ingress`].
+pub struct SendService {
+    /// Validation, access check and forwarding.
+    ingress: Arc<Ingress>,
+}
+
+impl SendService {
+    /// A service forwarding through `ingress`.
+    pub fn new(ingress: Arc<Ingress>) -> Self {
+        Self { ingress }
+    }
+}
+
+#[tonic::async_trait]
+impl Send for SendService {
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendReply>, Status> {
+        let ingress = Arc::clone(&self.ingress);
+        // In a task of its own, as the legacy calls: a caller that hangs up does not cut
+        // its message off half-sent.
+        tokio::spawn(async move {
+            let validated =
+                wire::send_request(request.into_inner(), ingress.limits(), ingress.routes());
+            ingress.send_v1(validated).await
+        })
+        .await
+        .map(Response::new)
+        .map_err(|error| {
+            log::error!("Forwarding task failed error={error}");
+            Status::internal("ferry failed while forwarding this message")
+        })
+    }
+}

@@ -407,7 +407,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        Self::from_text(path, &text)
+    }
+
+    /// Parses `text`, read from `path` (named in errors).
+    pub fn from_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
         })

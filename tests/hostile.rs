@@ -98,7 +98,7 @@ async fn an_ipv6_amqp_url_is_sent_to_that_address_and_never_to_localhost() {
 }
 
 #[tokio::test]
-async fn sighup_is_logged_and_ignored_and_the_daemon_keeps_serving() {
+async fn sighup_never_kills_the_daemon_and_it_keeps_serving() {
     let dir = scratch_dir("sighup");
     let pid_file = dir.join("ferry.pid");
     let config = config_file(
@@ -453,4 +453,42 @@ async fn refused_requests_are_logged_at_a_bounded_rate() {
         "the left-out lines are counted"
     );
     println!("5,000 invalid requests in {seconds} s: {lines} log lines");
+}
+
+#[tokio::test]
+async fn calls_without_the_token_are_logged_at_a_bounded_rate() {
+    let dir = scratch_dir("token-log-rate");
+    let token = dir.join("token");
+    std::fs::write(&token, "a-token-of-sixteen-or-more").unwrap();
+    let config = config_file(
+        &dir,
+        &format!("[access]\ntoken_file = {:?}\n", token.to_str().unwrap()),
+    );
+    let log = dir.join("ferry.log");
+    let daemon = serve_logged(&free_address(), &["--config", &config], &log);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", daemon.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut grpc = ferry::proto::message_broker_client::MessageBrokerClient::new(channel);
+    for _ in 0..2_000 {
+        let refused = grpc
+            .send_kafka_message(common::kafka("k:9092", "t", "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.matches("Call refused").count() as u64;
+    let bound = ferry::daemon::ingress::LOG_LINES_PER_SECOND * (seconds + 1);
+    assert!(
+        (1..=bound).contains(&lines),
+        "{lines} lines for 2,000 calls without the token in {seconds} s (bound {bound})"
+    );
+    println!("2,000 calls without the token in {seconds} s: {lines} log lines");
 }

@@ -70,6 +70,8 @@ pub enum Command {
     Stats(ops::StatsArgs),
     /// List the routes a daemon serves (names and kinds, never addresses or credentials).
     Routes(ops::RoutesArgs),
+    /// Make a daemon re-read its config (SIGHUP) and report the outcome.
+    Reload(ops::ReloadArgs),
     /// List what a spool directory holds, per target, without a daemon.
     ///
     /// Example: ferry spool --dir /var/spool/ferry
@@ -89,6 +91,7 @@ impl Command {
             | Self::Check(_)
             | Self::Stats(_)
             | Self::Routes(_)
+            | Self::Reload(_)
             | Self::Spool(_) => "warn",
         }
     }
@@ -105,6 +108,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Check(args) => ops::check(args),
         Command::Stats(args) => ops::stats(args),
         Command::Routes(args) => ops::routes(args),
+        Command::Reload(args) => ops::reload(args),
         Command::Spool(args) => spool::list(args),
     }
 }

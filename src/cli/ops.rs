@@ -65,6 +65,162 @@ pub struct RoutesArgs {
     pub timeout_ms: u64,
 }
 
+/// Flags of `ferry reload`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The daemon re-reads its config file: routes, the allowlist and the token change at once;
+messages in flight are untouched. An invalid file is refused whole and the old config keeps
+serving. Fields that cannot change live (listeners, workers, bounds) are reported as
+needing a restart. SIGHUP does the same.
+
+Examples:
+  ferry reload --config /etc/ferry/ferry.toml      # pid file and ops endpoint from the config
+  ferry reload --pid-file /var/run/ferry/ferry.pid --http 127.0.0.1:33384")]
+pub struct ReloadArgs {
+    /// The daemon's config file, for its ops.pid_file and ops.listen.
+    /// Example: --config /etc/ferry/ferry.toml
+    #[arg(long, env = "FERRY_CONFIG", value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// The daemon's pid file (instead of the config's ops.pid_file).
+    /// Example: --pid-file /var/run/ferry/ferry.pid
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
+    /// The daemon's operations endpoint, to confirm the reload (instead of the config's
+    /// ops.listen). Example: --http 127.0.0.1:33384
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// Wait this long for the daemon to confirm. Example: --timeout-ms 5000
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+/// Sends SIGHUP to the daemon of the pid file and waits for `/stats` to show the outcome:
+/// exit 0 when the new config serves, 1 when it was refused (with the reason) or no
+/// answer came, 2 for a usage error.
+pub fn reload(args: ReloadArgs) -> ExitCode {
+    // Only [ops] is read here, leniently: the daemon judges the rest, and an invalid
+    // file must reach it to be refused (and counted) there.
+    let ops = match &args.config {
+        Some(path) => match ops_section(path) {
+            Ok(ops) => ops,
+            Err(error) => return fail(EXIT_USAGE, error),
+        },
+        None => OpsSection::default(),
+    };
+    let pid_file = args.pid_file.clone().or(ops.pid_file);
+    let Some(pid_file) = pid_file else {
+        return fail(
+            EXIT_USAGE,
+            "no pid file: give --pid-file, or --config with ops.pid_file set",
+        );
+    };
+    let pid = match std::fs::read_to_string(&pid_file) {
+        Ok(text) => match text
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            Some(pid) => pid,
+            None => return fail(EXIT_USAGE, format!("{} holds no pid", pid_file.display())),
+        },
+        Err(e) => {
+            return fail(
+                EXIT_USAGE,
+                format!("cannot read {}: {e}", pid_file.display()),
+            );
+        }
+    };
+    let http = args
+        .http
+        .clone()
+        .or(ops.listen)
+        .unwrap_or_else(|| DEFAULT_OPS_LISTEN.to_owned());
+    let before = read_report(&http, args.timeout_ms).ok().map(|r| r.config);
+    if let Err(error) = rustix::process::kill_process(pid, rustix::process::Signal::HUP) {
+        return fail(
+            EXIT_NOT_DELIVERED,
+            format!("cannot signal process {pid:?}: {error}"),
+        );
+    }
+    let Some(before) = before else {
+        println!("sent SIGHUP to {pid:?}; {http} does not answer, so the outcome is unknown");
+        return ExitCode::SUCCESS;
+    };
+    let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let Ok(report) = read_report(&http, args.timeout_ms) else {
+            continue;
+        };
+        let now = report.config;
+        if now.reload_failures > before.reload_failures {
+            return fail(
+                EXIT_NOT_DELIVERED,
+                format!(
+                    "reload refused, the old config keeps serving: {}",
+                    now.last_error
+                ),
+            );
+        }
+        if now.reloads > before.reloads {
+            println!(
+                "reloaded: config {} with {} routes{}",
+                now.hash,
+                report.routes.len(),
+                if now.needs_restart.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; needs a restart to apply: {}",
+                        now.needs_restart.join(", ")
+                    )
+                }
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
+    fail(
+        EXIT_NOT_DELIVERED,
+        format!(
+            "sent SIGHUP to {pid:?}, and {http} showed no reload within {} ms",
+            args.timeout_ms
+        ),
+    )
+}
+
+/// What `ferry reload` needs of a config file.
+#[derive(Debug, Default)]
+struct OpsSection {
+    /// `ops.pid_file`, if set.
+    pid_file: Option<std::path::PathBuf>,
+    /// `ops.listen`, if set.
+    listen: Option<String>,
+}
+
+/// Reads `[ops]` of the config at `path` as plain TOML, whatever the rest holds.
+fn ops_section(path: &std::path::Path) -> Result<OpsSection, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        format!(
+            "{} is not TOML ({e}); give --pid-file and --http to signal the daemon anyway",
+            path.display()
+        )
+    })?;
+    let ops = table.get("ops").and_then(toml::Value::as_table);
+    let text_of = |key: &str| {
+        ops.and_then(|ops| ops.get(key))
+            .and_then(toml::Value::as_str)
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    Ok(OpsSection {
+        pid_file: text_of("pid_file").map(Into::into),
+        listen: text_of("listen"),
+    })
+}
+
 /// Reads the routes from `/stats` and prints one line per route: name and kind.
 pub fn routes(args: RoutesArgs) -> ExitCode {
     let report = match read_report(&args.http, args.timeout_ms) {

@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 
 use super::EXIT_BAD_CONFIG;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Settings};
+use crate::daemon::live::{self, Live};
 use crate::daemon::server::Daemon;
 use crate::daemon::signal::{Signal, Signals};
 
@@ -26,10 +28,10 @@ pub struct ServeArgs {
     pub ops_listen: Option<String>,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT (a second one ends the shutdown grace period;
-/// SIGHUP is ignored).
+/// Runs the daemon until SIGTERM or SIGINT (a second one ends the shutdown grace period);
+/// SIGHUP reloads the config.
 pub fn serve(args: ServeArgs) -> ExitCode {
-    // Signal handlers first: from here on, SIGHUP is ignored rather than fatal.
+    // Signal handlers first: from here on, SIGHUP is handled rather than fatal.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -47,21 +49,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match &args.config {
-        Some(path) => Config::from_file(path),
-        None => Ok(Config::default()),
-    };
-    let settings = config.and_then(|mut config| {
-        if let Some(listen) = args.listen {
-            config.server.listen = listen;
-        }
-        if let Some(listen) = args.ops_listen {
-            config.ops.listen = listen;
-        }
-        config.validate()
-    });
-    let settings = match settings {
-        Ok(settings) => settings,
+    let loaded = load(&args);
+    let (settings, hash) = match loaded {
+        Ok(loaded) => loaded,
         Err(error) => {
             log::error!("{error}");
             return ExitCode::from(EXIT_BAD_CONFIG);
@@ -84,9 +74,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    daemon.live().set_hash(hash);
+    let live = Arc::clone(daemon.live());
+    let started_with = daemon.started_with().clone();
     runtime.block_on(async {
         tokio::select! {
-            () = signals.stop() => {}
+            () = signals.stop_or(|| reload(&live, &started_with, &args)) => {}
             () = daemon.ended() => {
                 log::error!("The daemon stopped on its own");
                 return;
@@ -111,6 +104,53 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Err(error) => {
             log::error!("Stopped with an error: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads and validates the config (the file of `--config`, or the defaults) with the
+/// command line's overrides; returns it with the file's hash.
+fn load(args: &ServeArgs) -> Result<(Settings, String), ConfigError> {
+    let (config, hash) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            (Config::from_text(path, &text)?, live::hash(text.as_bytes()))
+        }
+        None => (Config::default(), String::new()),
+    };
+    let mut config = config;
+    if let Some(listen) = &args.listen {
+        config.server.listen.clone_from(listen);
+    }
+    if let Some(listen) = &args.ops_listen {
+        config.ops.listen.clone_from(listen);
+    }
+    Ok((config.validate()?, hash))
+}
+
+/// Reloads the config at SIGHUP: applied whole, or refused whole (the old config keeps
+/// serving, the error logged and counted).
+fn reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
+    let started = std::time::Instant::now();
+    if args.config.is_none() {
+        log::warn!("Nothing to reload: the daemon runs on its built-in defaults (no --config)");
+        return;
+    }
+    match load(args) {
+        Ok((settings, hash)) => {
+            let needs_restart = live.apply(started_with, &settings, hash.clone());
+            log::info!(
+                "Config reloaded hash={hash} routes={} needs_restart={needs_restart:?} us={}",
+                settings.routes.len(),
+                started.elapsed().as_micros()
+            );
+        }
+        Err(error) => {
+            log::error!("Config reload refused, the old config keeps serving error={error}");
+            live.refused(error.to_string());
         }
     }
 }

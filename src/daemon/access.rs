@@ -91,24 +91,35 @@ impl fmt::Display for Access {
 /// configured (compared in constant time).
 #[derive(Clone)]
 pub struct TokenCheck {
-    /// The expected token, if any.
-    token: Option<Vec<u8>>,
+    /// Holds the expected token, if any (replaced by a reload).
+    live: std::sync::Arc<crate::daemon::live::Live>,
+    /// Bounds the log lines refused calls cause (any client can cause them).
+    log: std::sync::Arc<crate::daemon::ingress::LogBudget>,
 }
 
 impl TokenCheck {
-    /// A check for `token` (`None`: every call passes).
-    pub fn new(token: Option<String>) -> Self {
+    /// A check for the token `live` holds at each call (`None`: every call passes).
+    pub fn new(live: std::sync::Arc<crate::daemon::live::Live>) -> Self {
         Self {
-            token: token.map(String::into_bytes),
+            live,
+            log: std::sync::Arc::default(),
+        }
+    }
+
+    /// Logs a refused call, within the log budget.
+    fn refused(&self, why: &str) {
+        if let Some(suppressed) = self.log.admit() {
+            log::warn!("Call refused: {why} suppressed_before={suppressed}");
         }
     }
 }
 
 impl tonic::service::Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.token else {
+        let Some(expected) = self.live.token() else {
             return Ok(request);
         };
+        let expected = expected.as_slice();
         let given = request
             .metadata()
             .get("authorization")
@@ -117,11 +128,11 @@ impl tonic::service::Interceptor for TokenCheck {
         match given {
             Some(given) if bool::from(given.as_bytes().ct_eq(expected)) => Ok(request),
             Some(_) => {
-                log::warn!("Call refused: wrong bearer token");
+                self.refused("wrong bearer token");
                 Err(Status::unauthenticated("wrong bearer token"))
             }
             None => {
-                log::warn!("Call refused: no bearer token");
+                self.refused("no bearer token");
                 Err(Status::unauthenticated(
                     "this daemon needs a bearer token (authorization: Bearer …)",
                 ))
@@ -191,11 +202,21 @@ mod tests {
         check.call(request).map(drop).map_err(|s| s.code())
     }
 
+    /// A check of the token `token`, held as a daemon holds it.
+    fn check(token: Option<&str>) -> TokenCheck {
+        let mut settings = crate::config::Config::default().validate().unwrap();
+        settings.token = token.map(str::to_owned);
+        TokenCheck::new(std::sync::Arc::new(crate::daemon::live::Live::new(
+            &settings,
+            String::new(),
+        )))
+    }
+
     #[test]
     fn the_token_is_required_when_configured() {
-        let mut open = TokenCheck::new(None);
+        let mut open = check(None);
         assert_eq!(call(&mut open, None), Ok(()));
-        let mut guarded = TokenCheck::new(Some("s3cret".into()));
+        let mut guarded = check(Some("s3cret"));
         assert_eq!(call(&mut guarded, Some("Bearer s3cret")), Ok(()));
         let unauthenticated = Err(tonic::Code::Unauthenticated);
         assert_eq!(call(&mut guarded, None), unauthenticated);

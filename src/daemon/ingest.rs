@@ -154,7 +154,7 @@ async fn answer(ingress: &Ingress, request: IngestRequest) -> IngestAck {
         Some(Message::Kafka(message)) => wire::kafka_request(message, max),
         Some(Message::Rabbitmq(message)) => wire::rabbitmq_request(message, max),
         Some(Message::Send(message)) => {
-            let validated = wire::send_request(message, max, ingress.routes());
+            let validated = wire::send_request(message, max, &ingress.routes());
             let reply = ingress.send_v1(validated).await;
             // `response` too, for a reader of the first version of the ack.
             let response = crate::proto::Response {

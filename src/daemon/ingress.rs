@@ -9,7 +9,7 @@ use ferry_actors::{ForwardError, Forwarder, ProduceError};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::daemon::access::Access;
+use crate::daemon::live::Live;
 use crate::daemon::routes::Routes;
 use crate::proto::message_broker_server::MessageBroker;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
@@ -90,10 +90,8 @@ impl LogBudget {
 pub struct Ingress {
     /// Where messages go.
     forwarder: Arc<Forwarder>,
-    /// Which targets requests may name.
-    access: Arc<Access>,
-    /// The named routes.
-    routes: Arc<Routes>,
+    /// The routes, the allowlist and the token, as a reload leaves them.
+    live: Arc<Live>,
     /// Bounds of a request.
     limits: RequestLimits,
     /// Requests refused before forwarding.
@@ -109,16 +107,14 @@ impl Ingress {
     /// true.
     pub fn new(
         forwarder: Arc<Forwarder>,
-        access: Arc<Access>,
-        routes: Arc<Routes>,
+        live: Arc<Live>,
         limits: RequestLimits,
         refused: Arc<Refused>,
         abort: watch::Receiver<bool>,
     ) -> Self {
         Self {
             forwarder,
-            access,
-            routes,
+            live,
             limits,
             refused,
             abort,
@@ -130,9 +126,9 @@ impl Ingress {
         self.limits
     }
 
-    /// The named routes requests may use.
-    pub fn routes(&self) -> &Routes {
-        &self.routes
+    /// The named routes requests may use now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.live.routes()
     }
 
     /// Runs `line` (a log statement) if the log budget allows, with the count of lines
@@ -198,7 +194,7 @@ impl Ingress {
             // A route's target is allowed by definition; any other is checked.
             Ok(request)
                 if !request.routed
-                    && let Err(refusal) = self.access.check(&request.target) =>
+                    && let Err(refusal) = self.live.access().check(&request.target) =>
             {
                 self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
                 self.log_limited(|suppressed| {

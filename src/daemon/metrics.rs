@@ -98,6 +98,16 @@ impl Collector for Snapshot {
                 "Producers evicted to make room.",
                 totals.evictions,
             ),
+            (
+                "config_reloads",
+                "Config reloads applied (SIGHUP, ferry reload).",
+                report.config.reloads,
+            ),
+            (
+                "config_reload_failures",
+                "Config reloads refused (the old config kept serving).",
+                report.config.reload_failures,
+            ),
         ] {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(

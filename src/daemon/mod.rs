@@ -13,6 +13,7 @@ pub mod connections;
 pub mod http;
 pub mod ingest;
 pub mod ingress;
+pub mod live;
 pub mod metrics;
 pub mod report;
 pub mod routes;

@@ -38,6 +38,9 @@ pub struct Report {
     /// credential.
     #[serde(default)]
     pub routes: Vec<crate::daemon::routes::RouteSummary>,
+    /// The config now serving and its reloads.
+    #[serde(default)]
+    pub config: crate::daemon::live::ConfigStatus,
 }
 
 /// The durable spool.
@@ -179,8 +182,8 @@ pub struct Source {
     pub started_at: SystemTime,
     /// When the daemon started, by the monotonic clock.
     pub started: Instant,
-    /// The routes served (names and kinds).
-    pub routes: Vec<crate::daemon::routes::RouteSummary>,
+    /// The live config: routes (names and kinds) and the reload history.
+    pub live: Arc<crate::daemon::live::Live>,
 }
 
 impl Source {
@@ -189,13 +192,13 @@ impl Source {
         forwarder: Arc<Forwarder>,
         refused: Arc<Refused>,
         connections: ConnectionLimit,
-        routes: Vec<crate::daemon::routes::RouteSummary>,
+        live: Arc<crate::daemon::live::Live>,
     ) -> Self {
         Self {
             forwarder,
             refused,
             connections,
-            routes,
+            live,
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
@@ -249,7 +252,8 @@ impl Source {
                     })
                     .collect(),
             }),
-            routes: self.routes.clone(),
+            routes: self.live.route_summaries(),
+            config: self.live.status(),
         }
     }
 }

@@ -32,7 +32,7 @@ impl Send for SendService {
         // its message off half-sent.
         tokio::spawn(async move {
             let validated =
-                wire::send_request(request.into_inner(), ingress.limits(), ingress.routes());
+                wire::send_request(request.into_inner(), ingress.limits(), &ingress.routes());
             ingress.send_v1(validated).await
         })
         .await

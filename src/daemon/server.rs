@@ -24,6 +24,7 @@ use crate::daemon::access::TokenCheck;
 use crate::daemon::connections::ConnectionLimit;
 use crate::daemon::ingest::IngestService;
 use crate::daemon::ingress::{Ingress, Refused};
+use crate::daemon::live::Live;
 use crate::daemon::report::Source;
 use crate::daemon::send::SendService;
 use crate::proto::ferry::v1::ingest_server::IngestServer;
@@ -132,6 +133,11 @@ pub struct Daemon {
     ended: Option<oneshot::Receiver<()>>,
     /// The runtime thread.
     thread: Option<JoinHandle<Result<(), ServeError>>>,
+    /// The parts of the config a reload replaces.
+    live: Arc<Live>,
+    /// The settings the daemon started with (a reload reports fields that differ from them
+    /// and cannot change live).
+    started_with: Settings,
 }
 
 impl Daemon {
@@ -157,6 +163,9 @@ impl Daemon {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (hurry_tx, hurry_rx) = oneshot::channel();
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
+        let live = Arc::new(Live::new(&settings, String::new()));
+        let started_with = settings.clone();
+        let thread_live = Arc::clone(&live);
         let thread = std::thread::Builder::new()
             .name("ferry-system".into())
             .spawn(move || {
@@ -165,7 +174,15 @@ impl Daemon {
                     stop: stop_rx,
                     hurry: hurry_rx,
                 };
-                run_system(settings, listeners, ops_listener, spool, ready_tx, signals)
+                run_system(
+                    settings,
+                    thread_live,
+                    listeners,
+                    ops_listener,
+                    spool,
+                    ready_tx,
+                    signals,
+                )
             })
             .map_err(ServeError::Thread)?;
         match ready_rx.recv() {
@@ -177,6 +194,8 @@ impl Daemon {
                 hurry: Some(hurry_tx),
                 ended: Some(ended_rx),
                 thread: Some(thread),
+                live,
+                started_with,
             }),
             Err(_) => Err(match thread.join() {
                 Ok(Err(error)) => error,
@@ -198,6 +217,23 @@ impl Daemon {
     /// The forwarding core (its registry holds the per-target stats).
     pub fn forwarder(&self) -> &Arc<Forwarder> {
         &self.forwarder
+    }
+
+    /// The live parts of the config and its reload history.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// The settings the daemon started with.
+    pub fn started_with(&self) -> &Settings {
+        &self.started_with
+    }
+
+    /// Applies a new config while serving: routes, allowlist and token are replaced at
+    /// once (messages in flight are untouched; producers no route uses any more stop
+    /// when idle); returns the fields that changed but apply only after a restart.
+    pub fn reload(&self, new: &Settings, hash: String) -> Vec<String> {
+        self.live.apply(&self.started_with, new, hash)
     }
 
     /// Resolves if the runtime ends without being told to (a server failed); the cause
@@ -311,8 +347,10 @@ struct Signals {
 }
 
 /// The runtime thread: an actix System, one Arbiter per listener.
+#[allow(clippy::too_many_arguments)]
 fn run_system(
     settings: Settings,
+    live: Arc<Live>,
     listeners: Vec<TcpListener>,
     ops_listener: TcpListener,
     spool: Option<OpenedSpool>,
@@ -323,6 +361,7 @@ fn run_system(
     let arbiters: Vec<Arbiter> = listeners.iter().map(|_| Arbiter::new()).collect();
     let result = system.block_on(serve(
         settings,
+        live,
         listeners,
         ops_listener,
         spool,
@@ -374,8 +413,10 @@ impl Health {
 }
 
 /// Serves until `stop` fires (or a server fails), then shuts down in order.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     settings: Settings,
+    live: Arc<Live>,
     listeners: Vec<TcpListener>,
     ops_listener: TcpListener,
     spool: Option<OpenedSpool>,
@@ -422,11 +463,9 @@ async fn serve(
         forwarder.clone(),
         refused.clone(),
         connections.clone(),
-        settings.routes.summaries(),
+        Arc::clone(&live),
     );
-    let access = Arc::new(settings.access.clone());
-    let routes = Arc::new(settings.routes.clone());
-    let token_check = TokenCheck::new(settings.token.clone());
+    let token_check = TokenCheck::new(Arc::clone(&live));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {
         serving: Arc::new(AtomicBool::new(false)),
@@ -462,8 +501,7 @@ async fn serve(
     for ((arbiter, listener), mut builder) in arbiters.iter().zip(listeners).zip(builders) {
         let ingress = Arc::new(Ingress::new(
             forwarder.clone(),
-            access.clone(),
-            routes.clone(),
+            Arc::clone(&live),
             RequestLimits {
                 max_message_bytes: settings.max_message_bytes,
                 max_brokers_per_target: settings.max_brokers_per_target,

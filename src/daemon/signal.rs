@@ -1,7 +1,6 @@
 //! The signals the daemon handles: SIGTERM (ecFlow, init) and SIGINT (a terminal) stop it,
-//! and a second one ends the shutdown grace period at once; SIGHUP is logged and ignored
-//! (ferry has no reload yet), so that a hang-up never kills the daemon with its default
-//! action.
+//! and a second one ends the shutdown grace period at once; SIGHUP reloads the config (and
+//! so never kills the daemon with its default action).
 
 use tokio::signal::unix::{Signal as Stream, SignalKind, signal};
 
@@ -10,7 +9,7 @@ use tokio::signal::unix::{Signal as Stream, SignalKind, signal};
 pub enum Signal {
     /// SIGTERM or SIGINT: stop (or, during shutdown, stop waiting).
     Stop,
-    /// SIGHUP: logged and ignored.
+    /// SIGHUP: reload the config.
     Hangup,
 }
 
@@ -47,7 +46,7 @@ impl Signals {
                 Signal::Stop
             }
             _ = self.hup.recv() => {
-                log::warn!("Received SIGHUP; ignored: ferry does not reload its config, restart it to apply changes");
+                log::info!("Received SIGHUP: reloading the config");
                 Signal::Hangup
             }
         }
@@ -56,5 +55,15 @@ impl Signals {
     /// Resolves at the next SIGTERM or SIGINT (SIGHUP is logged and waited past).
     pub async fn stop(&mut self) {
         while self.next().await != Signal::Stop {}
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT, calling `hangup` at each SIGHUP before it.
+    pub async fn stop_or(&mut self, mut hangup: impl FnMut()) {
+        loop {
+            match self.next().await {
+                Signal::Stop => return,
+                Signal::Hangup => hangup(),
+            }
+        }
     }
 }

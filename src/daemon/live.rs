@@ -1,0 +1,210 @@
+//! What a reload (SIGHUP, `ferry reload`) replaces while the daemon serves: the routes, the
+//! allowlist and the bearer token, each swapped whole so a request sees the old config or
+//! the new one, never a mix. Messages in flight keep the target they were resolved to.
+//! Fields that cannot change live are reported as needing a restart.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::daemon::access::Access;
+use crate::daemon::routes::{RouteSummary, Routes};
+
+/// The live parts of the config and the config's history.
+pub struct Live {
+    /// The named routes.
+    routes: ArcSwap<Routes>,
+    /// Which targets requests may name.
+    access: ArcSwap<Access>,
+    /// The bearer token every call must carry, if any.
+    token: ArcSwapOption<Vec<u8>>,
+    /// Load time, hash, counts.
+    status: Mutex<ConfigStatus>,
+}
+
+/// The config's identity and reload history, as `/stats` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// When the config now serving was loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+    /// CRC-32 of the config file now serving, hex ("" without a file).
+    pub hash: String,
+    /// Reloads applied since start.
+    pub reloads: u64,
+    /// Reloads refused (the file unreadable or invalid; the old config kept serving).
+    pub reload_failures: u64,
+    /// Why the last refused reload was refused ("" if none was).
+    pub last_error: String,
+    /// Fields changed in the file that apply only after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl Live {
+    /// The live state of a daemon starting with `settings`, read from a file with `hash`.
+    pub fn new(settings: &Settings, hash: String) -> Self {
+        Self {
+            routes: ArcSwap::from_pointee(settings.routes.clone()),
+            access: ArcSwap::from_pointee(settings.access.clone()),
+            token: ArcSwapOption::new(
+                settings
+                    .token
+                    .as_ref()
+                    .map(|token| Arc::new(token.clone().into_bytes())),
+            ),
+            status: Mutex::new(ConfigStatus {
+                loaded_at: now(),
+                hash,
+                ..ConfigStatus::default()
+            }),
+        }
+    }
+
+    /// The routes now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// The allowlist now.
+    pub fn access(&self) -> Arc<Access> {
+        self.access.load_full()
+    }
+
+    /// The bearer token now.
+    pub fn token(&self) -> Option<Arc<Vec<u8>>> {
+        self.token.load_full()
+    }
+
+    /// Route names and kinds, for `/stats`.
+    pub fn route_summaries(&self) -> Vec<RouteSummary> {
+        self.routes.load().summaries()
+    }
+
+    /// Records the hash of the file the daemon started with.
+    pub fn set_hash(&self, hash: String) {
+        self.lock().hash = hash;
+    }
+
+    /// The config status now.
+    pub fn status(&self) -> ConfigStatus {
+        self.lock().clone()
+    }
+
+    /// Applies the live parts of `new` (validated from a file with `hash`), given the
+    /// settings the daemon started with; records which other fields changed.
+    pub fn apply(&self, started_with: &Settings, new: &Settings, hash: String) -> Vec<String> {
+        self.routes.store(Arc::new(new.routes.clone()));
+        self.access.store(Arc::new(new.access.clone()));
+        self.token.store(
+            new.token
+                .as_ref()
+                .map(|token| Arc::new(token.clone().into_bytes())),
+        );
+        let needs_restart = needs_restart(started_with, new);
+        let mut status = self.lock();
+        status.loaded_at = now();
+        status.hash = hash;
+        status.reloads += 1;
+        status.needs_restart.clone_from(&needs_restart);
+        needs_restart
+    }
+
+    /// Records a refused reload.
+    pub fn refused(&self, error: String) {
+        let mut status = self.lock();
+        status.reload_failures += 1;
+        status.last_error = error;
+    }
+
+    /// The status, even if a holder panicked (it holds plain data).
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The fields of `new` that differ from those the daemon started with and do not change
+/// live (listeners, workers, bounds, policy, producers, spool), by config section.
+pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
+    // Settings holds types without PartialEq (policy, TLS identity); their Debug forms are
+    // complete for every field that matters here.
+    macro_rules! changed {
+        ($($field:ident => $name:literal),* $(,)?) => {{
+            let mut changed = Vec::new();
+            $(
+                if format!("{:?}", old.$field) != format!("{:?}", new.$field) {
+                    changed.push($name.to_owned());
+                }
+            )*
+            changed
+        }};
+    }
+    changed!(
+        listen => "server.listen",
+        workers => "server.workers",
+        max_message_bytes => "server.max_message_bytes",
+        max_in_flight => "server.max_in_flight",
+        max_in_flight_per_stream => "server.max_in_flight_per_stream",
+        shutdown_grace => "server.shutdown_grace_ms",
+        max_connections => "server.max_connections",
+        max_in_flight_bytes => "server.max_in_flight_bytes",
+        max_streams_per_connection => "server.max_streams_per_connection",
+        handshake_timeout => "server.handshake_timeout_ms",
+        idle_connection_timeout => "server.idle_connection_timeout_ms",
+        request_timeout => "server.request_body_timeout_ms",
+        max_brokers_per_target => "kafka.max_brokers_per_target",
+        tls => "server.tls",
+        ops_listen => "ops.listen",
+        pid_file => "ops.pid_file",
+        policy => "policy",
+        producer => "producers / kafka / rabbitmq",
+        registry => "producers",
+        spool => "spool",
+    )
+}
+
+/// Now, RFC 3339 in UTC with milliseconds.
+fn now() -> String {
+    chrono::DateTime::<chrono::Utc>::from(SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The hash `/stats` shows for a config file's bytes: CRC-32, hex.
+pub fn hash(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn settings(text: &str) -> Settings {
+        toml::from_str::<Config>(text).unwrap().validate().unwrap()
+    }
+
+    #[test]
+    fn a_reload_swaps_routes_and_reports_what_needs_a_restart() {
+        let old = settings("[routes.a]\nkind = \"kafka\"\nbrokers = [\"k:1\"]\ntopic = \"t\"\n");
+        let live = Live::new(&old, hash(b"old"));
+        assert!(live.routes().get("a").is_some());
+        let new = settings(
+            "[server]\nmax_in_flight = 7\n[routes.b]\nkind = \"kafka\"\nbrokers = [\"k:1\"]\n\
+             topic = \"t\"\n",
+        );
+        let restart = live.apply(&old, &new, hash(b"new"));
+        assert_eq!(restart, ["server.max_in_flight"]);
+        assert!(live.routes().get("a").is_none() && live.routes().get("b").is_some());
+        let status = live.status();
+        assert_eq!(
+            (status.reloads, status.hash.as_str()),
+            (1, hash(b"new").as_str())
+        );
+        live.refused("invalid config: routes.c.topic: …".into());
+        assert_eq!(live.status().reload_failures, 1);
+        assert!(needs_restart(&old, &old).is_empty());
+    }
+}

@@ -37,6 +37,10 @@ pub struct LoadArgs {
     /// The daemon's gRPC address. Example: --daemon 127.0.0.1:33383
     #[arg(long, default_value = "127.0.0.1:33383")]
     pub daemon: String,
+    /// The daemon's process id, to report its CPU time per message (user + system, all
+    /// its threads) for each run through it. Example: --daemon-pid 4242
+    #[arg(long, value_name = "PID")]
+    pub daemon_pid: Option<u32>,
     /// Messages per run and mode. Example: -n 100000
     #[arg(short = 'n', long, default_value_t = 20_000)]
     pub messages: u64,
@@ -151,6 +155,7 @@ impl LoadArgs {
         );
         Ok(Plan {
             daemon: self.daemon,
+            daemon_pid: self.daemon_pid,
             destination,
             messages: self.messages,
             concurrency: self.concurrency,

@@ -15,10 +15,12 @@
 //! - [`sink`]: one way to deliver one message, [`drive`]: closed- and open-loop drivers
 //!   over a sink; [`unary`], [`direct`]: the sinks; [`stream`]: the streaming driver.
 //! - [`broker`]: topic/queue set-up and counting; [`record`]: latencies and errors;
-//!   [`report`]: the tables; [`progress`]: the ticker on stderr.
+//!   [`report`]: the tables; [`progress`]: the ticker on stderr; [`cpu`]: the daemon's CPU
+//!   time per message (`--daemon-pid`).
 
 pub mod args;
 pub mod broker;
+pub mod cpu;
 pub mod direct;
 pub mod drive;
 pub mod plan;

@@ -73,6 +73,8 @@ pub struct Plan {
     pub daemon: String,
     /// Where messages go.
     pub destination: Destination,
+    /// The daemon's pid, when its CPU time per message is to be reported.
+    pub daemon_pid: Option<u32>,
     /// Messages per run and mode.
     pub messages: u64,
     /// Messages in flight at once (the bound, in rate mode).

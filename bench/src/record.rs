@@ -79,9 +79,19 @@ pub struct RunResult {
     pub record: Record,
     /// Messages the broker gained during the run (None if it could not be counted).
     pub broker_count: Option<u64>,
+    /// The daemon's CPU time during the run (with `--daemon-pid`).
+    pub daemon_cpu: Option<Duration>,
 }
 
 impl RunResult {
+    /// The daemon's CPU time per delivered message, in µs, for a run through the daemon.
+    pub fn cpu_us(&self) -> Option<f64> {
+        if self.mode == Mode::Direct {
+            return None;
+        }
+        crate::cpu::per_message_us(self.daemon_cpu?, self.record.delivered)
+    }
+
     /// Delivered messages per second.
     pub fn rate(&self) -> f64 {
         self.record.delivered as f64 / self.elapsed.as_secs_f64().max(1e-9)

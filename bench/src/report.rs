@@ -22,8 +22,17 @@ pub fn print_header(plan: &Plan) {
         plan.daemon
     );
     println!(
-        "{:<7} {:>5} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9}  errors",
-        "MODE", "ROUND", "DELIVERED", "MSG/S", "P50_MS", "P99_MS", "P999_MS", "SECS", "IN_BROKER"
+        "{:<7} {:>5} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>7}  errors",
+        "MODE",
+        "ROUND",
+        "DELIVERED",
+        "MSG/S",
+        "P50_MS",
+        "P99_MS",
+        "P999_MS",
+        "SECS",
+        "IN_BROKER",
+        "CPU_US"
     );
 }
 
@@ -50,7 +59,7 @@ pub fn print_run(r: &RunResult) {
             .join(", ")
     };
     println!(
-        "{:<7} {:>5} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>7.2} {:>9}  {errors}",
+        "{:<7} {:>5} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>7.2} {:>9} {:>7}  {errors}",
         r.mode.name(),
         r.round,
         r.record.delivered,
@@ -59,7 +68,8 @@ pub fn print_run(r: &RunResult) {
         ms(0.99),
         ms(0.999),
         r.elapsed.as_secs_f64(),
-        broker
+        broker,
+        cpu(r.cpu_us())
     );
 }
 
@@ -83,6 +93,13 @@ pub struct Summary {
     /// Median over rounds of this mode's rate ÷ `direct`'s rate in the same round (the
     /// broker and machine drift between rounds; within one they are alike).
     pub vs_direct: Option<f64>,
+    /// Median daemon CPU time per message, µs (with `--daemon-pid`; not for `direct`).
+    pub cpu_us: Option<f64>,
+}
+
+/// A CPU figure in µs per message, or "-".
+fn cpu(us: Option<f64>) -> String {
+    us.map_or("-".to_owned(), |us| format!("{us:.1}"))
 }
 
 /// Medians per mode, in the order the modes ran.
@@ -112,6 +129,7 @@ pub fn summarise(plan: &Plan, results: &[RunResult]) -> Vec<Summary> {
                         })
                         .collect(),
                 ),
+                cpu_us: median(runs.iter().filter_map(|r| r.cpu_us()).collect()),
             }
         })
         .collect()
@@ -121,13 +139,13 @@ pub fn summarise(plan: &Plan, results: &[RunResult]) -> Vec<Summary> {
 pub fn print_summary(plan: &Plan, summaries: &[Summary]) {
     println!("\nmedians of {} run(s):", plan.runs);
     println!(
-        "{:<7} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
-        "MODE", "MSG/S", "P50_MS", "P99_MS", "P999_MS", "ERRORS", "VERIFIED", "VS_DIRECT"
+        "{:<7} {:>10} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10} {:>7}",
+        "MODE", "MSG/S", "P50_MS", "P99_MS", "P999_MS", "ERRORS", "VERIFIED", "VS_DIRECT", "CPU_US"
     );
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     for s in summaries {
         println!(
-            "{:<7} {:>10.0} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
+            "{:<7} {:>10.0} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10} {:>7}",
             s.mode.name(),
             s.rate,
             ms(s.p50_ms),
@@ -135,7 +153,8 @@ pub fn print_summary(plan: &Plan, summaries: &[Summary]) {
             ms(s.p999_ms),
             s.errors,
             if s.verified { "yes" } else { "NO" },
-            s.vs_direct.map_or("-".to_owned(), |r| format!("{r:.2}"))
+            s.vs_direct.map_or("-".to_owned(), |r| format!("{r:.2}")),
+            cpu(s.cpu_us)
         );
     }
 }

@@ -50,6 +50,7 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
         unary: Arc::new(UnarySink::new(&channels, plan)),
         channels,
     };
+    let cpu = plan.daemon_pid.map(crate::cpu::CpuClock::of).transpose()?;
     let mut warmed_up = 0;
     for &mode in &plan.modes {
         if plan.warm_up > 0 {
@@ -86,8 +87,13 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
                 plan.messages,
                 plan.progress,
             );
+            let cpu_before = cpu.map(|clock| clock.now()).transpose()?;
             let (record, elapsed) =
                 send(&paths, plan, mode, plan.messages, Some(progress.counter())).await?;
+            let daemon_cpu = match (cpu, cpu_before) {
+                (Some(clock), Some(before)) => Some(clock.now()?.saturating_sub(before)),
+                _ => None,
+            };
             drop(progress);
             let expected = before.unwrap_or(sent_before) + record.delivered;
             let after = match &counter {
@@ -100,6 +106,7 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
                 elapsed,
                 record,
                 broker_count: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+                daemon_cpu,
             };
             crate::report::print_run(&result);
             results.push(result);

@@ -124,6 +124,8 @@ fn the_binary_prints_rows_medians_and_ratios_at_a_steady_rate() {
     let topic = ferry_testkit::kafka::unique_topic("bench-smoke-rate");
     let output = Command::new(env!("CARGO_BIN_EXE_ferry-bench"))
         .args(["load", "--daemon", &daemon.local_addr().to_string()])
+        // The daemon runs in this process.
+        .args(["--daemon-pid", &std::process::id().to_string()])
         .args([
             "-n",
             "200",
@@ -160,4 +162,12 @@ fn the_binary_prints_rows_medians_and_ratios_at_a_steady_rate() {
     let ratio: f64 = unary[7].parse().expect("a ratio");
     // At a steady rate both paths deliver at that rate.
     assert!((0.8..1.25).contains(&ratio), "{stdout}");
+    // The daemon's CPU per message, for the daemon path only.
+    let cpu_us: f64 = unary[8].parse().expect("CPU µs per message");
+    assert!(cpu_us > 0.0, "{stdout}");
+    let direct = summary[2..]
+        .iter()
+        .find(|l| l.starts_with("direct"))
+        .expect("direct row");
+    assert!(direct.ends_with(" -"), "no daemon CPU for direct: {stdout}");
 }

@@ -246,3 +246,25 @@ async fn sighup_under_load_adds_changes_and_removes_routes_without_failing_a_cal
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn ferry_reload_refuses_a_pid_file_that_names_no_single_process() {
+    let dir = scratch_dir("reload-pid");
+    let pid_file = dir.join("ferry.pid");
+    // "-1" would signal every process this user may signal, "0" the caller's group.
+    for text in ["-1", "0", "1", "not a pid", ""] {
+        std::fs::write(&pid_file, text).unwrap();
+        let output = ferry(&[
+            "reload",
+            "--pid-file",
+            &pid_file.to_string_lossy(),
+            "--http",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{text:?}: {output:?}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("holds no pid"));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -115,10 +115,13 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
         );
     };
     let pid = match std::fs::read_to_string(&pid_file) {
+        // A positive pid other than init's: "-1" or "0" would signal a whole group (and
+        // rustix asserts on a negative one).
         Ok(text) => match text
             .trim()
             .parse::<i32>()
             .ok()
+            .filter(|pid| *pid > 1)
             .and_then(rustix::process::Pid::from_raw)
         {
             Some(pid) => pid,

@@ -471,13 +471,15 @@ impl Spooler {
                 return;
             }
         };
-        let mut by_target: HashMap<Target, Vec<String>> = HashMap::new();
-        for (id, destination) in expired {
-            if let Some(target) = target_of(&destination) {
-                by_target.entry(target).or_default().push(id);
+        let mut by_target: HashMap<Target, (Vec<String>, u64)> = HashMap::new();
+        for record in expired {
+            if let Some(target) = target_of(&record.destination) {
+                let (ids, bytes) = by_target.entry(target).or_default();
+                ids.push(record.id);
+                *bytes += record.bytes;
             }
         }
-        for (target, ids) in by_target {
+        for (target, (ids, bytes)) in by_target {
             log::warn!(
                 "Spooled messages expired (max_age_s) and were removed undelivered target={target} count={} ids={}",
                 ids.len(),
@@ -487,11 +489,7 @@ impl Spooler {
             stats
                 .expired_total
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            // Expired bytes are not known per record here; the spool recounts its total.
-            self.settle(&target, &stats, ids.len() as u64, 0);
-            if self.lock().get(&target).is_some_and(|s| s.pending == 0) {
-                stats.bytes_now.store(0, Ordering::Relaxed);
-            }
+            self.settle(&target, &stats, ids.len() as u64, bytes);
         }
     }
 

@@ -43,7 +43,7 @@ enum Op {
     /// Remove records spooled before a time.
     Expire(
         i64,
-        oneshot::Sender<Result<Vec<(String, Destination)>, SpoolError>>,
+        oneshot::Sender<Result<Vec<crate::store::Expired>, SpoolError>>,
     ),
     /// List the destinations.
     Summary(oneshot::Sender<Result<Vec<Summary>, SpoolError>>),
@@ -137,8 +137,9 @@ impl Spool {
         self.call(|reply| Op::Remove(seqs, bytes, reply)).await?
     }
 
-    /// Removes the records spooled more than `max_age_ms` ago; returns their ids.
-    pub async fn expire(&self, max_age_ms: u64) -> Result<Vec<(String, Destination)>, SpoolError> {
+    /// Removes the records spooled more than `max_age_ms` ago; returns them (id,
+    /// destination, bytes).
+    pub async fn expire(&self, max_age_ms: u64) -> Result<Vec<crate::store::Expired>, SpoolError> {
         let before = now_ms().saturating_sub(i64::try_from(max_age_ms).unwrap_or(i64::MAX));
         self.call(|reply| Op::Expire(before, reply)).await?
     }

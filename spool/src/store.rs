@@ -52,6 +52,23 @@ CREATE TABLE IF NOT EXISTS quarantine (
 /// the same order to both tables, which `INSERT … SELECT *` relies on).
 const ADDED_COLUMNS: [&str; 1] = ["meta BLOB"];
 
+/// The bytes a record counts against `max_bytes`, in SQL: the same sum as
+/// `Record::bytes` (text measured in bytes, not characters).
+const RECORD_BYTES_SQL: &str = "LENGTH(payload) + LENGTH(CAST(route AS BLOB)) \
+    + LENGTH(CAST(id AS BLOB)) + LENGTH(CAST(address AS BLOB)) \
+    + LENGTH(CAST(exchange AS BLOB)) + IFNULL(LENGTH(meta), 0)";
+
+/// A record removed by [`Store::expire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// Its id.
+    pub id: String,
+    /// Where it would have gone.
+    pub destination: Destination,
+    /// The bytes it counted against `max_bytes`.
+    pub bytes: u64,
+}
+
 /// A record's checksum: CRC-32 of its payload, then of its metadata if it has any (so a
 /// record written before metadata existed keeps its checksum).
 fn checksum(payload: &[u8], meta: Option<&[u8]>) -> u32 {
@@ -268,30 +285,35 @@ impl Store {
     }
 
     /// Removes the records spooled before `before_ms`; returns their ids and destinations.
-    pub fn expire(&mut self, before_ms: i64) -> Result<Vec<(String, Destination)>, SpoolError> {
+    pub fn expire(&mut self, before_ms: i64) -> Result<Vec<Expired>, SpoolError> {
         let tx = self.conn.transaction()?;
         let expired = {
-            let mut select = tx.prepare(
-                "SELECT id, kind, address, exchange FROM records WHERE created_ms < ?1 ORDER BY seq",
-            )?;
+            let mut select = tx.prepare(&format!(
+                "SELECT id, kind, address, exchange, {RECORD_BYTES_SQL} FROM records
+                 WHERE created_ms < ?1 ORDER BY seq"
+            ))?;
             let rows = select.query_map([before_ms], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })?;
             let mut expired = Vec::new();
             for row in rows {
-                let (id, kind, address, exchange) = row?;
+                let (id, kind, address, exchange, bytes) = row?;
                 if let Some(kind) = Kind::parse(&kind) {
-                    let destination = Destination {
-                        kind,
-                        address,
-                        exchange,
-                    };
-                    expired.push((id, destination));
+                    expired.push(Expired {
+                        id,
+                        destination: Destination {
+                            kind,
+                            address,
+                            exchange,
+                        },
+                        bytes: u64::try_from(bytes).unwrap_or(0),
+                    });
                 }
             }
             expired
@@ -303,11 +325,10 @@ impl Store {
 
     /// Every destination with records, with their count, bytes and oldest time.
     pub fn summary(&self) -> Result<Vec<Summary>, SpoolError> {
-        let mut select = self.conn.prepare(
-            "SELECT kind, address, exchange, COUNT(*), SUM(LENGTH(payload) + LENGTH(route) + LENGTH(id)
-                    + LENGTH(address) + LENGTH(exchange) + IFNULL(LENGTH(meta), 0)), MIN(created_ms)
-             FROM records GROUP BY kind, address, exchange ORDER BY kind, address, exchange",
-        )?;
+        let mut select = self.conn.prepare(&format!(
+            "SELECT kind, address, exchange, COUNT(*), SUM({RECORD_BYTES_SQL}), MIN(created_ms)
+             FROM records GROUP BY kind, address, exchange ORDER BY kind, address, exchange"
+        ))?;
         let rows = select.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -464,6 +485,33 @@ mod tests {
         let (with_meta, _) = store.read(&dest(2), 0, 10).unwrap();
         assert_eq!(with_meta[0].meta.as_deref(), Some(&b"meta x"[..]));
         assert_eq!(rest[0].meta, None);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn expired_records_come_back_with_the_bytes_they_counted() {
+        let dir = scratch("expire-bytes");
+        let (mut store, _) = Store::open(&dir).unwrap();
+        let mut unicode = record(2, "ü-id");
+        unicode.route = "routé.キー".into();
+        let mut kept = record(2, "ß");
+        kept.route = "ü.route".into();
+        let batch = [record(1, "a"), unicode, kept];
+        store.append(&batch[..2], 5).unwrap();
+        store.append(&batch[2..], 50).unwrap();
+        let expired = store.expire(10).unwrap();
+        let ids: Vec<&str> = expired.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["a", "ü-id"], "only those spooled before the time");
+        for (expired, record) in expired.iter().zip(&batch) {
+            assert_eq!(expired.bytes, record.bytes(), "{}", record.id);
+        }
+        let summary = store.summary().unwrap();
+        assert_eq!(summary.len(), 1);
+        assert_eq!(
+            summary[0].bytes,
+            batch[2].bytes(),
+            "the summary counts bytes the same way"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

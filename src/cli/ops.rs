@@ -139,7 +139,11 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
         .clone()
         .or(ops.listen)
         .unwrap_or_else(|| DEFAULT_OPS_LISTEN.to_owned());
-    let before = read_report(&http, args.timeout_ms).ok().map(|r| r.config);
+    let uri = match stats_uri(&http) {
+        Ok(uri) => uri,
+        Err(code) => return code,
+    };
+    let before = read_report(&uri, args.timeout_ms).ok().map(|r| r.config);
     if let Err(error) = rustix::process::kill_process(pid, rustix::process::Signal::HUP) {
         return fail(
             EXIT_NOT_DELIVERED,
@@ -153,7 +157,7 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
     let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        let Ok(report) = read_report(&http, args.timeout_ms) else {
+        let Ok(report) = read_report(&uri, args.timeout_ms) else {
             continue;
         };
         let now = report.config;
@@ -226,9 +230,13 @@ fn ops_section(path: &std::path::Path) -> Result<OpsSection, String> {
 
 /// Reads the routes from `/stats` and prints one line per route: name and kind.
 pub fn routes(args: RoutesArgs) -> ExitCode {
-    let report = match read_report(&args.http, args.timeout_ms) {
-        Ok(report) => report,
+    let uri = match stats_uri(&args.http) {
+        Ok(uri) => uri,
         Err(code) => return code,
+    };
+    let report = match read_report(&uri, args.timeout_ms) {
+        Ok(report) => report,
+        Err(error) => return fail(EXIT_NOT_DELIVERED, error),
     };
     if report.routes.is_empty() {
         println!("no routes (the daemon's config has no [routes.NAME])");
@@ -245,29 +253,30 @@ pub fn routes(args: RoutesArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Fetches and parses `/stats` of the ops endpoint at `http`.
-fn read_report(http: &str, timeout_ms: u64) -> Result<Report, ExitCode> {
-    let Ok(uri) = format!("http://{http}/stats").parse::<Uri>() else {
-        return Err(fail(EXIT_USAGE, format!("invalid address {http:?}")));
-    };
+/// The `/stats` URI of the ops endpoint at `http`, or a usage error.
+fn stats_uri(http: &str) -> Result<Uri, ExitCode> {
+    format!("http://{http}/stats")
+        .parse::<Uri>()
+        .map_err(|_| fail(EXIT_USAGE, format!("invalid address {http:?}")))
+}
+
+/// GETs `uri` within `timeout_ms`; an error says why, and nothing is printed.
+fn fetch_within(uri: &Uri, timeout_ms: u64) -> Result<Bytes, String> {
     let limit = Duration::from_millis(timeout_ms);
-    let fetched = block_on(async move {
+    let uri = uri.clone();
+    block_on(async move {
         tokio::time::timeout(limit, fetch(uri))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
-    })?;
-    let body = fetched.map_err(|error| {
-        fail(
-            EXIT_NOT_DELIVERED,
-            format!("cannot read http://{http}/stats: {error}"),
-        )
-    })?;
-    serde_json::from_slice::<Report>(&body).map_err(|error| {
-        fail(
-            EXIT_NOT_DELIVERED,
-            format!("unexpected /stats document: {error}"),
-        )
     })
+    .map_err(|_| "cannot start a runtime".to_owned())?
+}
+
+/// Fetches and parses the `/stats` report at `uri`; an error says why, and nothing is
+/// printed (a caller that polls decides what to say).
+fn read_report(uri: &Uri, timeout_ms: u64) -> Result<Report, String> {
+    let body = fetch_within(uri, timeout_ms).map_err(|e| format!("cannot read {uri}: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("unexpected /stats document: {e}"))
 }
 
 /// Asks the daemon's grpc.health.v1 service; exit 0 and "serving" when it serves, else 1.
@@ -338,38 +347,25 @@ pub fn check(args: CheckArgs) -> ExitCode {
 
 /// Reads `/stats` and prints it as an aligned table (or the JSON with `--json`).
 pub fn stats(args: StatsArgs) -> ExitCode {
-    let Ok(uri) = format!("http://{}/stats", args.http).parse::<Uri>() else {
-        return fail(EXIT_USAGE, format!("invalid address {:?}", args.http));
-    };
-    let limit = Duration::from_millis(args.timeout_ms);
-    let fetched = block_on(async move {
-        tokio::time::timeout(limit, fetch(uri))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
-    });
-    let body = match fetched {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => {
-            return fail(
-                EXIT_NOT_DELIVERED,
-                format!("cannot read http://{}/stats: {error}", args.http),
-            );
-        }
+    let uri = match stats_uri(&args.http) {
+        Ok(uri) => uri,
         Err(code) => return code,
     };
     if args.json {
-        println!("{}", String::from_utf8_lossy(&body));
-        return ExitCode::SUCCESS;
+        return match fetch_within(&uri, args.timeout_ms) {
+            Ok(body) => {
+                println!("{}", String::from_utf8_lossy(&body));
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(EXIT_NOT_DELIVERED, format!("cannot read {uri}: {error}")),
+        };
     }
-    match serde_json::from_slice::<Report>(&body) {
+    match read_report(&uri, args.timeout_ms) {
         Ok(report) => {
             print!("{}", render(&report));
             ExitCode::SUCCESS
         }
-        Err(error) => fail(
-            EXIT_NOT_DELIVERED,
-            format!("unexpected /stats document: {error}"),
-        ),
+        Err(error) => fail(EXIT_NOT_DELIVERED, error),
     }
 }
 

@@ -83,6 +83,34 @@ impl MessageMetadata {
 }
 
 impl Destination {
+    /// The predecessor's message of `data` to this destination; `None` for a route, which
+    /// only `ferry.v1.Send` carries.
+    pub(super) fn legacy(&self, data: Bytes) -> Option<Legacy> {
+        let message = Some(proto::Message { data });
+        match self {
+            Self::Kafka { brokers, topic } => Some(Legacy::Kafka(KafkaMessage {
+                target: Some(proto::KafkaTarget {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                }),
+                message,
+            })),
+            Self::RabbitMq {
+                server,
+                exchange,
+                routing_key,
+            } => Some(Legacy::RabbitMq(RabbitMqMessage {
+                target: Some(proto::RabbitMqTarget {
+                    server: server.clone(),
+                    exchange: exchange.clone(),
+                    route_key: routing_key.clone(),
+                }),
+                message,
+            })),
+            Self::Route { .. } => None,
+        }
+    }
+
     /// The `ferry.v1.SendRequest` of `data` to this destination with `metadata`.
     pub fn v1_request(&self, data: Bytes, metadata: &MessageMetadata) -> v1::SendRequest {
         use v1::send_request::Target;
@@ -505,7 +533,7 @@ async fn attempt(
 
 /// A message the predecessor's `MessageBroker` calls carry (no route, no metadata), which
 /// every ferry daemon, old or new, takes.
-enum Legacy {
+pub(super) enum Legacy {
     /// `SendKafkaMessage`.
     Kafka(KafkaMessage),
     /// `SendRabbitMQMessage`.
@@ -550,28 +578,9 @@ impl Call<'_> {
                 AttemptError::Rpc(status)
             }
         };
-        let legacy = match destination {
-            _ if !metadata.is_empty() => None,
-            Destination::Kafka { brokers, topic } => Some(Legacy::Kafka(KafkaMessage {
-                target: Some(proto::KafkaTarget {
-                    brokers: brokers.clone(),
-                    topic: topic.clone(),
-                }),
-                message: Some(proto::Message { data: data.clone() }),
-            })),
-            Destination::RabbitMq {
-                server,
-                exchange,
-                routing_key,
-            } => Some(Legacy::RabbitMq(RabbitMqMessage {
-                target: Some(proto::RabbitMqTarget {
-                    server: server.clone(),
-                    exchange: exchange.clone(),
-                    route_key: routing_key.clone(),
-                }),
-                message: Some(proto::Message { data: data.clone() }),
-            })),
-            Destination::Route { .. } => None,
+        let legacy = match metadata.is_empty() {
+            true => destination.legacy(data.clone()),
+            false => None,
         };
         let Some(legacy) = legacy else {
             // A route, or metadata: only ferry.v1.Send carries them.

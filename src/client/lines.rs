@@ -16,11 +16,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::failover::{Client, Daemon, Destination, MessageMetadata, RETRY_PAUSE, chain};
+use super::failover::{Client, Daemon, Destination, Legacy, MessageMetadata, RETRY_PAUSE, chain};
+use crate::proto;
 use crate::proto::ferry::v1::ingest_client::IngestClient;
 use crate::proto::ferry::v1::ingest_request::Message;
 use crate::proto::ferry::v1::{IngestAck, IngestRequest};
-use crate::proto::{self, KafkaMessage, RabbitMqMessage};
 use crate::wire::ErrorNo;
 
 /// Requests queued for a stream ahead of HTTP/2 flow control (the daemon takes at most its
@@ -231,30 +231,10 @@ fn settle(daemon: &str, response: proto::Response) -> State {
 
 /// The stream message that sends `data` to `destination`.
 fn message(destination: &Destination, data: Bytes) -> Message {
-    let message = Some(proto::Message { data: data.clone() });
-    match destination {
-        Destination::Kafka { brokers, topic } => Message::Kafka(KafkaMessage {
-            target: Some(proto::KafkaTarget {
-                brokers: brokers.clone(),
-                topic: topic.clone(),
-            }),
-            message,
-        }),
-        Destination::RabbitMq {
-            server,
-            exchange,
-            routing_key,
-        } => Message::Rabbitmq(RabbitMqMessage {
-            target: Some(proto::RabbitMqTarget {
-                server: server.clone(),
-                exchange: exchange.clone(),
-                route_key: routing_key.clone(),
-            }),
-            message,
-        }),
-        Destination::Route { .. } => {
-            Message::Send(destination.v1_request(data, &MessageMetadata::default()))
-        }
+    match destination.legacy(data.clone()) {
+        Some(Legacy::Kafka(message)) => Message::Kafka(message),
+        Some(Legacy::RabbitMq(message)) => Message::Rabbitmq(message),
+        None => Message::Send(destination.v1_request(data, &MessageMetadata::default())),
     }
 }
 

@@ -194,7 +194,7 @@ impl Ingress {
             // A route's target is allowed by definition; any other is checked.
             Ok(request)
                 if !request.routed
-                    && let Err(refusal) = self.live.access().check(&request.target) =>
+                    && let Err(refusal) = self.live.check_access(&request.target) =>
             {
                 self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
                 self.log_limited(|suppressed| {

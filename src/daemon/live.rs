@@ -67,9 +67,13 @@ impl Live {
         self.routes.load_full()
     }
 
-    /// The allowlist now.
-    pub fn access(&self) -> Arc<Access> {
-        self.access.load_full()
+    /// Whether the allowlist now allows `target` (without taking a reference count: this
+    /// runs for every message that names its target).
+    pub fn check_access(
+        &self,
+        target: &ferry_actors::Target,
+    ) -> Result<(), crate::daemon::access::NotAllowed> {
+        self.access.load().check(target)
     }
 
     /// The bearer token now.

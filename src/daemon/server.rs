@@ -224,16 +224,10 @@ impl Daemon {
         &self.live
     }
 
-    /// The settings the daemon started with.
+    /// The settings the daemon started with (a reload, [`Live::apply`], reports the fields
+    /// that differ from them and cannot change live).
     pub fn started_with(&self) -> &Settings {
         &self.started_with
-    }
-
-    /// Applies a new config while serving: routes, allowlist and token are replaced at
-    /// once (messages in flight are untouched; producers no route uses any more stop
-    /// when idle); returns the fields that changed but apply only after a restart.
-    pub fn reload(&self, new: &Settings, hash: String) -> Vec<String> {
-        self.live.apply(&self.started_with, new, hash)
     }
 
     /// Resolves if the runtime ends without being told to (a server failed); the cause

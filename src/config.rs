@@ -8,7 +8,10 @@ use std::time::Duration;
 use ferry_actors::policy::PolicyError;
 use ferry_actors::settings::AMQP_FRAME_MIN_BYTES;
 use ferry_actors::target::normalise_host_port;
-use ferry_actors::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings, RetryPolicy};
+use ferry_actors::{
+    AmqpSettings, AmqpTls, ClientIdentity, KafkaCluster, KafkaSettings, ProducerSettings,
+    RegistrySettings, RetryPolicy,
+};
 use serde::Deserialize;
 
 use crate::daemon::access::{Access, Allowlist, Exchanges};
@@ -261,6 +264,23 @@ pub struct KafkaConfig {
     /// Further librdkafka producer properties (`bootstrap.servers`, `acks` and
     /// `enable.idempotence` may not be overridden).
     pub properties: std::collections::BTreeMap<String, String>,
+    /// `[[kafka.clusters]]`: properties of particular clusters (TLS, SASL).
+    pub clusters: Vec<KafkaClusterConfig>,
+}
+
+/// One `[[kafka.clusters]]` entry: librdkafka properties for the targets that name one of
+/// `brokers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaClusterConfig {
+    /// The cluster's brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// librdkafka properties (`security.protocol`, `sasl.mechanism`, `sasl.username`,
+    /// `ssl.ca.location`, …).
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Secret properties, each read from a file (trailing newline dropped):
+    /// `{ "sasl.password" = "/etc/ferry/kafka.password" }`.
+    pub secret_files: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -271,6 +291,7 @@ impl Default for KafkaConfig {
             queue_max_messages: kafka.queue_max_messages,
             max_brokers_per_target: ferry_actors::target::DEFAULT_MAX_BROKERS_PER_TARGET,
             properties: Default::default(),
+            clusters: Vec::new(),
         }
     }
 }
@@ -284,6 +305,34 @@ pub struct RabbitMqConfig {
     /// Largest AMQP frame proposed to the broker, in bytes (4096 to 131072; a URL's
     /// `frame_max` may only lower it); each connection holds 64 frames of buffer.
     pub frame_max_bytes: u32,
+    /// Most exchanges (one channel each) sharing one connection to a server (1 to 2047);
+    /// beyond it ferry opens another connection to the same server.
+    pub max_channels_per_connection: usize,
+    /// Publish mandatory: a message no queue is bound for is answered 3 ("unroutable")
+    /// instead of 0. Off by default, as the predecessor published.
+    pub mandatory: bool,
+    /// PEM file of the CA that signed the `amqps://` servers' certificates, trusted
+    /// besides the system's roots ("" = the system's roots only).
+    pub tls_ca_file: String,
+    /// PEM client certificate chain presented to `amqps://` servers ("" = none); with
+    /// `tls_key_file`.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// TLS files of particular servers, by `host:port`, where a site's servers differ.
+    pub servers: std::collections::BTreeMap<String, RabbitMqServerTls>,
+}
+
+/// `[rabbitmq.servers."host:port"]`: the TLS files of one RabbitMQ server.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitMqServerTls {
+    /// As `rabbitmq.tls_ca_file`, for this server.
+    pub tls_ca_file: String,
+    /// As `rabbitmq.tls_cert_file`, for this server.
+    pub tls_cert_file: String,
+    /// As `rabbitmq.tls_key_file`, for this server.
+    pub tls_key_file: String,
 }
 
 impl Default for RabbitMqConfig {
@@ -292,12 +341,96 @@ impl Default for RabbitMqConfig {
         Self {
             connection_name: amqp.connection_name,
             frame_max_bytes: amqp.frame_max_bytes,
+            max_channels_per_connection: amqp.max_channels_per_connection,
+            mandatory: amqp.mandatory,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            servers: Default::default(),
         }
     }
 }
 
 /// librdkafka properties that carry ferry's delivery guarantee or its routing.
 const RESERVED_KAFKA_PROPERTIES: [&str; 3] = ["bootstrap.servers", "acks", "enable.idempotence"];
+
+/// librdkafka properties whose values are secrets: only in `secret_files`, never inline.
+const SECRET_KAFKA_PROPERTIES: [&str; 5] = [
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.key.pem",
+    "sasl.oauthbearer.client.secret",
+];
+
+/// Largest secret file read.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Checks `properties` of `field` against the reserved and secret names.
+fn check_kafka_properties<'a>(
+    field: &'static str,
+    mut names: impl Iterator<Item = &'a String>,
+) -> Result<(), ConfigError> {
+    names.try_for_each(|key| {
+        let reason = if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+            format!("{key} is set by ferry and may not be overridden")
+        } else if SECRET_KAFKA_PROPERTIES.contains(&key.as_str()) {
+            format!("{key} is a secret: give it in a cluster's secret_files, not inline")
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Invalid { field, reason })
+    })
+}
+
+/// Validates `[[kafka.clusters]]`: normalised brokers, each in one cluster only, allowed
+/// property names, secrets read from their files.
+fn kafka_clusters(entries: &[KafkaClusterConfig]) -> Result<Vec<KafkaCluster>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        field: "kafka.clusters",
+        reason,
+    };
+    let mut clusters: Vec<KafkaCluster> = Vec::new();
+    for entry in entries {
+        let mut brokers = std::collections::BTreeSet::new();
+        for broker in &entry.brokers {
+            let broker =
+                ferry_actors::target::normalise_host_port(broker).map_err(|e| invalid(e.reason))?;
+            if clusters.iter().any(|c| c.brokers.contains(&broker)) {
+                return Err(invalid(format!("{broker} is listed in two clusters")));
+            }
+            brokers.insert(broker);
+        }
+        if brokers.is_empty() {
+            return Err(invalid("a cluster lists no brokers".into()));
+        }
+        check_kafka_properties("kafka.clusters", entry.properties.keys())?;
+        check_kafka_properties(
+            "kafka.clusters",
+            entry
+                .secret_files
+                .keys()
+                .filter(|k| !SECRET_KAFKA_PROPERTIES.contains(&k.as_str())),
+        )?;
+        let mut secrets = Vec::new();
+        for (key, path) in &entry.secret_files {
+            let bytes = read_bounded(path, MAX_SECRET_BYTES)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| invalid(format!("{path} ({key}) is not text")))?;
+            let value = text.trim_end_matches(['\r', '\n']).to_owned();
+            if value.is_empty() {
+                return Err(invalid(format!("{path} ({key}) is empty")));
+            }
+            secrets.push((key.clone(), value));
+        }
+        clusters.push(KafkaCluster {
+            brokers,
+            properties: entry.properties.clone().into_iter().collect(),
+            secrets,
+        });
+    }
+    Ok(clusters)
+}
 
 /// A configuration that cannot be used; the daemon refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -534,15 +667,34 @@ impl Config {
                 "must be 4096 to 131072",
             ));
         }
-        if let Some(key) = RESERVED_KAFKA_PROPERTIES
-            .iter()
-            .find(|k| self.kafka.properties.contains_key(**k))
-        {
-            return Err(ConfigError::Invalid {
-                field: "kafka.properties",
-                reason: format!("{key} is set by ferry and may not be overridden"),
-            });
+        let default_tls = amqp_tls(
+            &self.rabbitmq.tls_ca_file,
+            &self.rabbitmq.tls_cert_file,
+            &self.rabbitmq.tls_key_file,
+        )?;
+        let mut tls_servers = std::collections::BTreeMap::new();
+        for (server, files) in &self.rabbitmq.servers {
+            let server = ferry_actors::target::normalise_host_port(server).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "rabbitmq.servers",
+                    reason: format!("{server:?}: {} (give host:port)", e.reason),
+                }
+            })?;
+            let tls = amqp_tls(
+                &files.tls_ca_file,
+                &files.tls_cert_file,
+                &files.tls_key_file,
+            )?;
+            tls_servers.insert(server, tls);
         }
+        if !(1..=2047).contains(&self.rabbitmq.max_channels_per_connection) {
+            return Err(invalid(
+                "rabbitmq.max_channels_per_connection",
+                "must be 1 to 2047 (AMQP's channel_max)",
+            ));
+        }
+        check_kafka_properties("kafka.properties", self.kafka.properties.keys())?;
+        let clusters = kafka_clusters(&self.kafka.clusters)?;
         let kafka = KafkaSettings {
             linger_ms: self.kafka.linger_ms,
             queue_max_messages: self.kafka.queue_max_messages,
@@ -551,6 +703,7 @@ impl Config {
             // librdkafka gives up on a message when its caller has.
             message_timeout: policy.total_budget(),
             properties: self.kafka.properties.into_iter().collect(),
+            clusters,
         };
         ferry_actors::kafka::check_settings(&kafka).map_err(|reason| ConfigError::Invalid {
             field: "kafka",
@@ -586,6 +739,10 @@ impl Config {
                 amqp: AmqpSettings {
                     connection_name: self.rabbitmq.connection_name,
                     frame_max_bytes: self.rabbitmq.frame_max_bytes,
+                    max_channels_per_connection: self.rabbitmq.max_channels_per_connection,
+                    mandatory: self.rabbitmq.mandatory,
+                    tls: default_tls,
+                    tls_servers,
                 },
             },
             registry: RegistrySettings {
@@ -726,29 +883,60 @@ fn read_bounded(path: &str, limit: u64) -> Result<Vec<u8>, ConfigError> {
     Ok(bytes)
 }
 
+/// Reads a PEM file (at most [`MAX_PEM_BYTES`]); `field` names it in errors.
+fn read_pem(field: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let bytes = read_bounded(path, MAX_PEM_BYTES)?;
+    if !bytes.starts_with(b"-----BEGIN") {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: format!("{path} is not a PEM file"),
+        });
+    }
+    Ok(bytes)
+}
+
 /// Reads the TLS certificate chain and key (both or neither).
 fn tls_identity(cert: &str, key: &str) -> Result<Option<TlsIdentity>, ConfigError> {
-    let read = |field: &'static str, path: &str| {
-        let bytes = read_bounded(path, MAX_PEM_BYTES)?;
-        if !bytes.starts_with(b"-----BEGIN") {
-            return Err(ConfigError::Invalid {
-                field,
-                reason: format!("{path} is not a PEM file"),
-            });
-        }
-        Ok(bytes)
-    };
     match (cert.is_empty(), key.is_empty()) {
         (true, true) => Ok(None),
         (false, false) => Ok(Some(TlsIdentity {
-            cert: read("server.tls_cert_file", cert)?,
-            key: read("server.tls_key_file", key)?,
+            cert: read_pem("server.tls_cert_file", cert)?,
+            key: read_pem("server.tls_key_file", key)?,
         })),
         _ => Err(ConfigError::Invalid {
             field: "server.tls_key_file",
             reason: "tls_cert_file and tls_key_file go together: set both or neither".into(),
         }),
     }
+}
+
+/// Reads the TLS files of `amqps://` servers: a CA and a client certificate with its key
+/// (both or neither); "" means none.
+fn amqp_tls(ca: &str, cert: &str, key: &str) -> Result<AmqpTls, ConfigError> {
+    let ca_pem = match ca {
+        "" => None,
+        path => {
+            let pem = read_pem("rabbitmq.tls_ca_file", path)?;
+            Some(String::from_utf8(pem).map_err(|_| ConfigError::Invalid {
+                field: "rabbitmq.tls_ca_file",
+                reason: format!("{path} is not a PEM file (not text)"),
+            })?)
+        }
+    };
+    let identity = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(ClientIdentity {
+            cert_pem: read_pem("rabbitmq.tls_cert_file", cert)?,
+            key_pem: read_pem("rabbitmq.tls_key_file", key)?,
+        }),
+        _ => {
+            return Err(ConfigError::Invalid {
+                field: "rabbitmq.tls_key_file",
+                reason: "tls_cert_file and tls_key_file go together: set both or neither".into(),
+            });
+        }
+    };
+    Ok(AmqpTls { ca_pem, identity })
 }
 
 /// Reads the bearer token from `path` ("" = no token).
@@ -812,6 +1000,126 @@ mod tests {
         let s = parse(sample).unwrap();
         let d = parse("").unwrap();
         assert_eq!(format!("{s:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn rabbitmq_tls_files_are_read_per_server_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ferry-amqp-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = |name: &str| {
+            let path = dir.join(name);
+            let text = format!("-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n");
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let (site, research, cert, key) = (pem("site"), pem("research"), pem("c"), pem("k"));
+        let s = parse(&format!(
+            "[rabbitmq]\ntls_ca_file = \"{site}\"\ntls_cert_file = \"{cert}\"\n\
+             tls_key_file = \"{key}\"\n[rabbitmq.servers.\"MQ.Example:5671\"]\n\
+             tls_ca_file = \"{research}\""
+        ))
+        .unwrap();
+        let amqp = &s.producer.amqp;
+        assert!(
+            amqp.tls_for("other:5671")
+                .ca_pem
+                .as_ref()
+                .unwrap()
+                .contains("site")
+        );
+        assert!(amqp.tls_for("other:5671").identity.is_some());
+        let research_tls = amqp.tls_for("mq.example:5671");
+        assert!(research_tls.ca_pem.as_ref().unwrap().contains("research"));
+        assert!(research_tls.identity.is_none(), "per server, not merged");
+
+        let field = |text: String| match parse(&text).unwrap_err() {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            field(format!("[rabbitmq]\ntls_cert_file = \"{cert}\"")),
+            "rabbitmq.tls_key_file"
+        );
+        assert_eq!(
+            field("[rabbitmq.servers.\"no port\"]\ntls_ca_file = \"\"".into()),
+            "rabbitmq.servers"
+        );
+        let not_pem = dir.join("not-pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        assert_eq!(
+            field(format!(
+                "[rabbitmq]\ntls_ca_file = \"{}\"",
+                not_pem.display()
+            )),
+            "rabbitmq.tls_ca_file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kafka_clusters_take_properties_and_secret_files_and_this_build_has_tls_and_sasl() {
+        let dir = std::env::temp_dir().join(format!("ferry-kafka-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("pw");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let cluster = |properties: &str, secret: &str| {
+            format!(
+                "[[kafka.clusters]]\nbrokers = [\"K1:9093\", \"k2:9093\"]\n\
+                 properties = {{ {properties} }}\nsecret_files = {{ {secret} }}"
+            )
+        };
+        let secret = format!("\"sasl.password\" = \"{}\"", password.display());
+        // SCRAM over TLS, and Kerberos: librdkafka refuses a mechanism it was built without.
+        // (Kerberos takes its keytab; librdkafka's kinit command names it.)
+        for (mechanism, more) in [
+            ("SCRAM-SHA-512", ""),
+            ("PLAIN", ""),
+            (
+                "GSSAPI",
+                ", \"sasl.kerberos.keytab\" = \"/etc/ferry/ferry.keytab\"",
+            ),
+        ] {
+            let s = parse(&cluster(
+                &format!(
+                    "\"security.protocol\" = \"SASL_SSL\", \"sasl.mechanism\" = \"{mechanism}\", \
+                     \"sasl.username\" = \"ferry\"{more}"
+                ),
+                &secret,
+            ))
+            .unwrap_or_else(|e| panic!("{mechanism}: {e}"));
+            let target = ferry_actors::KafkaTarget::try_new(["k2:9093"], 8).unwrap();
+            let found = s.producer.kafka.cluster_for(&target).unwrap();
+            assert!(
+                found
+                    .secrets
+                    .contains(&("sasl.password".into(), "s3cret".into()))
+            );
+            assert!(!format!("{s:?}").contains("s3cret"), "a secret in Debug");
+        }
+        let other = ferry_actors::KafkaTarget::try_new(["k3:9092"], 8).unwrap();
+        assert!(
+            parse("")
+                .unwrap()
+                .producer
+                .kafka
+                .cluster_for(&other)
+                .is_none()
+        );
+
+        let field = |text: String| match parse(&text).unwrap_err() {
+            ConfigError::Invalid { field, reason } => (field, reason),
+            other => panic!("{other}"),
+        };
+        let (f, reason) = field(cluster("\"sasl.password\" = \"inline\"", ""));
+        assert_eq!(f, "kafka.clusters");
+        assert!(reason.contains("secret_files"), "{reason}");
+        let (f, _) = field(cluster("\"acks\" = \"1\"", ""));
+        assert_eq!(f, "kafka.clusters");
+        let (f, reason) = field(format!("{}\n{}", cluster("", ""), cluster("", "")));
+        assert!(reason.contains("two clusters"), "{f}: {reason}");
+        let (f, _) = field(cluster("\"security.protocol\" = \"NOPE\"", ""));
+        assert_eq!(f, "kafka");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

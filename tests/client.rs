@@ -512,7 +512,7 @@ fn usage_errors_exit_2_and_are_told_apart_from_failures() {
     let bad_url = run(&[
         "ecflow-client",
         "--command-options=--complete",
-        "--rabbitmq-server=amqps://secure",
+        "--rabbitmq-server=http://not-amqp",
     ]);
     assert_eq!(bad_url.status.code(), Some(2));
     let bad_status = run(&[

@@ -1,20 +1,24 @@
-//! The RabbitMQ backend: one AMQP connection and one confirm-mode channel per server URL
-//! and exchange; the exchange is declared once per connection.
+//! The RabbitMQ backend: one producer actor per server and exchange, publishing on a
+//! confirm-mode channel it borrows from its server's connection actor
+//! ([`crate::amqp_server`]); the exchange is declared once per channel.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use actix::Addr;
 use bytes::Bytes;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
-use tokio_stream::StreamExt;
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::oneshot;
 
+use crate::amqp_server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, classify, connect};
 use crate::error::ProduceError;
 use crate::metadata::{AmqpMetadata, HeaderValue, Metadata};
 use crate::producer::{Backend, Delivery, LostSignal, ProducerActor, Publish};
 use crate::settings::AmqpSettings;
+use crate::stats::TargetStats;
 use crate::target::AmqpTarget;
 
 /// The producer actor of one RabbitMQ server and exchange.
@@ -23,62 +27,85 @@ pub type AmqpProducer = ProducerActor<AmqpBackend>;
 /// AMQP `delivery_mode` of a message the broker writes to disk.
 const PERSISTENT: u8 = 2;
 
-/// Connects to one RabbitMQ server and publishes to one exchange; the routing key is
-/// chosen per message.
+/// Publishes to one exchange of one RabbitMQ server, on a channel of the server's shared
+/// connection; the routing key is chosen per message.
 pub struct AmqpBackend {
     /// Server URL and exchange.
     target: AmqpTarget,
-    /// Connection settings.
+    /// The server's connection actor, which lends the channel.
+    server: Addr<AmqpServer>,
+    /// Publishing settings.
     settings: Arc<AmqpSettings>,
+    /// The target's counters (returned messages are counted here).
+    stats: Arc<TargetStats>,
 }
 
 impl AmqpBackend {
-    /// A backend for `target`.
-    pub fn new(target: AmqpTarget, settings: Arc<AmqpSettings>) -> Self {
-        Self { target, settings }
+    /// A backend for `target`, borrowing its channel from `server`.
+    pub fn new(
+        target: AmqpTarget,
+        server: Addr<AmqpServer>,
+        settings: Arc<AmqpSettings>,
+        stats: Arc<TargetStats>,
+    ) -> Self {
+        Self {
+            target,
+            server,
+            settings,
+            stats,
+        }
     }
 }
 
-/// An open connection with its confirm-mode publishing channel and declared exchange.
+/// Who keeps the channel's connection open.
+enum Owner {
+    /// The link opened the connection itself and closes it (the client's direct mode).
+    Connection(Connection),
+    /// The channel is lent by the server's connection actor.
+    Lent {
+        /// Frees the channel's place on its connection when dropped.
+        _slot: ChannelSlot,
+        /// Dropped with the link: stops the task that watches the connection.
+        _watching: oneshot::Sender<()>,
+    },
+}
+
+/// A confirm-mode channel with its declared exchange.
 ///
-/// The producer actor caches one; the client's direct mode (`ferry ecflow-client` without
-/// a daemon) opens one for a single message.
+/// The producer actor caches one on its server's shared connection; the client's direct
+/// mode (`ferry ecflow-client` without a daemon) opens a connection for a single message.
 pub struct AmqpLink {
-    /// The connection; kept so it can be closed cleanly.
-    connection: Connection,
     /// The confirm-mode channel messages are published on.
     channel: Channel,
     /// The exchange name as sent on the wire.
     exchange: ShortString,
+    /// Publish mandatory (a message no queue receives is returned and refused).
+    mandatory: bool,
+    /// What keeps the connection open.
+    owner: Owner,
 }
 
 impl AmqpLink {
     /// Connects to `target`'s server, puts a channel in confirm mode and declares the
     /// exchange (durable, type topic, as the predecessor did).
     pub async fn open(target: &AmqpTarget, settings: &AmqpSettings) -> Result<Self, ProduceError> {
-        // Parsed and checked when the target was built. A URL's frame_max may only lower
-        // the configured one: the client reserves buffers in proportion to it.
-        let mut uri = target.uri().clone();
-        uri.query.frame_max = Some(uri.query.frame_max.map_or(settings.frame_max_bytes, |f| {
-            f.min(settings.frame_max_bytes)
-        }));
-        let properties = ConnectionProperties::default()
-            .with_connection_name(settings.connection_name.clone().into());
-        // lapin 4.12 leaks two tasks (about 10 KiB) whenever its own TCP connect fails: its
-        // I/O thread returns before stopping its internal RPC task. Reaching the server
-        // first means lapin is only asked to connect where a listener answered, so a
-        // broker that is down costs nothing however often it is retried.
-        let server = (uri.authority.host.as_str(), uri.authority.port);
-        drop(tokio::net::TcpStream::connect(server).await.map_err(|e| {
-            ProduceError::Unavailable(format!("cannot connect to {}: {e}", target.server()))
-        })?);
-        let connection = Connection::connect_uri(uri, properties)
-            .await
-            .map_err(|e| classify(&e))?;
+        let uri = bounded_uri(target, settings);
+        let connection =
+            connect(uri, target.server().to_owned(), Arc::new(settings.clone())).await?;
         let channel = connection
             .create_channel()
             .await
             .map_err(|e| classify(&e))?;
+        Self::on_channel(channel, target, settings, Owner::Connection(connection)).await
+    }
+
+    /// Puts `channel` in confirm mode and declares `target`'s exchange on it.
+    async fn on_channel(
+        channel: Channel,
+        target: &AmqpTarget,
+        settings: &AmqpSettings,
+        owner: Owner,
+    ) -> Result<Self, ProduceError> {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -98,55 +125,92 @@ impl AmqpLink {
             .await
             .map_err(|e| classify(&e))?;
         Ok(Self {
-            connection,
             channel,
             exchange,
+            mandatory: settings.mandatory,
+            owner,
         })
     }
 
     /// Publishes `payload` persistent with routing key `route`, the properties of
     /// `metadata` (`text/plain` unless it says otherwise) and ferry's `id` as `message_id`
     /// (or as header `ferry-id` when `metadata` sets a `message_id`). The future resolves
-    /// once the broker confirmed it, and borrows nothing from `self`.
+    /// once the broker confirmed it, and borrows nothing from `self`. A message the broker
+    /// returned (published mandatory, no queue bound) is [`Unconfirmed::Returned`].
     pub fn publish(
         &self,
         route: String,
         payload: Bytes,
         id: Option<&str>,
         metadata: Option<&AmqpMetadata>,
-    ) -> impl Future<Output = Result<(), ProduceError>> + 'static {
+    ) -> impl Future<Output = Result<(), Unconfirmed>> + 'static {
         let channel = self.channel.clone();
         let exchange = self.exchange.clone();
         let properties = properties(id, metadata);
+        let options = BasicPublishOptions {
+            mandatory: self.mandatory,
+            ..BasicPublishOptions::default()
+        };
         async move {
             let confirmation = channel
                 .basic_publish(
-                    exchange,
-                    route.into(),
-                    BasicPublishOptions::default(),
+                    exchange.clone(),
+                    route.as_str().into(),
+                    options,
                     &payload,
                     properties,
                 )
                 .await
-                .map_err(|e| classify(&e))?
+                .map_err(|e| Unconfirmed::Failed(classify(&e)))?
                 .await
-                .map_err(|e| classify(&e))?;
+                .map_err(|e| Unconfirmed::Failed(classify(&e)))?;
             match confirmation {
-                Confirmation::Ack(_) => Ok(()),
-                Confirmation::Nack(_) => Err(ProduceError::Rejected(
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+                    Err(Unconfirmed::Returned(ProduceError::Rejected(format!(
+                        "unroutable: no queue bound for routing key {route} on exchange {exchange}"
+                    ))))
+                }
+                Confirmation::Nack(None) => Err(Unconfirmed::Failed(ProduceError::Rejected(
                     "the broker nacked the message".into(),
-                )),
-                Confirmation::NotRequested => Err(ProduceError::Unavailable(
+                ))),
+                Confirmation::NotRequested => Err(Unconfirmed::Failed(ProduceError::Unavailable(
                     "the channel is not in confirm mode".into(),
-                )),
+                ))),
             }
         }
     }
 
-    /// Closes the connection cleanly (reply code 200), if it is still open.
+    /// Closes the channel (and the connection, if the link opened it) cleanly.
     pub async fn close(self, reason: &str) {
-        if self.connection.status().connected() {
-            let _ = self.connection.close(200, reason.into()).await;
+        match self.owner {
+            Owner::Connection(connection) => {
+                if connection.status().connected() {
+                    let _ = connection.close(200, reason.into()).await;
+                }
+            }
+            Owner::Lent { .. } => {
+                if self.channel.status().connected() {
+                    let _ = self.channel.close(200, reason.into()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Why a published message was not confirmed.
+#[derive(Debug)]
+pub enum Unconfirmed {
+    /// The broker returned it: published mandatory, and no queue is bound for its key.
+    Returned(ProduceError),
+    /// It failed otherwise.
+    Failed(ProduceError),
+}
+
+impl From<Unconfirmed> for ProduceError {
+    fn from(unconfirmed: Unconfirmed) -> Self {
+        match unconfirmed {
+            Unconfirmed::Returned(error) | Unconfirmed::Failed(error) => error,
         }
     }
 }
@@ -160,9 +224,29 @@ impl Backend for AmqpBackend {
     ) -> LocalBoxFuture<'static, Result<AmqpLink, ProduceError>> {
         let target = self.target.clone();
         let settings = Arc::clone(&self.settings);
+        let lease = self.server.send(OpenChannel);
         async move {
-            let link = AmqpLink::open(&target, &settings).await?;
-            watch(&link.connection, lost);
+            let lease = lease.await.map_err(|_| {
+                ProduceError::Unavailable("the AMQP connection actor stopped".into())
+            })??;
+            let (watching, stopped) = oneshot::channel();
+            let mut connection_lost = lease.lost;
+            let owner = Owner::Lent {
+                _slot: lease.slot,
+                _watching: watching,
+            };
+            let link = AmqpLink::on_channel(lease.channel, &target, &settings, owner).await?;
+            tokio::spawn(async move {
+                tokio::select! {
+                    changed = connection_lost.wait_for(Option::is_some) => {
+                        let error = changed.ok().and_then(|e| e.clone()).unwrap_or_else(|| {
+                            ProduceError::Unavailable("the AMQP connection closed".into())
+                        });
+                        lost.signal(error);
+                    }
+                    _ = stopped => {}
+                }
+            });
             Ok(link)
         }
         .boxed_local()
@@ -181,16 +265,23 @@ impl Backend for AmqpBackend {
         let published = link.publish(message.route, message.payload, Some(&message.id), metadata);
         let channel = link.channel.clone();
         let lost = lost.clone();
+        let stats = Arc::clone(&self.stats);
         async move {
-            let outcome = published.await;
-            if let Err(error) = &outcome
-                && !channel.status().connected()
-            {
-                // A failed publish on a closed channel (connection gone, or a channel
-                // error such as a deleted exchange): open everything again.
-                lost.signal(error.clone());
+            match published.await {
+                Ok(()) => Ok(Delivery::default()),
+                Err(Unconfirmed::Returned(error)) => {
+                    stats.record_returned();
+                    Err(error)
+                }
+                Err(Unconfirmed::Failed(error)) => {
+                    if !channel.status().connected() {
+                        // A failed publish on a closed channel (connection gone, or a
+                        // channel error such as a deleted exchange): open it again.
+                        lost.signal(error.clone());
+                    }
+                    Err(error)
+                }
             }
-            outcome.map(|()| Delivery::default())
         }
         .boxed_local()
     }
@@ -255,27 +346,3 @@ fn properties(id: Option<&str>, metadata: Option<&AmqpMetadata>) -> BasicPropert
 
 /// The header that carries ferry's id when the sender set its own `message_id`.
 pub const ID_HEADER: &str = "ferry-id";
-
-/// Reports the connection lost on its first error event.
-fn watch(connection: &Connection, lost: LostSignal<AmqpBackend>) {
-    let mut events = connection.events_listener();
-    tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            if let Event::Error(error) = event {
-                lost.signal(classify(&error));
-                break;
-            }
-        }
-    });
-}
-
-/// Maps a lapin failure to a [`ProduceError`].
-fn classify(error: &lapin::Error) -> ProduceError {
-    // Soft protocol errors are the broker's answer about what we asked (access refused,
-    // exchange of another type, …); everything else is about reaching the broker.
-    if error.is_amqp_soft_error() {
-        ProduceError::Rejected(error.to_string())
-    } else {
-        ProduceError::Unavailable(error.to_string())
-    }
-}

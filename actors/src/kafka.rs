@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord};
 use crate::error::ProduceError;
 use crate::metadata::Metadata;
 use crate::producer::{Backend, Delivery, LostSignal, ProducerActor, Publish};
-use crate::settings::KafkaSettings;
+use crate::settings::{KafkaCluster, KafkaSettings};
 use crate::target::KafkaTarget;
 
 /// The Kafka header that carries a message's id, for consumers to drop duplicates.
@@ -36,8 +36,13 @@ impl KafkaBackend {
     }
 }
 
-/// The librdkafka configuration of a producer for `bootstrap_servers`.
-fn client_config(bootstrap_servers: &str, s: &KafkaSettings) -> ClientConfig {
+/// The librdkafka configuration of a producer for `bootstrap_servers`, with `cluster`'s
+/// properties last.
+fn client_config(
+    bootstrap_servers: &str,
+    s: &KafkaSettings,
+    cluster: Option<&KafkaCluster>,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap_servers)
@@ -60,16 +65,29 @@ fn client_config(bootstrap_servers: &str, s: &KafkaSettings) -> ClientConfig {
     for (key, value) in &s.properties {
         config.set(key, value);
     }
+    if let Some(cluster) = cluster {
+        for (key, value) in cluster.properties.iter().chain(&cluster.secrets) {
+            config.set(key, value);
+        }
+    }
     config
 }
 
-/// Checks that librdkafka accepts `settings` (unknown properties, bad values), at start-up
-/// rather than at the first message. It opens no connection.
+/// Checks that librdkafka accepts `settings` (unknown properties, bad values, a security
+/// protocol this build lacks), the common ones and each cluster's, at start-up rather than
+/// at the first message. It opens no connection.
 pub fn check_settings(settings: &KafkaSettings) -> Result<(), String> {
-    client_config("", settings)
-        .create::<BaseProducer>()
-        .map(drop)
-        .map_err(|e| e.to_string())
+    let check = |cluster: Option<&KafkaCluster>| {
+        client_config("", settings, cluster)
+            .create::<BaseProducer>()
+            .map(drop)
+            .map_err(|e| match cluster {
+                None => e.to_string(),
+                Some(c) => format!("cluster {:?}: {e}", c.brokers),
+            })
+    };
+    check(None)?;
+    settings.clusters.iter().try_for_each(|c| check(Some(c)))
 }
 
 impl Backend for KafkaBackend {
@@ -81,7 +99,8 @@ impl Backend for KafkaBackend {
     ) -> LocalBoxFuture<'static, Result<Self::Connection, ProduceError>> {
         // Creating the producer opens no connection; librdkafka connects in its own threads
         // and reports a dead cluster through `LossReporter`.
-        let created = client_config(self.target.bootstrap_servers(), &self.settings)
+        let cluster = self.settings.cluster_for(&self.target);
+        let created = client_config(self.target.bootstrap_servers(), &self.settings, cluster)
             .create_with_context(LossReporter {
                 lost,
                 label: self.target.bootstrap_servers().to_owned(),
@@ -212,6 +231,26 @@ impl ClientContext for LossReporter {
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::Fatal) => {
                 self.lost
                     .signal(ProduceError::Unavailable(format!("{error}: {reason}")));
+            }
+            // The cluster refused ferry's credentials (SASL) or its TLS handshake: trying
+            // again would meet the same answer, so the producer stops with a rejection
+            // that its messages get at once (and restarts after its backoff, in case the
+            // credentials were fixed).
+            // A TLS handshake that failed (an untrusted certificate, most often): the
+            // producer restarts, and its messages meanwhile are told why.
+            Some(RDKafkaErrorCode::SSL) => {
+                log::warn!("Kafka TLS failed target={} reason={reason}", self.label);
+                self.lost
+                    .signal(ProduceError::Unavailable(format!("TLS failed: {reason}")));
+            }
+            Some(RDKafkaErrorCode::Authentication) => {
+                log::warn!(
+                    "Kafka authentication failed target={} reason={reason}",
+                    self.label
+                );
+                self.lost.signal(ProduceError::Rejected(format!(
+                    "authentication failed: {reason}"
+                )));
             }
             _ => log::warn!(
                 "Kafka client error target={} error={error} reason={reason}",

@@ -8,9 +8,12 @@
 //! ```text
 //! Forwarder ──(policy: attempt n ≤ n × step)──► Registry ──► ProducerActor<KafkaBackend>
 //!                                                        └─► ProducerActor<AmqpBackend>
+//!                                                              (a channel lent by the
+//!                                                               server's AmqpServer actor)
 //! ```
 
 pub mod amqp;
+pub mod amqp_server;
 pub mod error;
 pub mod forwarder;
 pub mod kafka;
@@ -29,6 +32,9 @@ pub use metadata::Metadata;
 pub use policy::RetryPolicy;
 pub use producer::Delivery;
 pub use registry::Registry;
-pub use settings::{AmqpSettings, KafkaSettings, ProducerSettings, RegistrySettings};
+pub use settings::{
+    AmqpSettings, AmqpTls, ClientIdentity, KafkaCluster, KafkaSettings, ProducerSettings,
+    RegistrySettings,
+};
 pub use stats::{LastError, LatencySnapshot, ProducerState, StatsSnapshot, TargetStats};
 pub use target::{AmqpTarget, KafkaTarget, Target};

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use actix::{Addr, Supervisor};
+use actix::{Actor, Addr, Supervisor, WeakAddr};
 use actix_rt::ArbiterHandle;
 
 use crate::amqp::{AmqpBackend, AmqpProducer};
+use crate::amqp_server::AmqpServer;
 use crate::error::ProduceError;
 use crate::kafka::{KafkaBackend, KafkaProducer};
 use crate::producer::{Delivery, Publish, mailbox_error};
@@ -82,6 +83,9 @@ pub struct Registry {
     limits: RegistrySettings,
     /// Producers stopped to make room for new targets.
     evictions: AtomicU64,
+    /// The connection actor of each RabbitMQ server (by URL), weakly held: it stops when
+    /// the last producer on it stops.
+    amqp_servers: Mutex<HashMap<String, WeakAddr<AmqpServer>>>,
 }
 
 impl Registry {
@@ -105,6 +109,7 @@ impl Registry {
             producer_settings: Arc::new(producer_settings),
             limits,
             evictions: AtomicU64::new(0),
+            amqp_servers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -280,13 +285,44 @@ impl Registry {
                 }))
             }
             Target::Amqp(t) => {
-                let backend = AmqpBackend::new(t, Arc::new(settings.amqp.clone()));
+                let server = self.amqp_server(&t, arbiter);
+                let backend = AmqpBackend::new(
+                    t,
+                    server,
+                    Arc::new(settings.amqp.clone()),
+                    Arc::clone(&stats),
+                );
                 ProducerAddr::Amqp(Supervisor::start_in_arbiter(arbiter, move |_| {
                     AmqpProducer::new(backend, label, settings, actor_stats)
                 }))
             }
         };
         Producer { addr, stats }
+    }
+
+    /// The connection actor of `target`'s server, started on `arbiter` if it has none.
+    fn amqp_server(
+        &self,
+        target: &crate::target::AmqpTarget,
+        arbiter: &ArbiterHandle,
+    ) -> Addr<AmqpServer> {
+        let mut servers = self
+            .amqp_servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(addr) = servers.get(target.url()).and_then(WeakAddr::upgrade)
+            && addr.connected()
+        {
+            return addr;
+        }
+        servers.retain(|_, addr| addr.upgrade().is_some_and(|a| a.connected()));
+        let settings = Arc::new(self.producer_settings.amqp.clone());
+        let connect_timeout = self.producer_settings.connect_timeout;
+        let retry_after = self.producer_settings.restart_backoff_initial;
+        let server = AmqpServer::new(target, settings, connect_timeout, retry_after);
+        let addr = AmqpServer::start_in_arbiter(arbiter, move |_| server);
+        servers.insert(target.url().to_owned(), addr.downgrade());
+        addr
     }
 }
 

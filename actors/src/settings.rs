@@ -55,8 +55,51 @@ pub struct KafkaSettings {
     /// librdkafka `message.timeout.ms`: how long the producer keeps trying one message.
     /// The daemon sets it to the policy's total budget, so nothing outlives its caller long.
     pub message_timeout: Duration,
-    /// Further librdkafka properties, applied last (they override the above).
+    /// Further librdkafka properties, applied after the above (they override them).
     pub properties: Vec<(String, String)>,
+    /// Properties of particular clusters (security, mostly), applied last to a target
+    /// that names one of a cluster's brokers.
+    pub clusters: Vec<KafkaCluster>,
+}
+
+impl KafkaSettings {
+    /// The cluster whose brokers include one of `target`'s.
+    pub fn cluster_for(&self, target: &crate::KafkaTarget) -> Option<&KafkaCluster> {
+        self.clusters
+            .iter()
+            .find(|cluster| target.brokers().any(|b| cluster.brokers.contains(b)))
+    }
+}
+
+/// The librdkafka properties of one Kafka cluster: clusters at one site differ (TLS, SASL
+/// mechanism, user).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaCluster {
+    /// Its brokers, `host:port` normalised as in [`crate::KafkaTarget`]; a target naming
+    /// any of them is this cluster.
+    pub brokers: std::collections::BTreeSet<String>,
+    /// librdkafka properties (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …).
+    pub properties: Vec<(String, String)>,
+    /// Properties whose values are secrets (`sasl.password`, …), read from files: never
+    /// logged nor shown.
+    pub secrets: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secrets' names and a fingerprint of their values, so that a reload can tell
+        // that they changed (the daemon compares settings by their Debug form).
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.secrets.hash(&mut hasher);
+        let names: Vec<&str> = self.secrets.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("KafkaCluster")
+            .field("brokers", &self.brokers)
+            .field("properties", &self.properties)
+            .field("secrets", &names)
+            .field("fingerprint", &format_args!("{:016x}", hasher.finish()))
+            .finish()
+    }
 }
 
 impl Default for KafkaSettings {
@@ -67,6 +110,7 @@ impl Default for KafkaSettings {
             message_max_bytes: 5 * 1024 * 1024,
             message_timeout: Duration::from_secs(6),
             properties: Vec::new(),
+            clusters: Vec::new(),
         }
     }
 }
@@ -83,6 +127,62 @@ pub struct AmqpSettings {
     /// memory per connection; at 8 KiB the 512 KiB of buffer stays mostly untouched (a
     /// target measured 80 KiB in all).
     pub frame_max_bytes: u32,
+    /// Most channels (one per exchange) on one connection; beyond it a second connection
+    /// to the same server is opened. The broker's own `channel_max` lowers it.
+    pub max_channels_per_connection: usize,
+    /// Publish mandatory: a message no queue is bound for is returned by the broker and
+    /// answered as rejected ("unroutable"). Off by default, as the predecessor published.
+    pub mandatory: bool,
+    /// TLS towards `amqps://` servers, unless `tls_servers` names the server.
+    pub tls: AmqpTls,
+    /// TLS of particular servers, by `host:port` (host lower-cased, as
+    /// [`crate::AmqpTarget::server`] gives it): sites mix CAs and client certificates.
+    pub tls_servers: std::collections::BTreeMap<String, AmqpTls>,
+}
+
+impl AmqpSettings {
+    /// The TLS settings for `server` (`host:port`).
+    pub fn tls_for(&self, server: &str) -> &AmqpTls {
+        self.tls_servers.get(server).unwrap_or(&self.tls)
+    }
+}
+
+/// How ferry speaks TLS to one RabbitMQ server (`amqps://`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AmqpTls {
+    /// PEM certificates trusted besides the system's roots: the site's CA.
+    pub ca_pem: Option<String>,
+    /// A client certificate chain and its private key, PEM, presented to the server (for
+    /// the EXTERNAL mechanism, or a server that requires a client certificate).
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for AmqpTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key: a fingerprint of the files, so that a reload can tell that they
+        // changed (the daemon compares settings by their Debug form).
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.ca_pem.hash(&mut hasher);
+        if let Some(identity) = &self.identity {
+            identity.cert_pem.hash(&mut hasher);
+            identity.key_pem.hash(&mut hasher);
+        }
+        f.debug_struct("AmqpTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("fingerprint", &format_args!("{:016x}", hasher.finish()))
+            .finish()
+    }
 }
 
 /// The smallest frame AMQP 0-9-1 allows.
@@ -93,6 +193,10 @@ impl Default for AmqpSettings {
         Self {
             connection_name: "ferry".to_owned(),
             frame_max_bytes: 8192,
+            max_channels_per_connection: 1024,
+            mandatory: false,
+            tls: AmqpTls::default(),
+            tls_servers: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -197,6 +197,8 @@ pub struct TargetStats {
     pub retried: AtomicU64,
     /// Times the producer actor was restarted by its supervisor.
     pub restarts: AtomicU64,
+    /// Messages the broker returned as unroutable (RabbitMQ, published mandatory).
+    pub returned: AtomicU64,
     /// Messages accepted for this target and not yet answered.
     pub in_flight: InFlight,
     /// Latencies of delivered messages, from arrival to the broker's confirmation.
@@ -218,6 +220,7 @@ impl Default for TargetStats {
             failed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
             in_flight: InFlight::default(),
             latency: Latency::default(),
             state: AtomicU8::new(ProducerState::Connecting as u8),
@@ -245,6 +248,11 @@ impl TargetStats {
             .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
     }
 
+    /// Counts a message the broker returned as unroutable.
+    pub fn record_returned(&self) {
+        self.returned.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records a failure (a message not delivered, or the producer's connection lost).
     pub fn record_error(&self, message: String) {
         let record = LastError {
@@ -267,6 +275,7 @@ impl TargetStats {
             failed: self.failed.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            returned: self.returned.load(Ordering::Relaxed),
             in_flight: self.in_flight.get(),
             latency: self.latency.snapshot(),
             created: self.created,
@@ -304,6 +313,8 @@ pub struct StatsSnapshot {
     pub retried: u64,
     /// Supervisor restarts of the producer.
     pub restarts: u64,
+    /// Messages the broker returned as unroutable.
+    pub returned: u64,
     /// Messages in flight now.
     pub in_flight: u64,
     /// Latencies of delivered messages.

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::uri::AMQPUri;
 
 use crate::error::InvalidRequest;
 
@@ -172,11 +172,11 @@ impl std::hash::Hash for AmqpTarget {
 /// is refused: a parameter ferry does not know could change how much it allocates or where
 /// it connects.
 pub const AMQP_URL_PARAMETERS: &str = "frame_max (4096-131072), channel_max (1-2047), heartbeat (0-3600), \
-     connection_timeout (1-60000), auth_mechanism (plain, amqplain)";
+     connection_timeout (1-60000), auth_mechanism (plain, amqplain, external)";
 
 impl AmqpTarget {
-    /// Validates an AMQP URL (`amqp://user:pass@host:port/vhost?param=value`) and an
-    /// exchange name. The host may be a name, an IPv4 address or an IPv6 literal in
+    /// Validates an AMQP URL (`amqp://user:pass@host:port/vhost?param=value`, or
+    /// `amqps://` for TLS, port 5671 unless given) and an exchange name. The host may be a name, an IPv4 address or an IPv6 literal in
     /// brackets; query parameters must be among [`AMQP_URL_PARAMETERS`], in range.
     pub fn try_new(url: &str, exchange: &str) -> Result<Self, InvalidRequest> {
         let url = url.trim();
@@ -188,11 +188,6 @@ impl AmqpTarget {
             |e: &dyn fmt::Display| bad(format!("{} is not an AMQP URL: {e}", redact_url(url)));
         let parsed = url::Url::parse(url).map_err(|e| not_amqp(&e))?;
         let mut uri = AMQPUri::from_str(url).map_err(|e| not_amqp(&e))?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(bad(
-                "amqps:// (TLS) is not supported by this ferry build; use amqp://".into(),
-            ));
-        }
         // The host as the URL names it. For a non-special scheme such as amqp, the URL
         // parser keeps a name or an IPv4 address as an opaque host and parses only a
         // bracketed IPv6 literal, which the AMQP client would turn into "localhost".
@@ -319,9 +314,18 @@ fn check_query(url: &url::Url) -> Result<(), InvalidRequest> {
             "heartbeat" => Some(0..=3600),
             "connection_timeout" => Some(1..=60_000),
             "auth_mechanism" => {
-                if !matches!(value.to_ascii_lowercase().as_str(), "plain" | "amqplain") {
+                let mechanism = value.to_ascii_lowercase();
+                if mechanism == "external" && url.scheme() != "amqps" {
+                    return bad(
+                        "URL parameter auth_mechanism=external needs amqps:// (the client \
+                         certificate is the credential)"
+                            .into(),
+                    );
+                }
+                if !matches!(mechanism.as_str(), "plain" | "amqplain" | "external") {
                     return bad(format!(
-                        "URL parameter auth_mechanism={value} is not supported; use plain or amqplain"
+                        "URL parameter auth_mechanism={value} is not supported; use plain, \
+                         amqplain or external (a client certificate, with amqps://)"
                     ));
                 }
                 None
@@ -454,10 +458,8 @@ mod tests {
             AmqpTarget::try_new("http://h", "x").unwrap_err().field,
             "server"
         );
-        assert_eq!(
-            AmqpTarget::try_new("amqps://h", "x").unwrap_err().field,
-            "server"
-        );
+        let tls = AmqpTarget::try_new("amqps://H", "x").unwrap();
+        assert_eq!(tls.server(), "h:5671");
         for bad in ["", "amq.topic", "a b", &"x".repeat(256)] {
             assert_eq!(
                 AmqpTarget::try_new("amqp://h", bad).unwrap_err().field,
@@ -540,6 +542,7 @@ mod tests {
             let err = AmqpTarget::try_new(bad, "ex").unwrap_err();
             assert_eq!(err.field, "server", "{bad}");
         }
+        assert!(AmqpTarget::try_new("amqps://h/%2f?auth_mechanism=external", "ex").is_ok());
         let err = AmqpTarget::try_new("amqp://u:s3cret@h/%2f?x=1", "ex").unwrap_err();
         assert!(err.reason.contains("\"x\" is not supported"), "{err}");
         assert!(!err.to_string().contains("s3cret"), "{err}");

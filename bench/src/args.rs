@@ -114,6 +114,10 @@ pub enum DestinationArgs {
         /// The routing key. Example: --routing-key bench.event
         #[arg(long, default_value = "bench.event")]
         routing_key: String,
+        /// Spread the messages over this many exchanges of the server, EXCHANGE.0 …
+        /// EXCHANGE.N-1 in turn (1: EXCHANGE itself). Example: --spread 100
+        #[arg(long, default_value_t = 1)]
+        spread: u32,
     },
 }
 
@@ -141,9 +145,14 @@ impl LoadArgs {
                 server,
                 exchange,
                 routing_key,
+                spread,
             } => Destination::RabbitMq {
                 server,
-                exchange,
+                exchanges: match spread {
+                    0 => return usage("--spread must be at least 1"),
+                    1 => vec![exchange],
+                    n => (0..n).map(|i| format!("{exchange}.{i}")).collect(),
+                },
                 routing_key,
             },
         };

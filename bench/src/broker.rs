@@ -49,11 +49,11 @@ pub enum Counter {
     },
 }
 
-/// Connects to `server`, opens a channel and declares `exchange` as ferry does: durable,
+/// Connects to `server`, opens a channel and declares `exchanges` as ferry does: durable,
 /// type topic.
-pub async fn open_exchange(
+pub async fn open_exchanges(
     server: &str,
-    exchange: &str,
+    exchanges: &[String],
 ) -> Result<(Connection, Channel), lapin::Error> {
     let connection = Connection::connect(server, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
@@ -61,14 +61,16 @@ pub async fn open_exchange(
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            options,
-            FieldTable::default(),
-        )
-        .await?;
+    for exchange in exchanges {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok((connection, channel))
 }
 
@@ -118,10 +120,10 @@ impl Counter {
             }
             Destination::RabbitMq {
                 server,
-                exchange,
+                exchanges,
                 routing_key,
             } => {
-                let (connection, channel) = open_exchange(server, exchange).await?;
+                let (connection, channel) = open_exchanges(server, exchanges).await?;
                 let queue = format!("ferry-bench-{}", std::process::id());
                 let durable = QueueDeclareOptions {
                     durable: true,
@@ -130,15 +132,17 @@ impl Counter {
                 channel
                     .queue_declare(queue.as_str().into(), durable, FieldTable::default())
                     .await?;
-                channel
-                    .queue_bind(
-                        queue.as_str().into(),
-                        exchange.as_str().into(),
-                        routing_key.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
+                for exchange in exchanges {
+                    channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            exchange.as_str().into(),
+                            routing_key.as_str().into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
                 Ok(Self::RabbitMq {
                     connection,
                     channel,

@@ -35,8 +35,8 @@ pub enum DirectSink {
         connection: Connection,
         /// The channel.
         channel: Channel,
-        /// The exchange.
-        exchange: ShortString,
+        /// The exchanges, message `seq` to `exchanges[seq % len]`.
+        exchanges: Vec<ShortString>,
         /// The routing key.
         routing_key: ShortString,
         /// The payload of every message.
@@ -64,17 +64,17 @@ impl DirectSink {
             }
             Destination::RabbitMq {
                 server,
-                exchange,
+                exchanges,
                 routing_key,
             } => {
-                let (connection, channel) = broker::open_exchange(server, exchange).await?;
+                let (connection, channel) = broker::open_exchanges(server, exchanges).await?;
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;
                 Ok(Self::RabbitMq {
                     connection,
                     channel,
-                    exchange: exchange.as_str().into(),
+                    exchanges: exchanges.iter().map(|e| e.as_str().into()).collect(),
                     routing_key: routing_key.as_str().into(),
                     payload: plan.payload.clone(),
                 })
@@ -91,7 +91,7 @@ impl DirectSink {
 }
 
 impl Sink for DirectSink {
-    async fn send(&self, _seq: u64) -> Result<(), String> {
+    async fn send(&self, seq: u64) -> Result<(), String> {
         match self {
             Self::Kafka {
                 producer,
@@ -110,11 +110,12 @@ impl Sink for DirectSink {
             }
             Self::RabbitMq {
                 channel,
-                exchange,
+                exchanges,
                 routing_key,
                 payload,
                 ..
             } => {
+                let exchange = &exchanges[usize::try_from(seq).unwrap_or(0) % exchanges.len()];
                 let properties = BasicProperties::default()
                     .with_delivery_mode(2)
                     .with_content_type("text/plain".into());

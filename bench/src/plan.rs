@@ -18,8 +18,9 @@ pub enum Destination {
     RabbitMq {
         /// AMQP URL of the server.
         server: String,
-        /// The exchange.
-        exchange: String,
+        /// The exchanges: message `seq` goes to `exchanges[seq % len]` (one, unless the
+        /// load is spread over several).
+        exchanges: Vec<String>,
         /// The routing key.
         routing_key: String,
     },

@@ -27,10 +27,15 @@ pub async fn run(
 ) -> Result<(Record, Duration), BenchError> {
     let streams = channels.len() as u64;
     let window = plan.concurrency.div_ceil(channels.len());
-    let message = match Request::of(plan) {
-        Request::Kafka(m) => Message::Kafka(m),
-        Request::RabbitMq(m) => Message::Rabbitmq(m),
-    };
+    let messages: Arc<Vec<Message>> = Arc::new(
+        Request::all(plan)
+            .into_iter()
+            .map(|request| match request {
+                Request::Kafka(m) => Message::Kafka(m),
+                Request::RabbitMq(m) => Message::Rabbitmq(m),
+            })
+            .collect(),
+    );
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(channels.len());
     for (i, channel) in (0_u64..).zip(channels) {
@@ -38,7 +43,7 @@ pub async fn run(
         let share = n / streams + u64::from(i < n % streams);
         let one = stream_one(
             channel.clone(),
-            message.clone(),
+            Arc::clone(&messages),
             share,
             window,
             plan.message_timeout,
@@ -60,7 +65,7 @@ pub async fn run(
 /// One stream: sends `n` messages, at most `window` unanswered, and records each ack.
 async fn stream_one(
     channel: Channel,
-    message: Message,
+    messages: Arc<Vec<Message>>,
     n: u64,
     window: usize,
     timeout: Duration,
@@ -85,9 +90,10 @@ async fn stream_one(
                 slot.forget();
                 let ns = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 sent_at[usize::try_from(id).unwrap_or(0)].store(ns, Ordering::Relaxed);
+                let index = usize::try_from(id).unwrap_or(0) % messages.len();
                 let request = IngestRequest {
                     id,
-                    message: Some(message.clone()),
+                    message: Some(messages[index].clone()),
                 };
                 if requests.send(request).await.is_err() {
                     return;

@@ -5,7 +5,9 @@
 //! RabbitMQ server, each of which becomes a producer actor with its own connection. The
 //! per-target figure is the growth from the first target to the last, divided by the
 //! targets added, so one-off costs (the first connection, thread stacks) are not spread
-//! over them.
+//! over them. Beside memory it reports the daemon's OS threads and its TCP connections to
+//! the RabbitMQ server at each point (from `/proc/PID/status`, `/proc/PID/fd` and
+//! `/proc/PID/net/tcp*`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,28 @@ pub struct TargetsArgs {
     pub concurrency: usize,
 }
 
+/// The daemon's footprint at one point of the measurement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Footprint {
+    /// Resident set size, KiB.
+    pub rss_kib: u64,
+    /// OS threads.
+    pub threads: u64,
+    /// Established TCP connections to the RabbitMQ server's port.
+    pub connections: u64,
+}
+
+impl Footprint {
+    /// Reads process `pid`'s footprint; connections are those to `server_port`.
+    pub fn read(pid: u32, server_port: u16) -> Result<Self, BenchError> {
+        Ok(Self {
+            rss_kib: rss_kib(pid)?,
+            threads: status_field(pid, "Threads:")?,
+            connections: tcp_connections_to(pid, server_port)?,
+        })
+    }
+}
+
 /// What `targets` measured.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryReport {
@@ -52,6 +76,10 @@ pub struct MemoryReport {
     pub one_target_kib: u64,
     /// RSS with every target, KiB.
     pub all_targets_kib: u64,
+    /// Threads and connections with one target.
+    pub one_target: Footprint,
+    /// Threads and connections with every target.
+    pub all_targets: Footprint,
     /// Targets created (and delivered to).
     pub targets: u32,
     /// Messages not delivered.
@@ -68,16 +96,62 @@ impl MemoryReport {
 
 /// Resident set size of process `pid`, KiB.
 pub fn rss_kib(pid: u32) -> Result<u64, BenchError> {
+    status_field(pid, "VmRSS:")
+}
+
+/// The number in the line of `/proc/PID/status` that starts with `field` (a unit such as
+/// `kB` is dropped).
+fn status_field(pid: u32, field: &str) -> Result<u64, BenchError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|source| BenchError::Proc { pid, source })?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| BenchError::Proc {
             pid,
-            source: std::io::Error::other("no VmRSS line"),
+            source: std::io::Error::other(format!("no {field} line")),
         })
+}
+
+/// How many of process `pid`'s sockets are established TCP connections to remote port
+/// `port`: its socket inodes (from `/proc/PID/fd`) matched against `/proc/PID/net/tcp`
+/// and `tcp6`.
+pub fn tcp_connections_to(pid: u32, port: u16) -> Result<u64, BenchError> {
+    let proc_error = |source| BenchError::Proc { pid, source };
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(proc_error)? {
+        let Ok(link) = entry.and_then(|e| std::fs::read_link(e.path())) else {
+            continue; // closed while listing
+        };
+        let link = link.to_string_lossy();
+        if let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_owned());
+        }
+    }
+    let mut count = 0;
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state), Some(inode)) =
+                (fields.get(2), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let remote_port = remote
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "01" && remote_port == Some(port) && inodes.contains(*inode) {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// Measures the daemon's memory as the module describes.
@@ -85,6 +159,12 @@ pub async fn measure(args: &TargetsArgs) -> Result<MemoryReport, BenchError> {
     if args.count == 0 {
         return Err(BenchError::Usage("--count must be at least 1".into()));
     }
+    let server_port = args
+        .server
+        .parse::<lapin::uri::AMQPUri>()
+        .map_err(|e| BenchError::Usage(format!("--server: {e}")))?
+        .authority
+        .port;
     let channel = crate::unary::connect(&args.daemon, 1)
         .await?
         .pop()
@@ -95,7 +175,7 @@ pub async fn measure(args: &TargetsArgs) -> Result<MemoryReport, BenchError> {
     let first = format!("{}.0", args.prefix);
     let mut failed = u32::from(!send_to(&channel, &args.server, &first).await);
     settle().await;
-    let one_target_kib = rss_kib(args.daemon_pid)?;
+    let one_target = Footprint::read(args.daemon_pid, server_port)?;
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut sends = tokio::task::JoinSet::new();
     for i in 1..args.count {
@@ -113,12 +193,14 @@ pub async fn measure(args: &TargetsArgs) -> Result<MemoryReport, BenchError> {
         failed += u32::from(!sent.unwrap_or(false));
     }
     settle().await;
-    let all_targets_kib = rss_kib(args.daemon_pid)?;
+    let all_targets = Footprint::read(args.daemon_pid, server_port)?;
     delete_exchanges(args).await;
     Ok(MemoryReport {
         idle_kib,
-        one_target_kib,
-        all_targets_kib,
+        one_target_kib: one_target.rss_kib,
+        all_targets_kib: all_targets.rss_kib,
+        one_target,
+        all_targets,
         targets: args.count,
         failed,
     })
@@ -170,5 +252,14 @@ pub fn print(report: &MemoryReport) {
         mib(report.all_targets_kib),
         report.per_target_kib(),
         report.failed
+    );
+    println!(
+        "daemon threads: 1 target {}, {} targets {}; AMQP connections: 1 target {}, {} targets {}",
+        report.one_target.threads,
+        report.targets,
+        report.all_targets.threads,
+        report.one_target.connections,
+        report.targets,
+        report.all_targets.connections
     );
 }

@@ -19,31 +19,37 @@ pub enum Request {
 }
 
 impl Request {
-    /// The request every message of `plan` is sent with.
-    pub fn of(plan: &Plan) -> Self {
+    /// The requests `plan`'s messages are sent with: message `seq` with
+    /// `requests[seq % len]` (one per exchange the load is spread over).
+    pub fn all(plan: &Plan) -> Vec<Self> {
         let message = Some(Message {
             data: plan.payload.clone(),
         });
         match &plan.destination {
-            Destination::Kafka { brokers, topic } => Self::Kafka(KafkaMessage {
+            Destination::Kafka { brokers, topic } => vec![Self::Kafka(KafkaMessage {
                 target: Some(KafkaTarget {
                     brokers: brokers.clone(),
                     topic: topic.clone(),
                 }),
                 message,
-            }),
+            })],
             Destination::RabbitMq {
                 server,
-                exchange,
+                exchanges,
                 routing_key,
-            } => Self::RabbitMq(RabbitMqMessage {
-                target: Some(RabbitMqTarget {
-                    server: server.clone(),
-                    exchange: exchange.clone(),
-                    route_key: routing_key.clone(),
-                }),
-                message,
-            }),
+            } => exchanges
+                .iter()
+                .map(|exchange| {
+                    Self::RabbitMq(RabbitMqMessage {
+                        target: Some(RabbitMqTarget {
+                            server: server.clone(),
+                            exchange: exchange.clone(),
+                            route_key: routing_key.clone(),
+                        }),
+                        message: message.clone(),
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -69,8 +75,8 @@ pub async fn connect(address: &str, count: usize) -> Result<Vec<Channel>, BenchE
 pub struct UnarySink {
     /// One client per connection.
     clients: Vec<MessageBrokerClient<Channel>>,
-    /// The request of every message.
-    request: Request,
+    /// The requests, message `seq` with `requests[seq % len]`.
+    requests: Vec<Request>,
 }
 
 impl UnarySink {
@@ -82,7 +88,7 @@ impl UnarySink {
                 .cloned()
                 .map(MessageBrokerClient::new)
                 .collect(),
-            request: Request::of(plan),
+            requests: Request::all(plan),
         }
     }
 }
@@ -91,7 +97,8 @@ impl Sink for UnarySink {
     async fn send(&self, seq: u64) -> Result<(), String> {
         let index = usize::try_from(seq).unwrap_or(0) % self.clients.len();
         let mut client = self.clients[index].clone();
-        let answer = match self.request.clone() {
+        let request = &self.requests[usize::try_from(seq).unwrap_or(0) % self.requests.len()];
+        let answer = match request.clone() {
             Request::Kafka(request) => client.send_kafka_message(request).await,
             Request::RabbitMq(request) => client.send_rabbit_mq_message(request).await,
         };

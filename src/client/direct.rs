@@ -26,7 +26,8 @@ pub async fn publish(
                 let link = AmqpLink::open(target, settings).await?;
                 let outcome = link
                     .publish(routing_key.to_owned(), payload, None, None)
-                    .await;
+                    .await
+                    .map_err(ferry_actors::ProduceError::from);
                 link.close("ferry: message sent").await;
                 outcome.map(|()| n)
             }

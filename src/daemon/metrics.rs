@@ -32,7 +32,7 @@ struct Snapshot(Report);
 type ProducerCounter = (&'static str, &'static str, fn(&Producer) -> u64);
 
 /// The per-producer counters.
-const PRODUCER_COUNTERS: [ProducerCounter; 4] = [
+const PRODUCER_COUNTERS: [ProducerCounter; 5] = [
     ("producer_sent", "Messages delivered to this target.", |p| {
         p.sent
     }),
@@ -50,6 +50,11 @@ const PRODUCER_COUNTERS: [ProducerCounter; 4] = [
         "producer_restarts",
         "Supervisor restarts of this target's producer.",
         |p| p.restarts,
+    ),
+    (
+        "producer_returned",
+        "Messages the broker returned as unroutable (RabbitMQ, rabbitmq.mandatory).",
+        |p| p.returned,
     ),
 ];
 

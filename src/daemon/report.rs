@@ -125,6 +125,8 @@ pub struct Producer {
     pub retried: u64,
     /// Supervisor restarts.
     pub restarts: u64,
+    /// Messages the broker returned as unroutable (RabbitMQ with `rabbitmq.mandatory`).
+    pub returned: u64,
     /// Messages in flight now.
     pub in_flight: u64,
     /// Median delivery latency in milliseconds (none before the first delivery).
@@ -157,6 +159,7 @@ impl Producer {
             failed: snapshot.failed,
             retried: snapshot.retried,
             restarts: snapshot.restarts,
+            returned: snapshot.returned,
             in_flight: snapshot.in_flight,
             latency_p50_ms: millis(0.5),
             latency_p99_ms: millis(0.99),

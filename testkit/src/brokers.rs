@@ -83,6 +83,12 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts a broker of `kind` and waits until it accepts connections.
     pub fn start(kind: BrokerKind) -> Self {
+        Self::start_with(kind, "")
+    }
+
+    /// Starts a broker of `kind` with `extra` added to its config file (RabbitMQ's
+    /// `rabbitmq.conf` syntax: a TLS listener, say), and waits until it accepts connections.
+    pub fn start_with(kind: BrokerKind, extra: &str) -> Self {
         let port: u16 = run_script(&["free-port"])
             .trim()
             .parse()
@@ -90,6 +96,10 @@ impl PrivateBroker {
         let base = std::env::var("FERRY_TEST_RUN_DIR")
             .unwrap_or_else(|_| std::env::temp_dir().to_string_lossy().into_owned());
         let dir = PathBuf::from(base).join(format!("{}-{port}", kind.as_str()));
+        if !extra.is_empty() {
+            std::fs::create_dir_all(&dir).expect("broker directory");
+            std::fs::write(dir.join("extra.conf"), extra).expect("extra.conf");
+        }
         run_script(&[
             "start",
             kind.as_str(),

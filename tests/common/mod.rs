@@ -14,6 +14,7 @@ use ferry_actors::StatsSnapshot;
 use tonic::transport::Channel;
 
 pub mod ecflow;
+pub mod pki;
 pub mod process;
 
 /// The config of a test daemon: defaults (the production policy), on free ports.

@@ -115,13 +115,17 @@ fn spawn_served(listen: &str, extra: &[&str], stderr: Stdio) -> Served {
         .stderr(stderr)
         .spawn()
         .expect("ferry serve starts");
+    // Both listeners: a test's first look at /stats must not race the ops endpoint, and a
+    // daemon that could not bind it (another test took the port) must fail here, saying so.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(listen).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ferry serve is not listening on {listen}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    for address in [listen, ops_address.as_str()] {
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ferry serve is not listening on {address}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     Served {
         child,

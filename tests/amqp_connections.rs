@@ -376,7 +376,7 @@ fn tls_daemon(
 }
 
 #[tokio::test]
-async fn amqps_delivers_with_the_sites_ca_and_a_client_certificate_and_refuses_an_untrusted_server()
+async fn amqps_delivers_with_the_sites_ca_and_a_client_certificate_also_as_external_login_and_refuses_an_untrusted_server()
 {
     use ferry_testkit::{BrokerKind, PrivateBroker};
     let pki = common::pki::Pki::generate(common::process::scratch_dir("amqps-pki"));
@@ -391,12 +391,19 @@ async fn amqps_delivers_with_the_sites_ca_and_a_client_certificate_and_refuses_a
          ssl_options.certfile = {}\n\
          ssl_options.keyfile = {}\n\
          ssl_options.verify = verify_peer\n\
-         ssl_options.fail_if_no_peer_cert = true\n",
+         ssl_options.fail_if_no_peer_cert = true\n\
+         auth_mechanisms.1 = PLAIN\n\
+         auth_mechanisms.2 = EXTERNAL\n\
+         ssl_cert_login_from = common_name\n",
         pki.path("ca.pem"),
         pki.path("server.pem"),
         pki.path("server.key"),
     );
-    let broker = PrivateBroker::start_with(BrokerKind::RabbitMq, &extra);
+    let broker = PrivateBroker::start_with_plugins(
+        BrokerKind::RabbitMq,
+        &extra,
+        &["rabbitmq_auth_mechanism_ssl"],
+    );
     let plain = broker.amqp_url();
     let secure = format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f");
     let exchange = unique("ferry.test.tls");
@@ -409,6 +416,25 @@ async fn amqps_delivers_with_the_sites_ca_and_a_client_certificate_and_refuses_a
     let received = amqp::read_queue(&plain, &exchange, 1, Duration::from_secs(10)).await;
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].data, b"over TLS");
+
+    // EXTERNAL: the client certificate is the credential (its common name, "client", is
+    // a broker user with no password).
+    let ctl = |args: &[&str]| rabbitmqctl(broker.dir(), args);
+    ctl(&["add_user", "client", "unused-password"]);
+    ctl(&["clear_password", "client"]);
+    ctl(&["set_permissions", "-p", "/", "client", ".*", ".*", ".*"]);
+    let external = format!("amqps://127.0.0.1:{tls_port}/%2f?auth_mechanism=external");
+    let (r, _) = send_rabbitmq(&mut sender, rabbitmq(&external, &exchange, "k", "external")).await;
+    assert_eq!(r.error_no, 0, "{}", r.error_message);
+    let received = amqp::read_queue(&plain, &exchange, 1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].data, b"external");
+    let connections = ctl(&["list_connections", "-q", "auth_mechanism", "user"]);
+    assert!(
+        connections
+            .lines()
+            .any(|l| l.contains("EXTERNAL") && l.contains("client")),
+        "{connections}"
+    );
     drop(sender);
     drop(daemon);
 

@@ -89,6 +89,12 @@ impl PrivateBroker {
     /// Starts a broker of `kind` with `extra` added to its config file (RabbitMQ's
     /// `rabbitmq.conf` syntax: a TLS listener, say), and waits until it accepts connections.
     pub fn start_with(kind: BrokerKind, extra: &str) -> Self {
+        Self::start_with_plugins(kind, extra, &[])
+    }
+
+    /// [`Self::start_with`], RabbitMQ with `plugins` enabled as well (for instance
+    /// `rabbitmq_auth_mechanism_ssl`, for EXTERNAL authentication).
+    pub fn start_with_plugins(kind: BrokerKind, extra: &str, plugins: &[&str]) -> Self {
         let port: u16 = run_script(&["free-port"])
             .trim()
             .parse()
@@ -96,9 +102,13 @@ impl PrivateBroker {
         let base = std::env::var("FERRY_TEST_RUN_DIR")
             .unwrap_or_else(|_| std::env::temp_dir().to_string_lossy().into_owned());
         let dir = PathBuf::from(base).join(format!("{}-{port}", kind.as_str()));
+        std::fs::create_dir_all(&dir).expect("broker directory");
         if !extra.is_empty() {
-            std::fs::create_dir_all(&dir).expect("broker directory");
             std::fs::write(dir.join("extra.conf"), extra).expect("extra.conf");
+        }
+        if !plugins.is_empty() {
+            let list = format!("[{}].", plugins.join(","));
+            std::fs::write(dir.join("plugins"), list).expect("plugins");
         }
         run_script(&[
             "start",

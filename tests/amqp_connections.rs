@@ -376,8 +376,7 @@ fn tls_daemon(
 }
 
 #[tokio::test]
-async fn amqps_delivers_with_the_sites_ca_and_a_client_certificate_also_as_external_login_and_refuses_an_untrusted_server()
-{
+async fn amqps_trusts_the_site_ca_logs_in_by_certificate_and_refuses_an_untrusted_server() {
     use ferry_testkit::{BrokerKind, PrivateBroker};
     let pki = common::pki::Pki::generate(common::process::scratch_dir("amqps-pki"));
     let tls_port = ferry_testkit::brokers::run_script(&["free-port"])

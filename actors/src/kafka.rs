@@ -232,10 +232,6 @@ impl ClientContext for LossReporter {
                 self.lost
                     .signal(ProduceError::Unavailable(format!("{error}: {reason}")));
             }
-            // The cluster refused ferry's credentials (SASL) or its TLS handshake: trying
-            // again would meet the same answer, so the producer stops with a rejection
-            // that its messages get at once (and restarts after its backoff, in case the
-            // credentials were fixed).
             // A TLS handshake that failed (an untrusted certificate, most often): the
             // producer restarts, and its messages meanwhile are told why.
             Some(RDKafkaErrorCode::SSL) => {
@@ -243,6 +239,9 @@ impl ClientContext for LossReporter {
                 self.lost
                     .signal(ProduceError::Unavailable(format!("TLS failed: {reason}")));
             }
+            // The cluster refused ferry's credentials (SASL): trying again would meet the
+            // same answer, so the producer stops with a rejection that its messages get at
+            // once (and restarts after its backoff, in case the credentials were fixed).
             Some(RDKafkaErrorCode::Authentication) => {
                 log::warn!(
                     "Kafka authentication failed target={} reason={reason}",

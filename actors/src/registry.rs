@@ -14,7 +14,7 @@ use crate::amqp_server::AmqpServer;
 use crate::error::ProduceError;
 use crate::kafka::{KafkaBackend, KafkaProducer};
 use crate::producer::{Delivery, Publish, mailbox_error};
-use crate::settings::{ProducerSettings, RegistrySettings};
+use crate::settings::{AmqpSettings, ProducerSettings, RegistrySettings};
 use crate::stats::{StatsSnapshot, TargetStats};
 use crate::target::Target;
 
@@ -86,6 +86,9 @@ pub struct Registry {
     /// The connection actor of each RabbitMQ server (by URL), weakly held: it stops when
     /// the last producer on it stops.
     amqp_servers: Mutex<HashMap<String, WeakAddr<AmqpServer>>>,
+    /// The RabbitMQ settings, shared by every AMQP producer and connection actor (they
+    /// hold the TLS files: one copy, not one per exchange).
+    amqp_settings: Arc<AmqpSettings>,
 }
 
 impl Registry {
@@ -102,6 +105,7 @@ impl Registry {
             !arbiters.is_empty(),
             "a registry needs at least one arbiter"
         );
+        let amqp_settings = Arc::new(producer_settings.amqp.clone());
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
             arbiters,
@@ -110,6 +114,7 @@ impl Registry {
             limits,
             evictions: AtomicU64::new(0),
             amqp_servers: Mutex::new(HashMap::new()),
+            amqp_settings,
         })
     }
 
@@ -289,7 +294,7 @@ impl Registry {
                 let backend = AmqpBackend::new(
                     t,
                     server,
-                    Arc::new(settings.amqp.clone()),
+                    Arc::clone(&self.amqp_settings),
                     Arc::clone(&stats),
                 );
                 ProducerAddr::Amqp(Supervisor::start_in_arbiter(arbiter, move |_| {
@@ -316,7 +321,7 @@ impl Registry {
             return addr;
         }
         servers.retain(|_, addr| addr.upgrade().is_some_and(|a| a.connected()));
-        let settings = Arc::new(self.producer_settings.amqp.clone());
+        let settings = Arc::clone(&self.amqp_settings);
         let connect_timeout = self.producer_settings.connect_timeout;
         let retry_after = self.producer_settings.restart_backoff_initial;
         let server = AmqpServer::new(target, settings, connect_timeout, retry_after);

@@ -38,7 +38,8 @@ pub struct LoadArgs {
     #[arg(long, default_value = "127.0.0.1:33383")]
     pub daemon: String,
     /// The daemon's process id, to report its CPU time per message (user + system, all
-    /// its threads) for each run through it. Example: --daemon-pid 4242
+    /// its threads) for each run through it; `direct` runs then report the bench
+    /// process's own (the broker client's cost without a daemon). Example: --daemon-pid 4242
     #[arg(long, value_name = "PID")]
     pub daemon_pid: Option<u32>,
     /// Messages per run and mode. Example: -n 100000

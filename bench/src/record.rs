@@ -79,16 +79,15 @@ pub struct RunResult {
     pub record: Record,
     /// Messages the broker gained during the run (None if it could not be counted).
     pub broker_count: Option<u64>,
-    /// The daemon's CPU time during the run (with `--daemon-pid`).
+    /// The daemon's CPU time during the run (with `--daemon-pid`); for `direct`, the
+    /// bench process's own.
     pub daemon_cpu: Option<Duration>,
 }
 
 impl RunResult {
-    /// The daemon's CPU time per delivered message, in µs, for a run through the daemon.
+    /// The daemon's CPU time per delivered message, in µs (for `direct`: the bench
+    /// process's own, i.e. the client library's cost without a daemon).
     pub fn cpu_us(&self) -> Option<f64> {
-        if self.mode == Mode::Direct {
-            return None;
-        }
         crate::cpu::per_message_us(self.daemon_cpu?, self.record.delivered)
     }
 

@@ -93,7 +93,8 @@ pub struct Summary {
     /// Median over rounds of this mode's rate ÷ `direct`'s rate in the same round (the
     /// broker and machine drift between rounds; within one they are alike).
     pub vs_direct: Option<f64>,
-    /// Median daemon CPU time per message, µs (with `--daemon-pid`; not for `direct`).
+    /// Median CPU time per message, µs (with `--daemon-pid`): the daemon's, and for
+    /// `direct` the bench process's own.
     pub cpu_us: Option<f64>,
 }
 

@@ -51,6 +51,12 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
         channels,
     };
     let cpu = plan.daemon_pid.map(crate::cpu::CpuClock::of).transpose()?;
+    // `direct` is measured on this process: what the broker's client library (and the
+    // load loop) costs without the daemon, the floor the daemon's figure compares with.
+    let own_cpu = match cpu {
+        Some(_) => Some(crate::cpu::CpuClock::of(std::process::id())?),
+        None => None,
+    };
     let mut warmed_up = 0;
     for &mode in &plan.modes {
         if plan.warm_up > 0 {
@@ -87,10 +93,11 @@ pub async fn load(plan: &Plan) -> Result<Vec<RunResult>, BenchError> {
                 plan.messages,
                 plan.progress,
             );
-            let cpu_before = cpu.map(|clock| clock.now()).transpose()?;
+            let clock = if mode == Mode::Direct { own_cpu } else { cpu };
+            let cpu_before = clock.map(|clock| clock.now()).transpose()?;
             let (record, elapsed) =
                 send(&paths, plan, mode, plan.messages, Some(progress.counter())).await?;
-            let daemon_cpu = match (cpu, cpu_before) {
+            let daemon_cpu = match (clock, cpu_before) {
                 (Some(clock), Some(before)) => Some(clock.now()?.saturating_sub(before)),
                 _ => None,
             };

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::amqp_server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, classify, connect};
 use crate::error::ProduceError;
 use crate::metadata::{AmqpMetadata, HeaderValue, Metadata};
-use crate::producer::{Backend, Delivery, LostSignal, ProducerActor, Publish};
+use crate::producer::{Backend, Delivery, LostSignal, Outgoing, ProducerActor};
 use crate::settings::AmqpSettings;
 use crate::stats::TargetStats;
 use crate::target::AmqpTarget;
@@ -139,46 +139,20 @@ impl AmqpLink {
     /// returned (published mandatory, no queue bound) is [`Unconfirmed::Returned`].
     pub fn publish(
         &self,
-        route: String,
+        route: &str,
         payload: Bytes,
         id: Option<&str>,
         metadata: Option<&AmqpMetadata>,
-    ) -> impl Future<Output = Result<(), Unconfirmed>> + 'static {
-        let channel = self.channel.clone();
-        let exchange = self.exchange.clone();
-        let properties = properties(id, metadata);
-        let options = BasicPublishOptions {
-            mandatory: self.mandatory,
-            ..BasicPublishOptions::default()
-        };
-        async move {
-            let confirmation = channel
-                .basic_publish(
-                    exchange.clone(),
-                    route.as_str().into(),
-                    options,
-                    &payload,
-                    properties,
-                )
-                .await
-                .map_err(|e| Unconfirmed::Failed(classify(&e)))?
-                .await
-                .map_err(|e| Unconfirmed::Failed(classify(&e)))?;
-            match confirmation {
-                Confirmation::Ack(None) => Ok(()),
-                Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
-                    Err(Unconfirmed::Returned(ProduceError::Rejected(format!(
-                        "unroutable: no queue bound for routing key {route} on exchange {exchange}"
-                    ))))
-                }
-                Confirmation::Nack(None) => Err(Unconfirmed::Failed(ProduceError::Rejected(
-                    "the broker nacked the message".into(),
-                ))),
-                Confirmation::NotRequested => Err(Unconfirmed::Failed(ProduceError::Unavailable(
-                    "the channel is not in confirm mode".into(),
-                ))),
-            }
-        }
+    ) -> impl Future<Output = Result<(), Unconfirmed>> + Send + 'static {
+        publish_on(
+            &self.channel,
+            &self.exchange,
+            self.mandatory,
+            route,
+            payload,
+            id,
+            metadata,
+        )
     }
 
     /// Closes the channel (and the connection, if the link opened it) cleanly.
@@ -194,6 +168,55 @@ impl AmqpLink {
                     let _ = self.channel.close(200, reason.into()).await;
                 }
             }
+        }
+    }
+}
+
+/// Publishes `payload` on `channel` to `exchange` (see [`AmqpLink::publish`]); the future
+/// owns what it needs and resolves at the broker's confirmation.
+fn publish_on(
+    channel: &Channel,
+    exchange: &ShortString,
+    mandatory: bool,
+    route: &str,
+    payload: Bytes,
+    id: Option<&str>,
+    metadata: Option<&AmqpMetadata>,
+) -> impl Future<Output = Result<(), Unconfirmed>> + Send + 'static {
+    let channel = channel.clone();
+    let exchange = exchange.clone();
+    let route = ShortString::from(route);
+    let properties = properties(id, metadata);
+    let options = BasicPublishOptions {
+        mandatory,
+        ..BasicPublishOptions::default()
+    };
+    async move {
+        let confirmation = channel
+            .basic_publish(
+                exchange.clone(),
+                route.clone(),
+                options,
+                &payload,
+                properties,
+            )
+            .await
+            .map_err(|e| Unconfirmed::Failed(classify(&e)))?
+            .await
+            .map_err(|e| Unconfirmed::Failed(classify(&e)))?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+                Err(Unconfirmed::Returned(ProduceError::Rejected(format!(
+                    "unroutable: no queue bound for routing key {route} on exchange {exchange}"
+                ))))
+            }
+            Confirmation::Nack(None) => Err(Unconfirmed::Failed(ProduceError::Rejected(
+                "the broker nacked the message".into(),
+            ))),
+            Confirmation::NotRequested => Err(Unconfirmed::Failed(ProduceError::Unavailable(
+                "the channel is not in confirm mode".into(),
+            ))),
         }
     }
 }
@@ -215,8 +238,24 @@ impl From<Unconfirmed> for ProduceError {
     }
 }
 
+/// Publishes to one exchange on the channel of a ready [`AmqpLink`] (a handle: the link
+/// keeps the channel open).
+pub struct AmqpPublisher {
+    /// The link's channel.
+    channel: Channel,
+    /// The exchange name as sent on the wire.
+    exchange: ShortString,
+    /// Publish mandatory.
+    mandatory: bool,
+    /// The target's counters (returned messages are counted here).
+    stats: Arc<TargetStats>,
+    /// Where a closed channel is reported.
+    lost: LostSignal<AmqpBackend>,
+}
+
 impl Backend for AmqpBackend {
     type Connection = AmqpLink;
+    type Publisher = AmqpPublisher;
 
     fn connect(
         &self,
@@ -252,20 +291,33 @@ impl Backend for AmqpBackend {
         .boxed_local()
     }
 
-    fn publish(
-        &self,
-        link: &AmqpLink,
-        lost: &LostSignal<Self>,
-        message: Publish,
-    ) -> LocalBoxFuture<'static, Result<Delivery, ProduceError>> {
-        let metadata = match message.metadata.as_deref() {
+    fn publisher(&self, link: &AmqpLink, lost: LostSignal<Self>) -> AmqpPublisher {
+        AmqpPublisher {
+            channel: link.channel.clone(),
+            exchange: link.exchange.clone(),
+            mandatory: link.mandatory,
+            stats: Arc::clone(&self.stats),
+            lost,
+        }
+    }
+
+    fn publish(publisher: &AmqpPublisher, message: &Outgoing<'_>) -> crate::producer::Confirmation {
+        let metadata = match message.metadata.map(|m| &**m) {
             Some(Metadata::Amqp(amqp)) => Some(amqp),
             _ => None,
         };
-        let published = link.publish(message.route, message.payload, Some(&message.id), metadata);
-        let channel = link.channel.clone();
-        let lost = lost.clone();
-        let stats = Arc::clone(&self.stats);
+        let published = publish_on(
+            &publisher.channel,
+            &publisher.exchange,
+            publisher.mandatory,
+            message.route,
+            message.payload.clone(),
+            Some(message.id),
+            metadata,
+        );
+        let channel = publisher.channel.clone();
+        let lost = publisher.lost.clone();
+        let stats = Arc::clone(&publisher.stats);
         async move {
             match published.await {
                 Ok(()) => Ok(Delivery::default()),
@@ -283,7 +335,7 @@ impl Backend for AmqpBackend {
                 }
             }
         }
-        .boxed_local()
+        .boxed()
     }
 
     fn close(link: AmqpLink) {

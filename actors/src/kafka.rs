@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord};
 
 use crate::error::ProduceError;
 use crate::metadata::Metadata;
-use crate::producer::{Backend, Delivery, LostSignal, ProducerActor, Publish};
+use crate::producer::{Backend, Confirmation, Delivery, LostSignal, Outgoing, ProducerActor};
 use crate::settings::{KafkaCluster, KafkaSettings};
 use crate::target::KafkaTarget;
 
@@ -92,6 +92,10 @@ pub fn check_settings(settings: &KafkaSettings) -> Result<(), String> {
 
 impl Backend for KafkaBackend {
     type Connection = FutureProducer<LossReporter>;
+    /// A handle on the same librdkafka producer. The connection is the last handle to go
+    /// (its drop joins librdkafka's threads, off the runtime): the actor takes the
+    /// publisher back before it closes the connection.
+    type Publisher = FutureProducer<LossReporter>;
 
     fn connect(
         &self,
@@ -109,13 +113,13 @@ impl Backend for KafkaBackend {
         future::ready(created).boxed_local()
     }
 
-    fn publish(
-        &self,
-        producer: &Self::Connection,
-        _lost: &LostSignal<Self>,
-        message: Publish,
-    ) -> LocalBoxFuture<'static, Result<Delivery, ProduceError>> {
-        let kafka = match message.metadata.as_deref() {
+    fn publisher(&self, producer: &Self::Connection, _lost: LostSignal<Self>) -> Self::Publisher {
+        // A dead cluster is reported by `LossReporter`, not by a publish.
+        producer.clone()
+    }
+
+    fn publish(producer: &Self::Publisher, message: &Outgoing<'_>) -> Confirmation {
+        let kafka = match message.metadata.map(|m| &**m) {
             Some(Metadata::Kafka(kafka)) => Some(kafka),
             _ => None,
         };
@@ -132,7 +136,7 @@ impl Backend for KafkaBackend {
             key: ID_HEADER,
             value: Some(message.id.as_bytes()),
         });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&message.route)
+        let mut record = FutureRecord::<[u8], [u8]>::to(message.route)
             .payload(&message.payload[..])
             .headers(headers);
         if let Some(key) = kafka.and_then(|kafka| kafka.key.as_ref()) {
@@ -154,8 +158,8 @@ impl Backend for KafkaBackend {
                     )),
                 }
             }
-            .boxed_local(),
-            Err((error, _)) => future::ready(Err(classify(&error))).boxed_local(),
+            .boxed(),
+            Err((error, _)) => future::ready(Err(classify(&error))).boxed(),
         }
     }
 

@@ -11,16 +11,24 @@
 //!        nobody sends to costs nothing).
 //! ```
 //!
+//! While it is ready, the actor lends its connection through a [`Direct`] publisher that
+//! the forwarder calls from the ingress task itself: a message then costs no trip through
+//! the actor's mailbox and back, and the ingress task awaits the broker's confirmation
+//! directly. The actor stays the owner of the connection and of its supervision: it sets
+//! the publisher when connected and takes it back before it closes the connection.
+//! Messages that arrive while it is not ready go through its mailbox, as before, which
+//! reconnects on the first of them after a backoff.
+//!
 //! A handler never awaits a delivery: it hands the message to the backend and returns the
 //! confirmation future, so many messages to one target are in flight at once.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use actix::WeakAddr;
 use actix::prelude::*;
 use bytes::Bytes;
-use futures_util::future::{self, LocalBoxFuture};
+use futures_util::future::{self, BoxFuture, LocalBoxFuture};
 
 use crate::error::ProduceError;
 use crate::settings::ProducerSettings;
@@ -31,6 +39,11 @@ pub trait Backend: Unpin + Sized + 'static {
     /// The cached connection (a Kafka producer, an AMQP connection and channel).
     type Connection: Unpin + 'static;
 
+    /// What a ready connection is published through from any task or thread (a Kafka
+    /// producer handle, an AMQP channel). The actor keeps the connection; dropping a
+    /// publisher must neither close nor block.
+    type Publisher: Send + Sync + 'static;
+
     /// Opens a connection. The backend calls `lost.signal(..)` when it later learns that
     /// the connection is dead, which makes the actor restart.
     fn connect(
@@ -38,14 +51,13 @@ pub trait Backend: Unpin + Sized + 'static {
         lost: LostSignal<Self>,
     ) -> LocalBoxFuture<'static, Result<Self::Connection, ProduceError>>;
 
-    /// Hands `message` to the connection; the future resolves once the broker confirmed
-    /// it (or failed to). It must not borrow `self` or `connection`.
-    fn publish(
-        &self,
-        connection: &Self::Connection,
-        lost: &LostSignal<Self>,
-        message: Publish,
-    ) -> LocalBoxFuture<'static, Result<Delivery, ProduceError>>;
+    /// The publisher of a connection that is ready; it reports a connection it finds
+    /// dead to `lost`.
+    fn publisher(&self, connection: &Self::Connection, lost: LostSignal<Self>) -> Self::Publisher;
+
+    /// Hands `message` to the broker through `publisher`; the future resolves once the
+    /// broker confirmed it (or failed to). It borrows nothing.
+    fn publish(publisher: &Self::Publisher, message: &Outgoing<'_>) -> Confirmation;
 
     /// Disposes of a connection without blocking the calling thread.
     fn close(connection: Self::Connection);
@@ -59,6 +71,76 @@ pub struct Delivery {
     pub partition: Option<i32>,
     /// The record's offset in that partition.
     pub offset: Option<i64>,
+}
+
+/// A published message's confirmation by its broker.
+pub type Confirmation = BoxFuture<'static, Result<Delivery, ProduceError>>;
+
+/// A message on its way to a broker, borrowed from its caller (the forwarder publishes
+/// without copying; a backend copies what it must keep until the confirmation).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The Kafka topic or the AMQP routing key.
+    pub route: &'a str,
+    /// The message bytes.
+    pub payload: &'a Bytes,
+    /// The message's id, as in [`Publish::id`].
+    pub id: &'a Arc<str>,
+    /// Key, headers, properties.
+    pub metadata: Option<&'a Arc<crate::metadata::Metadata>>,
+}
+
+impl Outgoing<'_> {
+    /// An owned copy, to go through the actor's mailbox.
+    pub fn to_publish(&self) -> Publish {
+        Publish {
+            route: self.route.to_owned(),
+            payload: self.payload.clone(),
+            id: Arc::clone(self.id),
+            metadata: self.metadata.cloned(),
+        }
+    }
+}
+
+/// The publisher a ready producer lends, shared by the actor (which sets and clears it)
+/// and every handle on the producer (which publish through it).
+pub struct Direct<B: Backend> {
+    /// The ready connection's publisher; `None` while the actor is not ready.
+    publisher: RwLock<Option<B::Publisher>>,
+}
+
+impl<B: Backend> Default for Direct<B> {
+    fn default() -> Self {
+        Self {
+            publisher: RwLock::new(None),
+        }
+    }
+}
+
+impl<B: Backend> Direct<B> {
+    /// Publishes `message` if the producer is ready, or returns `None` (the caller then
+    /// goes through the actor's mailbox, which reconnects or answers why it is down).
+    pub fn try_publish(&self, message: &Outgoing<'_>) -> Option<Confirmation> {
+        // The lock is held only while the message is handed over, never across an await:
+        // once the actor took the publisher back, nothing publishes through it.
+        let publisher = self
+            .publisher
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        publisher.as_ref().map(|p| B::publish(p, message))
+    }
+
+    /// Lends `publisher`, or (with `None`) takes the current one back.
+    fn set(&self, publisher: Option<B::Publisher>) {
+        let previous = std::mem::replace(
+            &mut *self
+                .publisher
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            publisher,
+        );
+        drop(previous);
+    }
 }
 
 /// Publish one message to the actor's target.
@@ -145,6 +227,8 @@ pub struct ProducerActor<B: Backend> {
     consecutive_failures: u32,
     /// While down, the earliest time a message may trigger a reconnection.
     reconnect_at: Instant,
+    /// Where the ready connection is lent to publishers outside the actor.
+    direct: Arc<Direct<B>>,
 }
 
 impl<B: Backend> ProducerActor<B> {
@@ -154,6 +238,7 @@ impl<B: Backend> ProducerActor<B> {
         label: String,
         settings: Arc<ProducerSettings>,
         stats: Arc<TargetStats>,
+        direct: Arc<Direct<B>>,
     ) -> Self {
         Self {
             backend,
@@ -164,6 +249,15 @@ impl<B: Backend> ProducerActor<B> {
             generation: 0,
             consecutive_failures: 0,
             reconnect_at: Instant::now(),
+            direct,
+        }
+    }
+
+    /// The signal a connection of the current generation reports its death to.
+    fn lost_signal(&self, ctx: &Context<Self>) -> LostSignal<B> {
+        LostSignal {
+            actor: ctx.address().downgrade(),
+            generation: self.generation,
         }
     }
 
@@ -172,10 +266,7 @@ impl<B: Backend> ProducerActor<B> {
         self.generation += 1;
         self.link = Link::Connecting;
         self.stats.set_state(ProducerState::Connecting);
-        let lost = LostSignal {
-            actor: ctx.address().downgrade(),
-            generation: self.generation,
-        };
+        let lost = self.lost_signal(ctx);
         let timeout = self.settings.connect_timeout;
         let attempt = tokio::time::timeout(timeout, self.backend.connect(lost));
         ctx.wait(
@@ -184,6 +275,8 @@ impl<B: Backend> ProducerActor<B> {
                 .map(move |outcome, act, ctx| match outcome {
                     Ok(Ok(connection)) => {
                         log::info!("Producer connected target={}", act.label);
+                        let publisher = act.backend.publisher(&connection, act.lost_signal(ctx));
+                        act.direct.set(Some(publisher));
                         act.link = Link::Ready(connection, Instant::now());
                         act.stats.set_state(ProducerState::Ready);
                     }
@@ -213,6 +306,8 @@ impl<B: Backend> ProducerActor<B> {
 
     /// Closes the connection (if any) and records why the actor is down.
     fn drop_link(&mut self, reason: ProduceError) {
+        // Nothing publishes on the connection once it is taken back.
+        self.direct.set(None);
         if let Link::Ready(connection, since) =
             std::mem::replace(&mut self.link, Link::Down(reason))
         {
@@ -279,12 +374,19 @@ impl<B: Backend> Handler<Publish> for ProducerActor<B> {
             });
         }
         match &self.link {
-            Link::Ready(connection, _) => {
-                let lost = LostSignal {
-                    actor: ctx.address().downgrade(),
-                    generation: self.generation,
+            Link::Ready(..) => {
+                let outgoing = Outgoing {
+                    route: &message.route,
+                    payload: &message.payload,
+                    id: &message.id,
+                    metadata: message.metadata.as_ref(),
                 };
-                Box::pin(self.backend.publish(connection, &lost, message))
+                match self.direct.try_publish(&outgoing) {
+                    Some(confirmation) => confirmation,
+                    None => Box::pin(future::ready(Err(ProduceError::Unavailable(
+                        "the producer is closing its connection".into(),
+                    )))),
+                }
             }
             Link::Down(reason) => Box::pin(future::ready(Err(down(reason)))),
             Link::Connecting => Box::pin(future::ready(Err(ProduceError::Unavailable(

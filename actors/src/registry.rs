@@ -13,7 +13,7 @@ use crate::amqp::{AmqpBackend, AmqpProducer};
 use crate::amqp_server::AmqpServer;
 use crate::error::ProduceError;
 use crate::kafka::{KafkaBackend, KafkaProducer};
-use crate::producer::{Delivery, Publish, mailbox_error};
+use crate::producer::{Backend, Delivery, Direct, Outgoing, ProducerActor, Publish, mailbox_error};
 use crate::settings::{AmqpSettings, ProducerSettings, RegistrySettings};
 use crate::stats::{StatsSnapshot, TargetStats};
 use crate::target::Target;
@@ -22,9 +22,41 @@ use crate::target::Target;
 #[derive(Clone)]
 enum ProducerAddr {
     /// A Kafka broker set's producer.
-    Kafka(Addr<KafkaProducer>),
+    Kafka(Handle<KafkaBackend>),
     /// A RabbitMQ server+exchange's producer.
-    Amqp(Addr<AmqpProducer>),
+    Amqp(Handle<AmqpBackend>),
+}
+
+/// A producer actor and the publisher it lends while ready.
+struct Handle<B: Backend> {
+    /// The actor (holding it keeps the actor running).
+    addr: Addr<ProducerActor<B>>,
+    /// Its ready connection's publisher.
+    direct: Arc<Direct<B>>,
+}
+
+impl<B: Backend> Clone for Handle<B> {
+    fn clone(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            direct: Arc::clone(&self.direct),
+        }
+    }
+}
+
+impl<B: Backend> Handle<B> {
+    /// Publishes through the ready connection, or through the actor's mailbox when it is
+    /// not ready (the actor reconnects, or answers why it cannot).
+    async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
+        match self.direct.try_publish(&message) {
+            Some(confirmation) => confirmation.await,
+            None => self
+                .addr
+                .send(message.to_publish())
+                .await
+                .unwrap_or_else(|e| Err(mailbox_error(e))),
+        }
+    }
 }
 
 /// A handle on one target's producer actor and its counters.
@@ -44,19 +76,29 @@ impl Producer {
 
     /// Publishes one message and waits for the broker's confirmation (unbounded in
     /// time: the caller applies the policy's timeout).
-    pub async fn publish(&self, message: Publish) -> Result<Delivery, ProduceError> {
-        let answer = match &self.addr {
-            ProducerAddr::Kafka(addr) => addr.send(message).await,
-            ProducerAddr::Amqp(addr) => addr.send(message).await,
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
+        match &self.addr {
+            ProducerAddr::Kafka(actor) => actor.publish(message).await,
+            ProducerAddr::Amqp(actor) => actor.publish(message).await,
+        }
+    }
+
+    /// [`Self::publish`] of a message the future owns.
+    pub async fn publish_owned(&self, message: Publish) -> Result<Delivery, ProduceError> {
+        let outgoing = Outgoing {
+            route: &message.route,
+            payload: &message.payload,
+            id: &message.id,
+            metadata: message.metadata.as_ref(),
         };
-        answer.unwrap_or_else(|e| Err(mailbox_error(e)))
+        self.publish(outgoing).await
     }
 
     /// Whether the actor still runs.
     fn is_alive(&self) -> bool {
         match &self.addr {
-            ProducerAddr::Kafka(addr) => addr.connected(),
-            ProducerAddr::Amqp(addr) => addr.connected(),
+            ProducerAddr::Kafka(actor) => actor.addr.connected(),
+            ProducerAddr::Amqp(actor) => actor.addr.connected(),
         }
     }
 }
@@ -285,9 +327,12 @@ impl Registry {
         let addr = match target.clone() {
             Target::Kafka(t) => {
                 let backend = KafkaBackend::new(t, Arc::new(settings.kafka.clone()));
-                ProducerAddr::Kafka(Supervisor::start_in_arbiter(arbiter, move |_| {
-                    KafkaProducer::new(backend, label, settings, actor_stats)
-                }))
+                let direct = Arc::default();
+                let lent = Arc::clone(&direct);
+                let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
+                    KafkaProducer::new(backend, label, settings, actor_stats, lent)
+                });
+                ProducerAddr::Kafka(Handle { addr, direct })
             }
             Target::Amqp(t) => {
                 let server = self.amqp_server(&t, arbiter);
@@ -297,9 +342,12 @@ impl Registry {
                     Arc::clone(&self.amqp_settings),
                     Arc::clone(&stats),
                 );
-                ProducerAddr::Amqp(Supervisor::start_in_arbiter(arbiter, move |_| {
-                    AmqpProducer::new(backend, label, settings, actor_stats)
-                }))
+                let direct = Arc::default();
+                let lent = Arc::clone(&direct);
+                let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
+                    AmqpProducer::new(backend, label, settings, actor_stats, lent)
+                });
+                ProducerAddr::Amqp(Handle { addr, direct })
             }
         };
         Producer { addr, stats }

@@ -419,7 +419,7 @@ impl Spooler {
         let mut sends: FuturesOrdered<_> = records
             .iter()
             .map(|record| {
-                let publish = producer.publish(Publish {
+                let publish = producer.publish_owned(Publish {
                     route: record.route.clone(),
                     payload: record.payload.clone(),
                     id: Arc::from(record.id.as_str()),

@@ -25,7 +25,7 @@ pub async fn publish(
             async move {
                 let link = AmqpLink::open(target, settings).await?;
                 let outcome = link
-                    .publish(routing_key.to_owned(), payload, None, None)
+                    .publish(routing_key, payload, None, None)
                     .await
                     .map_err(ferry_actors::ProduceError::from);
                 link.close("ferry: message sent").await;

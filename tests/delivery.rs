@@ -73,6 +73,45 @@ async fn kafka_messages_arrive_unchanged() {
     assert_eq!(received, payloads());
 }
 
+/// The names of this process's threads (the daemon under test runs in it).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn kafka_confirmations_are_served_on_the_arbiter_without_a_polling_thread() {
+    let brokers = shared_kafka();
+    let topic = unique("events");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(settings());
+    let mut client = client(&daemon).await;
+
+    // Sequential sends: each is answered only once its delivery report was served.
+    for n in 0..20 {
+        let message = common::kafka(&brokers, &topic, format!("event {n}"));
+        let (response, _) = send_kafka(&mut client, message).await;
+        assert_eq!(
+            (response.error_no, response.error_message.as_str()),
+            (0, "")
+        );
+    }
+    let names = thread_names();
+    assert!(
+        names.iter().any(|name| name.starts_with("rdk:broker")),
+        "the producer's librdkafka threads run: {names:?}"
+    );
+    // rdkafka's FutureProducer polled its events on a thread of its own per producer
+    // ("producer polling thread"); ferry serves them on the actor's arbiter.
+    assert!(
+        !names.iter().any(|name| name.starts_with("producer poll")),
+        "no event-polling thread per producer: {names:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_second_message_to_a_target_reuses_its_producer_and_connection() {
     let url = shared_amqp_url();

@@ -1,13 +1,22 @@
 //! The Kafka backend: one idempotent, acks=all librdkafka producer per broker set.
+//!
+//! The producer's events (delivery reports, errors) are served on the producer actor's
+//! own arbiter, not on a thread of their own ([`crate::kafka_events`]): a produce response
+//! confirming many messages costs one wake-up of that arbiter rather than one per message
+//! from a polling thread, and the confirmations are completed together. (A confirmation
+//! of a message whose caller runs on another arbiter still wakes that arbiter.)
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::{self, FutureExt, LocalBoxFuture};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
+use tokio::sync::oneshot;
 
 use crate::error::ProduceError;
 use crate::metadata::Metadata;
@@ -90,12 +99,79 @@ pub fn check_settings(settings: &KafkaSettings) -> Result<(), String> {
     settings.clusters.iter().try_for_each(|c| check(Some(c)))
 }
 
+/// The librdkafka producer, its delivery reports sent to each message's waiting task.
+type Native = BaseProducer<LossReporter>;
+
+/// How long closing a producer waits for its event task to let go of it.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// A connected Kafka producer and the task that serves its events on the actor's arbiter.
+pub struct KafkaConnection {
+    /// The producer; the publishers hold the other handles, and the actor takes them back
+    /// before this is dropped.
+    producer: Arc<Native>,
+    /// Tells the event task to stop (and let go of its producer handle).
+    stop_events: Option<oneshot::Sender<()>>,
+    /// The pipe's write end librdkafka signals new events on; closed only after the
+    /// producer is destroyed, so librdkafka never writes to a closed (or reused) fd.
+    wakeup: Option<OwnedFd>,
+}
+
+impl Drop for KafkaConnection {
+    /// Stops the event task, then destroys the producer (which purges its queue and
+    /// serves the last delivery reports, so no message is left waiting), then closes the
+    /// pipe. Blocks for up to `RELEASE_WAIT` plus librdkafka's 500 ms flush: the backend
+    /// drops it off the runtime.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop_events.take() {
+            let _ = stop.send(());
+        }
+        // The event task holds a handle only until it sees the stop; the destroy must run
+        // here, off the runtime, not in that task.
+        let started = std::time::Instant::now();
+        while Arc::strong_count(&self.producer) > 1 && started.elapsed() < RELEASE_WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if Arc::strong_count(&self.producer) > 1 {
+            // The producer outlives this drop, so its pipe must too: one fd leaked rather
+            // than librdkafka writing into whatever file reuses the number.
+            log::warn!("a Kafka producer's event task did not stop in {RELEASE_WAIT:?}");
+            std::mem::forget(self.wakeup.take());
+        }
+    }
+}
+
+/// Creates the producer of `backend`'s cluster and starts serving its events on the
+/// current arbiter.
+fn start_producer(
+    backend: &KafkaBackend,
+    lost: LostSignal<KafkaBackend>,
+) -> Result<KafkaConnection, ProduceError> {
+    let cluster = backend.settings.cluster_for(&backend.target);
+    let producer: Native = client_config(
+        backend.target.bootstrap_servers(),
+        &backend.settings,
+        cluster,
+    )
+    .create_with_context(LossReporter {
+        lost,
+        label: backend.target.bootstrap_servers().to_owned(),
+    })
+    .map_err(|e| ProduceError::Rejected(format!("invalid Kafka producer settings: {e}")))?;
+    let producer = Arc::new(producer);
+    let events = crate::kafka_events::serve(&producer)?;
+    Ok(KafkaConnection {
+        producer,
+        stop_events: Some(events.stop),
+        wakeup: Some(events.wakeup),
+    })
+}
+
 impl Backend for KafkaBackend {
-    type Connection = FutureProducer<LossReporter>;
-    /// A handle on the same librdkafka producer. The connection is the last handle to go
-    /// (its drop joins librdkafka's threads, off the runtime): the actor takes the
-    /// publisher back before it closes the connection.
-    type Publisher = FutureProducer<LossReporter>;
+    type Connection = KafkaConnection;
+    /// A handle on the same librdkafka producer; the actor takes it back before it closes
+    /// the connection.
+    type Publisher = Arc<Native>;
 
     fn connect(
         &self,
@@ -103,19 +179,12 @@ impl Backend for KafkaBackend {
     ) -> LocalBoxFuture<'static, Result<Self::Connection, ProduceError>> {
         // Creating the producer opens no connection; librdkafka connects in its own threads
         // and reports a dead cluster through `LossReporter`.
-        let cluster = self.settings.cluster_for(&self.target);
-        let created = client_config(self.target.bootstrap_servers(), &self.settings, cluster)
-            .create_with_context(LossReporter {
-                lost,
-                label: self.target.bootstrap_servers().to_owned(),
-            })
-            .map_err(|e| ProduceError::Rejected(format!("invalid Kafka producer settings: {e}")));
-        future::ready(created).boxed_local()
+        future::ready(start_producer(self, lost)).boxed_local()
     }
 
-    fn publisher(&self, producer: &Self::Connection, _lost: LostSignal<Self>) -> Self::Publisher {
+    fn publisher(&self, connection: &KafkaConnection, _lost: LostSignal<Self>) -> Arc<Native> {
         // A dead cluster is reported by `LossReporter`, not by a publish.
-        producer.clone()
+        Arc::clone(&connection.producer)
     }
 
     fn publish(producer: &Self::Publisher, message: &Outgoing<'_>) -> Confirmation {
@@ -136,38 +205,35 @@ impl Backend for KafkaBackend {
             key: ID_HEADER,
             value: Some(message.id.as_bytes()),
         });
-        let mut record = FutureRecord::<[u8], [u8]>::to(message.route)
-            .payload(&message.payload[..])
-            .headers(headers);
+        let (confirmed, confirmation) = oneshot::channel();
+        let mut record =
+            BaseRecord::<[u8], [u8], _>::with_opaque_to(message.route, Box::new(confirmed))
+                .payload(&message.payload[..])
+                .headers(headers);
         if let Some(key) = kafka.and_then(|kafka| kafka.key.as_ref()) {
             record = record.key(&key[..]);
         }
         if let Some(partition) = kafka.and_then(|kafka| kafka.partition) {
             record = record.partition(partition);
         }
-        match producer.send_result(record) {
-            Ok(delivery) => async move {
-                match delivery.await {
-                    Ok(Ok(written)) => Ok(Delivery {
-                        partition: Some(written.partition),
-                        offset: Some(written.offset),
-                    }),
-                    Ok(Err((error, _))) => Err(classify(&error)),
-                    Err(_cancelled) => Err(ProduceError::Unavailable(
+        match producer.send(record) {
+            Ok(()) => async move {
+                confirmation.await.unwrap_or_else(|_closed| {
+                    Err(ProduceError::Unavailable(
                         "the Kafka producer was closed before delivery".into(),
-                    )),
-                }
+                    ))
+                })
             }
             .boxed(),
             Err((error, _)) => future::ready(Err(classify(&error))).boxed(),
         }
     }
 
-    fn close(producer: Self::Connection) {
+    fn close(connection: KafkaConnection) {
         // Dropping a producer purges its queue and joins librdkafka's threads: it blocks.
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(producer))),
-            Err(_) => drop(producer),
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(connection))),
+            Err(_) => drop(connection),
         }
     }
 }
@@ -205,6 +271,27 @@ pub fn classify(error: &KafkaError) -> ProduceError {
         // Anything else is the broker's answer about this message (unknown topic, too
         // large, not authorised, …): sending it again would get the same answer.
         _ => ProduceError::Rejected(text),
+    }
+}
+
+/// Where a message's delivery report goes: the task waiting for its confirmation.
+type Confirmed = oneshot::Sender<Result<Delivery, ProduceError>>;
+
+impl ProducerContext for LossReporter {
+    type DeliveryOpaque = Box<Confirmed>;
+
+    /// Completes the message's confirmation (on the arbiter that serves the events, or on
+    /// the thread destroying the producer, which reports what it purged).
+    fn delivery(&self, result: &DeliveryResult<'_>, confirmed: Box<Confirmed>) {
+        let outcome = match result {
+            Ok(written) => Ok(Delivery {
+                partition: Some(written.partition()),
+                offset: Some(written.offset()),
+            }),
+            Err((error, _)) => Err(classify(error)),
+        };
+        // The caller may have given up (its budget ran out): nothing to tell.
+        let _ = confirmed.send(outcome);
     }
 }
 

@@ -11,12 +11,17 @@
 //!                                                              (a channel lent by the
 //!                                                               server's AmqpServer actor)
 //! ```
+//!
+//! A ready actor lends its connection's publisher ([`producer::Direct`]): the forwarder
+//! publishes through it from the caller's task and awaits the confirmation there, and
+//! goes through the actor's mailbox only while the actor is not ready.
 
 pub mod amqp;
 pub mod amqp_server;
 pub mod error;
 pub mod forwarder;
 pub mod kafka;
+mod kafka_events;
 pub mod metadata;
 pub mod policy;
 pub mod producer;

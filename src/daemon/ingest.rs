@@ -81,6 +81,9 @@ async fn drive(
     let mut read: u64 = 0;
     let mut last_id = None;
     let mut broken = None;
+    // One registration for the stream's life, not one per turn of the loop.
+    let aborted = ingress.aborted();
+    tokio::pin!(aborted);
     loop {
         tokio::select! {
             // Answer first: it frees room in the window.
@@ -112,7 +115,7 @@ async fn drive(
                 }
             },
             // The grace period is over: what is in flight is being answered 6; read no more.
-            () = ingress.aborted(), if reading => reading = false,
+            () = &mut aborted, if reading => reading = false,
             else => break,
         }
     }

@@ -93,7 +93,8 @@ pub struct SpoolSettings {
 pub struct ServerConfig {
     /// Address the gRPC ingress listens on.
     pub listen: String,
-    /// Worker threads, each serving gRPC on its own SO_REUSEPORT listener; 0 = one per core.
+    /// Worker threads, each serving gRPC on its own SO_REUSEPORT listener; 0 = one per core;
+    /// 1 by default.
     pub workers: usize,
     /// Largest payload accepted, in bytes.
     pub max_message_bytes: usize,
@@ -130,7 +131,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.to_owned(),
-            workers: 0,
+            workers: 1,
             max_message_bytes: default_max_message_bytes(),
             max_in_flight: 20_000,
             max_in_flight_per_stream: 1_024,
@@ -991,7 +992,7 @@ mod tests {
         assert_eq!(s.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(s.policy, RetryPolicy::default());
         assert_eq!(s.producer.kafka.message_timeout, Duration::from_secs(6));
-        assert!(s.workers >= 1);
+        assert_eq!(s.workers, 1);
     }
 
     #[test]

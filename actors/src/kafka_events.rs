@@ -3,8 +3,9 @@
 //! event after it was last served (`rd_kafka_queue_io_event_enable`; one byte per serving,
 //! however many events), and a task on the arbiter then serves every event queued.
 //!
-//! The three librdkafka calls this needs are not wrapped by rdkafka, so this is the one
-//! module of ferry with `unsafe` code (the workspace denies it everywhere else).
+//! The librdkafka queue calls this needs (a handle on the main queue, its length, the pipe
+//! signal) are not wrapped by rdkafka, so this is the one module of ferry with `unsafe`
+//! code (the workspace denies it everywhere else).
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -38,16 +39,17 @@ pub(crate) fn serve<C: ProducerContext + 'static>(
     };
     let (sender, receiver) = tokio::net::unix::pipe::pipe().map_err(pipe_failed)?;
     let wakeup = sender.into_nonblocking_fd().map_err(pipe_failed)?;
-    signal_events_on(producer, &wakeup)?;
+    let queue = EventQueue::of(Arc::clone(producer))?;
+    queue.signal_on(&wakeup);
     let (stop, stopped) = oneshot::channel();
-    actix_rt::spawn(serve_events(Arc::clone(producer), receiver, stopped));
+    actix_rt::spawn(serve_events(queue, receiver, stopped));
     Ok(Events { wakeup, stop })
 }
 
-/// Serves `producer`'s event queue each time librdkafka signals it on `wakeups`, until
-/// `stop` fires or the pipe fails.
+/// Serves `queue` each time librdkafka signals it on `wakeups`, until `stop` fires or the
+/// pipe fails.
 async fn serve_events<C: ProducerContext>(
-    producer: Arc<BaseProducer<C>>,
+    queue: EventQueue<C>,
     wakeups: tokio::net::unix::pipe::Receiver,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -73,8 +75,8 @@ async fn serve_events<C: ProducerContext>(
         // empty, or yield and come back when a burst holds more than a round's worth.
         pending = false;
         for served in 1.. {
-            producer.poll(Duration::ZERO);
-            if queue_length(&producer) == 0 {
+            queue.producer.poll(Duration::ZERO);
+            if queue.len() == 0 {
                 break;
             }
             if served == EVENTS_PER_WAKE {
@@ -89,44 +91,55 @@ async fn serve_events<C: ProducerContext>(
     }
 }
 
-/// Events waiting in `producer`'s main queue.
-fn queue_length<C: ProducerContext>(producer: &BaseProducer<C>) -> usize {
-    // SAFETY: the client pointer is valid while `producer` is; the queue handle obtained
-    // is released before returning.
-    unsafe {
-        let queue = rdkafka_sys::rd_kafka_queue_get_main(producer.client().native_ptr());
-        if queue.is_null() {
-            return 0;
-        }
-        let length = rdkafka_sys::rd_kafka_queue_length(queue);
-        rdkafka_sys::rd_kafka_queue_destroy(queue);
-        length
-    }
+/// A producer and a handle on its main (event) queue, released before the producer.
+struct EventQueue<C: ProducerContext> {
+    /// The producer whose events are served.
+    producer: Arc<BaseProducer<C>>,
+    /// Its main queue: valid while this holds `producer`, destroyed in `drop`.
+    queue: *mut rdkafka_sys::rd_kafka_queue_t,
 }
 
-/// Has librdkafka write a byte to `wakeup` whenever `producer`'s event queue gets an event
-/// after it was served.
-fn signal_events_on<C: ProducerContext>(
-    producer: &BaseProducer<C>,
-    wakeup: &OwnedFd,
-) -> Result<(), ProduceError> {
-    const PAYLOAD: &[u8] = b"e";
-    // SAFETY: as in `queue_length`; librdkafka copies the payload, and the fd stays open
-    // until the producer is destroyed (`KafkaConnection`'s field order).
-    unsafe {
-        let queue = rdkafka_sys::rd_kafka_queue_get_main(producer.client().native_ptr());
+impl<C: ProducerContext> EventQueue<C> {
+    /// A handle on `producer`'s main queue.
+    fn of(producer: Arc<BaseProducer<C>>) -> Result<Self, ProduceError> {
+        // SAFETY: the client pointer is valid while `producer` is, which this holds.
+        let queue = unsafe { rdkafka_sys::rd_kafka_queue_get_main(producer.client().native_ptr()) };
         if queue.is_null() {
             return Err(ProduceError::Unavailable(
                 "the Kafka producer has no event queue".into(),
             ));
         }
-        rdkafka_sys::rd_kafka_queue_io_event_enable(
-            queue,
-            wakeup.as_raw_fd(),
-            PAYLOAD.as_ptr().cast(),
-            PAYLOAD.len(),
-        );
-        rdkafka_sys::rd_kafka_queue_destroy(queue);
+        Ok(Self { producer, queue })
     }
-    Ok(())
+
+    /// Events waiting in the queue.
+    fn len(&self) -> usize {
+        // SAFETY: `queue` is valid until `drop`.
+        unsafe { rdkafka_sys::rd_kafka_queue_length(self.queue) }
+    }
+
+    /// Has librdkafka write a byte to `wakeup` whenever the queue gets an event after it
+    /// was served.
+    fn signal_on(&self, wakeup: &OwnedFd) {
+        const PAYLOAD: &[u8] = b"e";
+        // SAFETY: `queue` is valid; librdkafka copies the payload, and the fd stays open
+        // until the producer is destroyed (`KafkaConnection` keeps it).
+        unsafe {
+            rdkafka_sys::rd_kafka_queue_io_event_enable(
+                self.queue,
+                wakeup.as_raw_fd(),
+                PAYLOAD.as_ptr().cast(),
+                PAYLOAD.len(),
+            );
+        }
+    }
+}
+
+impl<C: ProducerContext> Drop for EventQueue<C> {
+    /// Releases the queue handle, before the producer handle is let go (fields drop after
+    /// this body), as librdkafka requires of every queue handle.
+    fn drop(&mut self) {
+        // SAFETY: `queue` came from `rd_kafka_queue_get_main` and is released only here.
+        unsafe { rdkafka_sys::rd_kafka_queue_destroy(self.queue) };
+    }
 }

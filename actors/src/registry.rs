@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, Supervisor, WeakAddr};
 use actix_rt::ArbiterHandle;
 
-use crate::amqp::{AmqpBackend, AmqpProducer};
+use crate::amqp::AmqpBackend;
 use crate::amqp_server::AmqpServer;
 use crate::error::ProduceError;
-use crate::kafka::{KafkaBackend, KafkaProducer};
+use crate::kafka::KafkaBackend;
 use crate::producer::{Backend, Delivery, Direct, Outgoing, ProducerActor, Publish, mailbox_error};
 use crate::settings::{AmqpSettings, ProducerSettings, RegistrySettings};
 use crate::stats::{StatsSnapshot, TargetStats};
@@ -45,6 +45,26 @@ impl<B: Backend> Clone for Handle<B> {
 }
 
 impl<B: Backend> Handle<B> {
+    /// Starts a supervised producer actor over `backend` on `arbiter`, lending its
+    /// publisher to the handle.
+    fn start(
+        arbiter: &ArbiterHandle,
+        backend: B,
+        label: String,
+        settings: Arc<ProducerSettings>,
+        stats: Arc<TargetStats>,
+    ) -> Self
+    where
+        B: Send,
+    {
+        let direct = Arc::default();
+        let lent = Arc::clone(&direct);
+        let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
+            ProducerActor::new(backend, label, settings, stats, lent)
+        });
+        Self { addr, direct }
+    }
+
     /// Publishes through the ready connection, or through the actor's mailbox when it is
     /// not ready (the actor reconnects, or answers why it cannot).
     async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
@@ -327,12 +347,13 @@ impl Registry {
         let addr = match target.clone() {
             Target::Kafka(t) => {
                 let backend = KafkaBackend::new(t, Arc::new(settings.kafka.clone()));
-                let direct = Arc::default();
-                let lent = Arc::clone(&direct);
-                let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
-                    KafkaProducer::new(backend, label, settings, actor_stats, lent)
-                });
-                ProducerAddr::Kafka(Handle { addr, direct })
+                ProducerAddr::Kafka(Handle::start(
+                    arbiter,
+                    backend,
+                    label,
+                    settings,
+                    actor_stats,
+                ))
             }
             Target::Amqp(t) => {
                 let server = self.amqp_server(&t, arbiter);
@@ -342,12 +363,13 @@ impl Registry {
                     Arc::clone(&self.amqp_settings),
                     Arc::clone(&stats),
                 );
-                let direct = Arc::default();
-                let lent = Arc::clone(&direct);
-                let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
-                    AmqpProducer::new(backend, label, settings, actor_stats, lent)
-                });
-                ProducerAddr::Amqp(Handle { addr, direct })
+                ProducerAddr::Amqp(Handle::start(
+                    arbiter,
+                    backend,
+                    label,
+                    settings,
+                    actor_stats,
+                ))
             }
         };
         Producer { addr, stats }

@@ -26,6 +26,7 @@ pub mod metadata;
 pub mod policy;
 pub mod producer;
 pub mod registry;
+mod replay;
 pub mod settings;
 pub mod spooler;
 pub mod stats;

@@ -4,11 +4,10 @@
 //!
 //! A target is *spooling* from its first spooled record until its spool is empty again.
 //! While it spools, every new message for it goes to the spool too, behind the others. One
-//! replay task per spooling target reads its records in order and removes each only after
-//! the broker confirmed it. It probes with one record at a time until the broker confirms
-//! one, then publishes up to `replay_in_flight` at once through the target's producer.
-//! After a failed round it waits the producer's backoff before it tries again, so a dead
-//! broker is probed, not hammered.
+//! replay task per spooling target ([`crate::replay`]) reads its records in order and
+//! removes each only after the broker confirmed it. Once a target's spool is empty its
+//! state is dropped (the daemon-wide totals keep its counts), so the state grows with the
+//! targets that have records, not with every target ever spooled.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -16,33 +15,30 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_spool::{Destination, Kind, NewRecord, Record, Spool, SpoolError, Summary};
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use ferry_spool::{Destination, Kind, Moved, NewRecord, Record, Spool, SpoolError, Summary};
 use tokio::sync::Notify;
 
-use crate::error::ProduceError;
 use crate::forwarder::ToSpool;
 use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
-use crate::producer::Publish;
 use crate::registry::Registry;
+use crate::replay::Replay;
 use crate::target::{AmqpTarget, KafkaTarget, Target};
 
 /// Bootstrap addresses accepted for a broker set read back from the spool (it was
 /// validated against the configured bound when it was spooled).
 const MAX_SPOOLED_BROKERS: usize = 64;
-/// How long a replay task with nothing to read waits for an append it was told of.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
-/// How often a replay task looks for expired records (the query scans the spool).
-const EXPIRY_EVERY: Duration = Duration::from_secs(1);
-
 /// How the spool is used.
 #[derive(Debug, Clone, Copy)]
 pub struct SpoolSettings {
-    /// Records of one target published at once while replaying.
+    /// Records of one target in flight at once while replaying.
     pub replay_in_flight: usize,
-    /// Records older than this are removed, counted and logged instead of delivered.
+    /// Records of one target started per second while replaying (0 = unlimited).
+    pub replay_max_rate: u32,
+    /// Records older than this move to the dead letters instead of being delivered.
     pub max_age: Option<Duration>,
+    /// A record the broker has refused for this long moves to the dead letters.
+    pub dead_letter_after: Duration,
 }
 
 /// The spool counters of one target.
@@ -58,10 +54,33 @@ pub struct SpoolStats {
     pub spooled_total: AtomicU64,
     /// Records replayed (confirmed by the broker) since start.
     pub replayed_total: AtomicU64,
-    /// Records removed by `max_age_s` since start.
+    /// Records moved to the dead letters by `max_age_s` since start.
     pub expired_total: AtomicU64,
-    /// Records moved to quarantine (checksum failed) or rejected by the broker on replay.
+    /// Records moved to the dead letters for any reason since start.
+    pub dead_lettered_total: AtomicU64,
+    /// Records moved to quarantine because their checksum failed.
     pub lost_total: AtomicU64,
+    /// The last replay failure (empty once a record is confirmed after it).
+    last_error: Mutex<String>,
+}
+
+impl SpoolStats {
+    /// Records the last replay failure.
+    pub(crate) fn set_error(&self, error: &str) {
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        error.clone_into(&mut last);
+    }
+
+    /// The last replay failure, if one is standing.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A snapshot of one target's spool counters.
@@ -81,10 +100,26 @@ pub struct SpoolSnapshot {
     pub spooled_total: u64,
     /// Records replayed since start.
     pub replayed_total: u64,
-    /// Records expired since start.
+    /// Records moved to the dead letters by `max_age_s` since start.
     pub expired_total: u64,
-    /// Records lost to corruption or a broker's rejection on replay, since start.
+    /// Records moved to the dead letters for any reason since start.
+    pub dead_lettered_total: u64,
+    /// Records whose checksum failed, moved to quarantine, since start.
     pub lost_total: u64,
+    /// The last replay failure still standing ("" when none).
+    pub last_error: String,
+}
+
+/// Spool counts over the daemon's life, across targets (a target's own counters go with
+/// its state once its spool is empty).
+#[derive(Debug, Default)]
+pub struct SpoolTotals {
+    /// Records replayed (confirmed by the broker).
+    pub replayed: AtomicU64,
+    /// Records moved to the dead letters.
+    pub dead_lettered: AtomicU64,
+    /// Records moved to quarantine (checksum failed).
+    pub lost: AtomicU64,
 }
 
 /// The state of one target that has (or had) spooled records.
@@ -118,6 +153,8 @@ pub struct Spooler {
     /// What opening the spool repaired: a torn log tail (0 or 1), database files moved
     /// aside.
     recovered: (AtomicU64, AtomicU64),
+    /// Counts across targets.
+    totals: SpoolTotals,
 }
 
 impl Spooler {
@@ -136,6 +173,7 @@ impl Spooler {
             targets: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             recovered: (AtomicU64::new(0), AtomicU64::new(0)),
+            totals: SpoolTotals::default(),
         })
     }
 
@@ -261,9 +299,14 @@ impl Spooler {
         }
     }
 
-    /// Bytes the spool holds.
+    /// Bytes the spool holds (records and dead letters).
     pub fn bytes(&self) -> u64 {
         self.spool.bytes()
+    }
+
+    /// Dead letters the spool holds.
+    pub fn dead_letters(&self) -> u64 {
+        self.spool.dead_letters()
     }
 
     /// The spool counters of every target that spooled since start.
@@ -289,7 +332,9 @@ impl Spooler {
                     spooled_total: s.spooled_total.load(Ordering::Relaxed),
                     replayed_total: s.replayed_total.load(Ordering::Relaxed),
                     expired_total: s.expired_total.load(Ordering::Relaxed),
+                    dead_lettered_total: s.dead_lettered_total.load(Ordering::Relaxed),
                     lost_total: s.lost_total.load(Ordering::Relaxed),
+                    last_error: s.last_error(),
                 }
             })
             .collect();
@@ -299,201 +344,111 @@ impl Spooler {
 
     /// Starts the replay task of `target`.
     fn spawn_replay(self: &Arc<Self>, target: Target, appended: Arc<Notify>) {
-        let spooler = Arc::clone(self);
-        tokio::spawn(async move { spooler.replay(target, appended).await });
+        let replay = Replay::new(Arc::clone(self), target, appended);
+        tokio::spawn(replay.run());
     }
 
-    /// Replays `target`'s records until its spool is empty (or the daemon stops).
-    async fn replay(self: Arc<Self>, target: Target, appended: Arc<Notify>) {
-        let destination = destination_of(&target);
-        let stats = self.stats_of(&target);
-        let mut failures: u32 = 0;
-        // Until the broker has confirmed a record, one record at a time: a full window sent
-        // to a connection being re-established would have its first records refused and
-        // later ones accepted, out of order.
-        let mut proven = false;
-        let mut expired_at: Option<tokio::time::Instant> = None;
-        log::info!("Spool replay started target={target}");
-        loop {
-            if self.closing.load(Ordering::Acquire) {
-                if let Some(state) = self.lock().get_mut(&target) {
-                    state.replaying = false;
-                }
-                return;
-            }
-            if let Some(max_age) = self.settings.max_age
-                && expired_at.is_none_or(|at| at.elapsed() >= EXPIRY_EVERY)
-            {
-                expired_at = Some(tokio::time::Instant::now());
-                self.expire(max_age).await;
-            }
-            let limit = if proven {
-                self.settings.replay_in_flight
-            } else {
-                1
-            };
-            let (records, corrupt) = match self.spool.read(&destination, 0, limit).await {
-                Ok(read) => read,
-                Err(error) => {
-                    log::error!("Spool read failed target={target} error={error}");
-                    failures += 1;
-                    tokio::time::sleep(self.registry.restart_delay(failures)).await;
-                    continue;
-                }
-            };
-            if !corrupt.is_empty() {
-                log::error!(
-                    "Spooled records failed their checksum and were moved to quarantine (lost) target={target} ids={}",
-                    corrupt.join(",")
-                );
-                stats
-                    .lost_total
-                    .fetch_add(corrupt.len() as u64, Ordering::Relaxed);
-                self.settle(&target, &stats, corrupt.len() as u64, 0);
-            }
-            if records.is_empty() {
-                let empty = {
-                    let mut targets = self.lock();
-                    let state = targets.entry(target.clone()).or_default();
-                    if state.pending == 0 {
-                        state.replaying = false;
-                    }
-                    state.pending == 0
-                };
-                if empty {
-                    stats.oldest_ms.store(0, Ordering::Relaxed);
-                    log::info!("Spool replay done: the target's spool is empty target={target}");
-                    return;
-                }
-                // An append was counted and is not committed yet.
-                let _ = tokio::time::timeout(IDLE_WAIT, appended.notified()).await;
-                continue;
-            }
-            stats
-                .oldest_ms
-                .store(records[0].created_ms, Ordering::Relaxed);
-            let (confirmed, rejected, failure) = self.publish_round(&target, &records).await;
-            let done: Vec<Record> = confirmed.iter().chain(&rejected).cloned().collect();
-            if !done.is_empty() {
-                if let Err(error) = self.spool.remove(&done).await {
-                    log::error!("Spool remove failed target={target} error={error}");
-                }
-                let bytes: u64 = done.iter().map(Record::bytes).sum();
-                stats
-                    .replayed_total
-                    .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
-                self.settle(&target, &stats, done.len() as u64, bytes);
-            }
-            match failure {
-                None => {
-                    failures = 0;
-                    proven = true;
-                }
-                Some(error) => {
-                    failures += 1;
-                    proven = false;
-                    let delay = self.registry.restart_delay(failures);
-                    log::debug!(
-                        "Spool replay waiting target={target} failures={failures} delay_ms={} error={error}",
-                        delay.as_millis()
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+    /// Counts across targets since start.
+    pub fn totals(&self) -> &SpoolTotals {
+        &self.totals
     }
 
-    /// Publishes `records` in order, at most all at once, each under the policy's first
-    /// attempt budget; returns those confirmed, those the broker rejected (logged as lost:
-    /// they can never be delivered), and the failure that ended the round, if any.
-    async fn publish_round(
+    /// The durable store.
+    pub(crate) fn store(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// The producer registry replay publishes through.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The retry policy (its first attempt bounds a replayed publish).
+    pub(crate) fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    /// Replay bounds, expiry and dead-letter rule.
+    pub(crate) fn settings(&self) -> &SpoolSettings {
+        &self.settings
+    }
+
+    /// Whether the daemon is stopping.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Records of `target` confirmed and removed.
+    pub(crate) fn replayed(&self, target: &Target, stats: &SpoolStats, done: &[Record]) {
+        let bytes = done.iter().map(Record::bytes).sum();
+        let count = done.len() as u64;
+        stats.replayed_total.fetch_add(count, Ordering::Relaxed);
+        self.totals.replayed.fetch_add(count, Ordering::Relaxed);
+        stats.set_error("");
+        self.settle(target, stats, count, bytes);
+    }
+
+    /// Records of `target` moved to the dead letters because of `reason`: counted,
+    /// logged with their ids.
+    pub(crate) fn buried(
         &self,
         target: &Target,
-        records: &[Record],
-    ) -> (Vec<Record>, Vec<Record>, Option<ProduceError>) {
-        let producer = match self.registry.producer(target) {
-            Ok(producer) => producer,
-            Err(error) => return (Vec::new(), Vec::new(), Some(error)),
-        };
-        let budget = self.policy.attempt_timeout(1);
-        let mut sends: FuturesOrdered<_> = records
-            .iter()
-            .map(|record| {
-                let publish = producer.publish_owned(Publish {
-                    route: record.route.clone(),
-                    payload: record.payload.clone(),
-                    id: Arc::from(record.id.as_str()),
-                    metadata: decode_metadata(record),
-                });
-                async move {
-                    tokio::time::timeout(budget, publish)
-                        .await
-                        .unwrap_or(Err(ProduceError::Timeout(budget)))
-                }
-            })
-            .collect();
-        let mut confirmed = Vec::new();
-        let mut rejected = Vec::new();
-        let mut failure = None;
-        let mut index = 0;
-        while let Some(outcome) = sends.next().await {
-            let record = &records[index];
-            index += 1;
-            match outcome {
-                Ok(_) => confirmed.push(record.clone()),
-                Err(error)
-                    if error.is_retriable() || matches!(error, ProduceError::Overloaded(_)) =>
-                {
-                    failure.get_or_insert(error);
-                }
-                Err(error) => {
-                    log::error!(
-                        "Spooled message rejected by its broker on replay; removed (lost) target={target} id={} error={error}",
-                        record.id
-                    );
-                    self.stats_of(target)
-                        .lost_total
-                        .fetch_add(1, Ordering::Relaxed);
-                    rejected.push(record.clone());
-                }
-            }
+        stats: &SpoolStats,
+        moved: &[Moved],
+        reason: &str,
+    ) {
+        if moved.is_empty() {
+            return;
         }
-        (confirmed, rejected, failure)
+        let ids: Vec<&str> = moved.iter().map(|m| m.id.as_str()).collect();
+        log::warn!(
+            "Spooled messages moved to the dead letters (ferry spool requeue puts them back) target={target} count={} reason={reason} ids={}",
+            ids.len(),
+            ids.join(",")
+        );
+        let count = moved.len() as u64;
+        stats
+            .dead_lettered_total
+            .fetch_add(count, Ordering::Relaxed);
+        self.totals
+            .dead_lettered
+            .fetch_add(count, Ordering::Relaxed);
+        self.settle(target, stats, count, moved.iter().map(|m| m.bytes).sum());
     }
 
-    /// Removes records older than `max_age` from the whole spool; counts and logs them.
-    async fn expire(&self, max_age: Duration) {
-        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-        let expired = match self.spool.expire(max_age_ms).await {
-            Ok(expired) => expired,
-            Err(error) => {
-                log::error!("Spool expiry failed error={error}");
-                return;
+    /// Records of `target` whose checksum failed, moved to quarantine by a read.
+    pub(crate) fn quarantined(&self, target: &Target, stats: &SpoolStats, ids: &[String]) {
+        log::error!(
+            "Spooled records failed their checksum and were moved to quarantine target={target} ids={}",
+            ids.join(",")
+        );
+        let count = ids.len() as u64;
+        stats.lost_total.fetch_add(count, Ordering::Relaxed);
+        self.totals.lost.fetch_add(count, Ordering::Relaxed);
+        self.settle(target, stats, count, 0);
+    }
+
+    /// Ends `target`'s replay if it has no records (its state is dropped); returns whether
+    /// it ended.
+    pub(crate) fn finish_if_empty(&self, target: &Target) -> bool {
+        let mut targets = self.lock();
+        match targets.get(target) {
+            Some(state) if state.pending > 0 => false,
+            _ => {
+                targets.remove(target);
+                true
             }
-        };
-        let mut by_target: HashMap<Target, (Vec<String>, u64)> = HashMap::new();
-        for record in expired {
-            if let Some(target) = target_of(&record.destination) {
-                let (ids, bytes) = by_target.entry(target).or_default();
-                ids.push(record.id);
-                *bytes += record.bytes;
-            }
-        }
-        for (target, (ids, bytes)) in by_target {
-            log::warn!(
-                "Spooled messages expired (max_age_s) and were removed undelivered target={target} count={} ids={}",
-                ids.len(),
-                ids.join(",")
-            );
-            let stats = self.stats_of(&target);
-            stats
-                .expired_total
-                .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            self.settle(&target, &stats, ids.len() as u64, bytes);
         }
     }
 
-    /// Records that `count` records of `target` (of `bytes` bytes) left the spool.
+    /// `target`'s replay task stopped with the daemon; its records stay spooled.
+    pub(crate) fn stopped(&self, target: &Target) {
+        if let Some(state) = self.lock().get_mut(target) {
+            state.replaying = false;
+        }
+    }
+
+    /// Records that `count` records of `target` (of `bytes` bytes) left its queue.
     fn settle(&self, target: &Target, stats: &SpoolStats, count: u64, bytes: u64) {
         if let Some(state) = self.lock().get_mut(target) {
             state.pending = state.pending.saturating_sub(count);
@@ -511,7 +466,7 @@ impl Spooler {
     }
 
     /// The counters of `target`.
-    fn stats_of(&self, target: &Target) -> Arc<SpoolStats> {
+    pub(crate) fn stats_of(&self, target: &Target) -> Arc<SpoolStats> {
         Arc::clone(&self.lock().entry(target.clone()).or_default().stats)
     }
 
@@ -550,7 +505,7 @@ pub fn target_of(destination: &Destination) -> Option<Target> {
 
 /// The metadata stored with `record`. It was encoded by this daemon, so a record whose
 /// metadata does not decode is replayed without it (and logged): its bytes still arrive.
-fn decode_metadata(record: &Record) -> Option<Arc<Metadata>> {
+pub(crate) fn decode_metadata(record: &Record) -> Option<Arc<Metadata>> {
     let meta = record.meta.as_ref()?;
     match serde_json::from_slice(meta) {
         Ok(metadata) => Some(Arc::new(metadata)),

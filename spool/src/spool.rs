@@ -4,6 +4,7 @@
 //! Appends that arrive while a commit is under way are committed together in the next
 //! transaction (group commit), so concurrent messages share one fsync.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,16 +13,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dead::{Burial, Moved};
 use crate::error::SpoolError;
+use crate::open::{Recovery, lock, prepare_dir};
 use crate::record::{Destination, NewRecord, Record};
-use crate::store::{Recovery, Store, Summary};
+use crate::store::{Store, Summary};
 
 /// Most appends committed in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Operations queued for the writer thread before callers wait for room.
 const QUEUE: usize = 4096;
-/// The lock file in the spool directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 /// Bounds of the spool.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,11 @@ pub struct SpoolLimits {
     pub max_bytes: u64,
     /// Free space the disk must keep; appends beyond it are refused.
     pub min_free_bytes: u64,
+    /// Most bytes the records of one target may hold, so one dead target cannot take the
+    /// whole spool from the others.
+    pub max_bytes_per_target: u64,
+    /// Most targets with records at once; a record for another one is refused.
+    pub max_targets: usize,
 }
 
 /// What the writer thread is asked to do.
@@ -38,15 +44,36 @@ enum Op {
     Append(NewRecord, oneshot::Sender<Result<i64, SpoolError>>),
     /// Read a destination's records after a seq.
     Read(Destination, i64, usize, oneshot::Sender<ReadResult>),
-    /// Remove confirmed records (with their bytes).
-    Remove(Vec<i64>, u64, oneshot::Sender<Result<(), SpoolError>>),
-    /// Remove records spooled before a time.
-    Expire(
-        i64,
-        oneshot::Sender<Result<Vec<crate::store::Expired>, SpoolError>>,
+    /// Remove confirmed records of one destination (with their bytes).
+    Remove(
+        Destination,
+        Vec<i64>,
+        u64,
+        oneshot::Sender<Result<(), SpoolError>>,
     ),
+    /// Move records of one destination to the dead letters.
+    Bury(Destination, Vec<Burial>, oneshot::Sender<BuryResult>),
+    /// Move a destination's records spooled before a time, after a seq, to the dead
+    /// letters.
+    BuryExpired(Expiry, oneshot::Sender<BuryResult>),
     /// List the destinations.
     Summary(oneshot::Sender<Result<Vec<Summary>, SpoolError>>),
+}
+
+/// Records moved to the dead letters.
+pub type BuryResult = Result<Vec<Moved>, SpoolError>;
+
+/// Which records of a destination have expired.
+#[derive(Debug, Clone)]
+pub struct Expiry {
+    /// The destination.
+    pub destination: Destination,
+    /// Records spooled before this time (ms since the Unix epoch)…
+    pub before_ms: i64,
+    /// …and positioned after this seq (those before it may be in flight).
+    pub after: i64,
+    /// The last error the dead letters record.
+    pub reason: String,
 }
 
 /// Records read, and the ids of those moved to quarantine because their checksum failed.
@@ -59,8 +86,10 @@ pub struct Spool {
     ops: mpsc::Sender<Op>,
     /// The spool directory.
     dir: PathBuf,
-    /// Bytes the records hold now.
+    /// Bytes the records and dead letters hold now.
     bytes: Arc<AtomicU64>,
+    /// Dead letters held now.
+    dead: Arc<AtomicU64>,
     /// The directory lock, held while the spool is open.
     _lock: File,
 }
@@ -73,24 +102,27 @@ impl Spool {
         dir: &Path,
         limits: SpoolLimits,
     ) -> Result<(Self, Recovery, Vec<Summary>), SpoolError> {
-        std::fs::create_dir_all(dir)?;
-        let lock = File::create(dir.join(LOCK_FILE))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(SpoolError::Locked(dir.display().to_string()));
-            }
-            Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
-        }
+        prepare_dir(dir)?;
+        let lock = lock(dir)?;
         let (store, recovery) = Store::open(dir)?;
         let summary = store.summary()?;
-        let bytes = Arc::new(AtomicU64::new(summary.iter().map(|s| s.bytes).sum()));
+        let dead_summary = store.dead_summary()?;
+        let dead: u64 = dead_summary.iter().map(|s| s.bytes).sum();
+        let dead_count = Arc::new(AtomicU64::new(dead_summary.iter().map(|s| s.count).sum()));
+        let per_target: HashMap<Destination, u64> = summary
+            .iter()
+            .map(|s| (s.destination.clone(), s.bytes))
+            .collect();
+        let held = per_target.values().sum::<u64>() + dead;
+        let bytes = Arc::new(AtomicU64::new(held));
         let (ops, queue) = mpsc::channel(QUEUE);
         let writer = Writer {
             store,
             dir: dir.to_owned(),
             limits,
             bytes: Arc::clone(&bytes),
+            dead: Arc::clone(&dead_count),
+            per_target,
         };
         std::thread::Builder::new()
             .name("ferry-spool".into())
@@ -100,6 +132,7 @@ impl Spool {
                 ops,
                 dir: dir.to_owned(),
                 bytes,
+                dead: dead_count,
                 _lock: lock,
             },
             recovery,
@@ -112,9 +145,14 @@ impl Spool {
         &self.dir
     }
 
-    /// Bytes the records hold now.
+    /// Bytes the records and dead letters hold now.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Dead letters held now.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead.load(Ordering::Relaxed)
     }
 
     /// Appends `record`; returns its seq once it is durable on disk.
@@ -130,18 +168,30 @@ impl Spool {
             .await?
     }
 
-    /// Removes `records` (their broker confirmed them).
-    pub async fn remove(&self, records: &[Record]) -> Result<(), SpoolError> {
+    /// Removes `records` of `destination` (their broker confirmed them), in one
+    /// transaction: all of them, or none and an error.
+    pub async fn remove(
+        &self,
+        destination: &Destination,
+        records: &[Record],
+    ) -> Result<(), SpoolError> {
         let seqs = records.iter().map(|r| r.seq).collect();
         let bytes = records.iter().map(Record::bytes).sum();
-        self.call(|reply| Op::Remove(seqs, bytes, reply)).await?
+        let destination = destination.clone();
+        self.call(|reply| Op::Remove(destination, seqs, bytes, reply))
+            .await?
     }
 
-    /// Removes the records spooled more than `max_age_ms` ago; returns them (id,
-    /// destination, bytes).
-    pub async fn expire(&self, max_age_ms: u64) -> Result<Vec<crate::store::Expired>, SpoolError> {
-        let before = now_ms().saturating_sub(i64::try_from(max_age_ms).unwrap_or(i64::MAX));
-        self.call(|reply| Op::Expire(before, reply)).await?
+    /// Moves records of `destination` to the dead letters; returns those moved.
+    pub async fn bury(&self, destination: &Destination, burials: Vec<Burial>) -> BuryResult {
+        let destination = destination.clone();
+        self.call(|reply| Op::Bury(destination, burials, reply))
+            .await?
+    }
+
+    /// Moves the records `expiry` names to the dead letters; returns those moved.
+    pub async fn bury_expired(&self, expiry: Expiry) -> BuryResult {
+        self.call(|reply| Op::BuryExpired(expiry, reply)).await?
     }
 
     /// Every destination with records.
@@ -175,8 +225,12 @@ struct Writer {
     dir: PathBuf,
     /// The bounds.
     limits: SpoolLimits,
-    /// Bytes the records hold, shared with the handle.
+    /// Bytes the records and dead letters hold, shared with the handle.
     bytes: Arc<AtomicU64>,
+    /// Dead letters held, shared with the handle.
+    dead: Arc<AtomicU64>,
+    /// Bytes the records of each destination hold (only destinations with records).
+    per_target: HashMap<Destination, u64>,
 }
 
 impl Writer {
@@ -208,33 +262,24 @@ impl Writer {
 
     /// Commits the appends that fit the bounds in one transaction and answers each.
     fn append(&mut self, appends: Vec<(NewRecord, oneshot::Sender<Result<i64, SpoolError>>)>) {
-        let free = free_bytes(&self.dir);
-        let mut used = self.bytes.load(Ordering::Relaxed);
+        let mut room = Room {
+            free: free_bytes(&self.dir),
+            used: self.bytes.load(Ordering::Relaxed),
+            added: 0,
+            targets: HashMap::new(),
+        };
         let mut batch = Vec::with_capacity(appends.len());
         let mut replies = Vec::with_capacity(appends.len());
-        let mut added = 0;
         for (record, reply) in appends {
-            let size = record.bytes();
-            let refusal = if used + size > self.limits.max_bytes {
-                Some(format!(
-                    "{used} bytes spooled, max_bytes is {}",
-                    self.limits.max_bytes
-                ))
-            } else if free.is_some_and(|free| free < self.limits.min_free_bytes + added + size) {
-                Some(format!(
-                    "less than min_free_bytes ({}) free on the spool's disk",
-                    self.limits.min_free_bytes
-                ))
-            } else {
-                None
-            };
-            match refusal {
+            match self.refusal(&record, &room) {
                 Some(reason) => {
                     let _ = reply.send(Err(SpoolError::Full(reason)));
                 }
                 None => {
-                    used += size;
-                    added += size;
+                    let size = record.bytes();
+                    room.used += size;
+                    room.added += size;
+                    *room.targets.entry(record.destination.clone()).or_default() += size;
                     batch.push(record);
                     replies.push(reply);
                 }
@@ -245,7 +290,10 @@ impl Writer {
         }
         match self.store.append(&batch, now_ms()) {
             Ok(seqs) => {
-                self.bytes.fetch_add(added, Ordering::Relaxed);
+                self.bytes.fetch_add(room.added, Ordering::Relaxed);
+                for (destination, added) in room.targets {
+                    *self.per_target.entry(destination).or_default() += added;
+                }
                 for (reply, seq) in replies.into_iter().zip(seqs) {
                     let _ = reply.send(Ok(seq));
                 }
@@ -256,6 +304,51 @@ impl Writer {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
+        }
+    }
+
+    /// Why `record` does not fit, given what this batch already took; `None` if it fits.
+    fn refusal(&self, record: &NewRecord, room: &Room) -> Option<String> {
+        let size = record.bytes();
+        let limits = &self.limits;
+        let destination = &record.destination;
+        let held = self.per_target.get(destination).copied();
+        let in_batch = room.targets.get(destination).copied();
+        let target_bytes = held.unwrap_or(0) + in_batch.unwrap_or(0);
+        let new_targets = room
+            .targets
+            .keys()
+            .filter(|d| !self.per_target.contains_key(*d))
+            .count();
+        if room.used + size > limits.max_bytes {
+            Some(format!(
+                "{} bytes spooled, max_bytes is {}",
+                room.used, limits.max_bytes
+            ))
+        } else if target_bytes + size > limits.max_bytes_per_target {
+            Some(format!(
+                "{target_bytes} bytes spooled for this target, max_bytes_per_target is {}",
+                limits.max_bytes_per_target
+            ))
+        } else if held.is_none()
+            && in_batch.is_none()
+            && self.per_target.len() + new_targets >= limits.max_targets
+        {
+            Some(format!(
+                "{} targets have spooled messages, max_targets is {}",
+                self.per_target.len() + new_targets,
+                limits.max_targets
+            ))
+        } else if room
+            .free
+            .is_some_and(|free| free < limits.min_free_bytes + room.added + size)
+        {
+            Some(format!(
+                "less than min_free_bytes ({}) free on the spool's disk",
+                limits.min_free_bytes
+            ))
+        } else {
+            None
         }
     }
 
@@ -270,23 +363,28 @@ impl Writer {
                 }
                 let _ = reply.send(read);
             }
-            Op::Remove(seqs, bytes, reply) => {
+            Op::Remove(destination, seqs, bytes, reply) => {
                 let removed = self.store.remove(&seqs);
                 if removed.is_ok() {
-                    let _ = self
-                        .bytes
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                            Some(b.saturating_sub(bytes))
-                        });
+                    self.forget(&destination, bytes, true);
                 }
                 let _ = reply.send(removed);
             }
-            Op::Expire(before, reply) => {
-                let expired = self.store.expire(before);
-                if matches!(&expired, Ok(ids) if !ids.is_empty()) {
-                    self.recount();
-                }
-                let _ = reply.send(expired);
+            Op::Bury(destination, burials, reply) => {
+                let moved = self.store.bury(&burials, now_ms());
+                self.moved(&destination, &moved);
+                let _ = reply.send(moved);
+            }
+            Op::BuryExpired(expiry, reply) => {
+                let moved = self.store.bury_expired(
+                    &expiry.destination,
+                    expiry.before_ms,
+                    expiry.after,
+                    &expiry.reason,
+                    now_ms(),
+                );
+                self.moved(&expiry.destination, &moved);
+                let _ = reply.send(moved);
             }
             Op::Summary(reply) => {
                 let _ = reply.send(self.store.summary());
@@ -294,13 +392,64 @@ impl Writer {
         }
     }
 
-    /// Recounts the bytes held after records left other than by removal.
-    fn recount(&mut self) {
-        if let Ok(summary) = self.store.summary() {
-            self.bytes
-                .store(summary.iter().map(|s| s.bytes).sum(), Ordering::Relaxed);
+    /// Accounts for records of `destination` moved to the dead letters: they leave the
+    /// target's bytes and stay in the spool's.
+    fn moved(&mut self, destination: &Destination, moved: &BuryResult) {
+        if let Ok(moved) = moved {
+            self.dead.fetch_add(moved.len() as u64, Ordering::Relaxed);
+            let bytes = moved.iter().map(|m| m.bytes).sum();
+            self.forget(destination, bytes, false);
         }
     }
+
+    /// Takes `bytes` off `destination` (dropping it once it holds nothing) and, when they
+    /// left the spool, off the total.
+    fn forget(&mut self, destination: &Destination, bytes: u64, left_the_spool: bool) {
+        if left_the_spool {
+            let _ = self
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(bytes))
+                });
+        }
+        if let Some(held) = self.per_target.get_mut(destination) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                self.per_target.remove(destination);
+            }
+        }
+    }
+
+    /// Recounts the bytes held after records left other than by removal.
+    fn recount(&mut self) {
+        let Ok(summary) = self.store.summary() else {
+            return;
+        };
+        let dead: u64 = self
+            .store
+            .dead_summary()
+            .map_or(0, |d| d.iter().map(|s| s.bytes).sum());
+        self.per_target = summary
+            .iter()
+            .map(|s| (s.destination.clone(), s.bytes))
+            .collect();
+        self.bytes.store(
+            self.per_target.values().sum::<u64>() + dead,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// What one group commit may still take.
+struct Room {
+    /// Free bytes on the disk (None if unknown).
+    free: Option<u64>,
+    /// Bytes the spool holds, with this batch's so far.
+    used: u64,
+    /// Bytes this batch added.
+    added: u64,
+    /// Bytes this batch added per destination.
+    targets: HashMap<Destination, u64>,
 }
 
 /// Bytes free to unprivileged users on the file system of `dir` (None if unknown).
@@ -324,6 +473,8 @@ mod tests {
     const ROOMY: SpoolLimits = SpoolLimits {
         max_bytes: 1 << 30,
         min_free_bytes: 0,
+        max_bytes_per_target: 1 << 30,
+        max_targets: 100,
     };
 
     fn record(id: usize, payload: usize) -> NewRecord {
@@ -359,7 +510,7 @@ mod tests {
         let (records, _) = spool.read(&destination, 0, 1000).await.unwrap();
         assert_eq!(records.len(), 500);
         assert!(records.windows(2).all(|w| w[0].seq < w[1].seq));
-        spool.remove(&records[..100]).await.unwrap();
+        spool.remove(&destination, &records[..100]).await.unwrap();
         let summary = spool.summary().await.unwrap();
         assert_eq!(summary[0].count, 400);
         assert_eq!(spool.bytes(), summary[0].bytes);
@@ -382,7 +533,7 @@ mod tests {
         let dir = scratch("full");
         let limits = SpoolLimits {
             max_bytes: 3_000,
-            min_free_bytes: 0,
+            ..ROOMY
         };
         let (spool, _, _) = Spool::open(&dir, limits).unwrap();
         for i in 0..2 {
@@ -395,8 +546,8 @@ mod tests {
         let (records, _) = spool.read(&record(0, 0).destination, 0, 10).await.unwrap();
         assert_eq!(records.len(), 2);
         let floor = SpoolLimits {
-            max_bytes: 1 << 40,
             min_free_bytes: u64::MAX / 2,
+            ..ROOMY
         };
         drop(spool);
         let (spool, _, _) = Spool::open(&dir, floor).unwrap();

@@ -6,9 +6,7 @@
 //! the last whole, checksummed commit. A payload's CRC32 is stored beside it because
 //! SQLite does not checksum its pages.
 
-use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -19,8 +17,9 @@ use crate::record::{Destination, Kind, NewRecord, Record};
 /// The database file in the spool directory.
 pub const DB_FILE: &str = "spool.db";
 
-/// The tables. `seq` is AUTOINCREMENT so a position is never reused, even after removals.
-const SCHEMA: &str = "
+/// The tables. `seq` is AUTOINCREMENT so a position is never reused, even after removals;
+/// a dead letter keeps its seq, so a requeued record goes back to its place in line.
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -46,48 +45,42 @@ CREATE TABLE IF NOT EXISTS quarantine (
     crc INTEGER NOT NULL,
     meta BLOB
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    address TEXT NOT NULL,
+    exchange TEXT NOT NULL,
+    route TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    crc INTEGER NOT NULL,
+    meta BLOB,
+    last_error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    dead_ms INTEGER NOT NULL
+);
 ";
 
-/// Columns added since the first schema, added to a spool written by an older ferry (in
-/// the same order to both tables, which `INSERT … SELECT *` relies on).
-const ADDED_COLUMNS: [&str; 1] = ["meta BLOB"];
+/// The columns a record has in every table, in this order.
+pub(crate) const COLUMNS: &str =
+    "seq, kind, address, exchange, route, id, created_ms, payload, crc, meta";
 
 /// The bytes a record counts against `max_bytes`, in SQL: the same sum as
 /// `Record::bytes` (text measured in bytes, not characters).
-const RECORD_BYTES_SQL: &str = "LENGTH(payload) + LENGTH(CAST(route AS BLOB)) \
+pub(crate) const RECORD_BYTES_SQL: &str = "LENGTH(payload) + LENGTH(CAST(route AS BLOB)) \
     + LENGTH(CAST(id AS BLOB)) + LENGTH(CAST(address AS BLOB)) \
     + LENGTH(CAST(exchange AS BLOB)) + IFNULL(LENGTH(meta), 0)";
 
-/// A record removed by [`Store::expire`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expired {
-    /// Its id.
-    pub id: String,
-    /// Where it would have gone.
-    pub destination: Destination,
-    /// The bytes it counted against `max_bytes`.
-    pub bytes: u64,
-}
-
 /// A record's checksum: CRC-32 of its payload, then of its metadata if it has any (so a
 /// record written before metadata existed keeps its checksum).
-fn checksum(payload: &[u8], meta: Option<&[u8]>) -> u32 {
+pub(crate) fn checksum(payload: &[u8], meta: Option<&[u8]>) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(payload);
     if let Some(meta) = meta {
         hasher.update(meta);
     }
     hasher.finalize()
-}
-
-/// What opening the spool found and repaired.
-#[derive(Debug, Default, Clone)]
-pub struct Recovery {
-    /// The write-ahead log ended in a partial frame (a crash mid-write): SQLite keeps every
-    /// whole commit before it, and the partial one was never acknowledged.
-    pub torn_tail: bool,
-    /// Database files that could not be opened or failed their check, moved aside here.
-    pub moved_aside: Vec<PathBuf>,
 }
 
 /// The records of one destination.
@@ -106,67 +99,10 @@ pub struct Summary {
 /// The open database.
 pub struct Store {
     /// The one connection (used by the spool's writer thread only).
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 impl Store {
-    /// Opens (creating if needed) the spool in `dir`. A database that cannot be opened or
-    /// fails SQLite's check is moved aside into `dir/corrupt-<ms>/` and a new one started:
-    /// recovery never stops the daemon from starting.
-    pub fn open(dir: &Path) -> Result<(Self, Recovery), SpoolError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        let mut recovery = Recovery {
-            torn_tail: wal_has_torn_tail(&dir.join(format!("{DB_FILE}-wal")))?,
-            ..Recovery::default()
-        };
-        match Self::open_checked(dir) {
-            Ok(store) => Ok((store, recovery)),
-            Err(error) => {
-                let aside = move_aside(dir)?;
-                log::error!(
-                    "Spool database unusable, moved aside and started anew error={error} moved_to={}",
-                    aside.display()
-                );
-                recovery.moved_aside.push(aside);
-                Ok((Self::open_checked(dir)?, recovery))
-            }
-        }
-    }
-
-    /// Opens the database, sets WAL and full sync, checks it, creates the tables.
-    fn open_checked(dir: &Path) -> Result<Self, SpoolError> {
-        let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(SpoolError::Io(format!("cannot use WAL mode (got {mode})")));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        if check != "ok" {
-            return Err(SpoolError::Io(format!("integrity check failed: {check}")));
-        }
-        conn.execute_batch(SCHEMA)?;
-        for column in ADDED_COLUMNS {
-            let name = column.split(' ').next().unwrap_or(column);
-            for table in ["records", "quarantine"] {
-                let present: i64 = conn.query_row(
-                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-                    [name],
-                    |r| r.get(0),
-                )?;
-                if present == 0 {
-                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
-                }
-            }
-        }
-        Ok(Self { conn })
-    }
-
     /// Appends `batch` in one transaction (one fsync); returns each record's seq. When it
     /// returns, every record is durable.
     pub fn append(&mut self, batch: &[NewRecord], now_ms: i64) -> Result<Vec<i64>, SpoolError> {
@@ -262,7 +198,9 @@ impl Store {
         let tx = self.conn.transaction()?;
         for seq in seqs {
             tx.execute(
-                "INSERT OR REPLACE INTO quarantine SELECT * FROM records WHERE seq = ?1",
+                &format!(
+                    "INSERT OR REPLACE INTO quarantine ({COLUMNS}) SELECT {COLUMNS} FROM records WHERE seq = ?1"
+                ),
                 [seq],
             )?;
             tx.execute("DELETE FROM records WHERE seq = ?1", [seq])?;
@@ -284,50 +222,24 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the records spooled before `before_ms`; returns their ids and destinations.
-    pub fn expire(&mut self, before_ms: i64) -> Result<Vec<Expired>, SpoolError> {
-        let tx = self.conn.transaction()?;
-        let expired = {
-            let mut select = tx.prepare(&format!(
-                "SELECT id, kind, address, exchange, {RECORD_BYTES_SQL} FROM records
-                 WHERE created_ms < ?1 ORDER BY seq"
-            ))?;
-            let rows = select.query_map([before_ms], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })?;
-            let mut expired = Vec::new();
-            for row in rows {
-                let (id, kind, address, exchange, bytes) = row?;
-                if let Some(kind) = Kind::parse(&kind) {
-                    expired.push(Expired {
-                        id,
-                        destination: Destination {
-                            kind,
-                            address,
-                            exchange,
-                        },
-                        bytes: u64::try_from(bytes).unwrap_or(0),
-                    });
-                }
-            }
-            expired
-        };
-        tx.execute("DELETE FROM records WHERE created_ms < ?1", [before_ms])?;
-        tx.commit()?;
-        Ok(expired)
-    }
-
     /// Every destination with records, with their count, bytes and oldest time.
     pub fn summary(&self) -> Result<Vec<Summary>, SpoolError> {
+        self.summary_of("records")
+    }
+
+    /// Every destination with dead letters, with their count, bytes and oldest time.
+    pub fn dead_summary(&self) -> Result<Vec<Summary>, SpoolError> {
+        if !self.has_dead_letters_table()? {
+            return Ok(Vec::new());
+        }
+        self.summary_of("dead_letters")
+    }
+
+    /// Every destination with rows in `table`, with their count, bytes and oldest time.
+    fn summary_of(&self, table: &str) -> Result<Vec<Summary>, SpoolError> {
         let mut select = self.conn.prepare(&format!(
             "SELECT kind, address, exchange, COUNT(*), SUM({RECORD_BYTES_SQL}), MIN(created_ms)
-             FROM records GROUP BY kind, address, exchange ORDER BY kind, address, exchange"
+             FROM {table} GROUP BY kind, address, exchange ORDER BY kind, address, exchange"
         ))?;
         let rows = select.query_map([], |r| {
             Ok((
@@ -369,70 +281,53 @@ impl Store {
     }
 }
 
+/// What a spool holds, as `ferry spool` lists it.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// The destinations with records waiting for replay.
+    pub records: Vec<Summary>,
+    /// The destinations with dead letters.
+    pub dead_letters: Vec<Summary>,
+    /// Records in quarantine (their checksum failed).
+    pub quarantined: u64,
+}
+
 /// What the spool in `dir` holds, read without taking its lock or changing it (a daemon
-/// may be running on it): the destinations with records, and the records in quarantine.
-pub fn inspect(dir: &Path) -> Result<(Vec<Summary>, u64), SpoolError> {
-    let path = dir.join(DB_FILE);
-    if !path.exists() {
-        return Err(SpoolError::Io(format!("no spool in {}", dir.display())));
-    }
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let store = Store { conn };
-    Ok((store.summary()?, store.quarantined()?))
+/// may be running on it).
+pub fn inspect(dir: &Path) -> Result<Inventory, SpoolError> {
+    let store = Store::open_read_only(dir)?;
+    Ok(Inventory {
+        records: store.summary()?,
+        dead_letters: store.dead_summary()?,
+        quarantined: store.quarantined()?,
+    })
 }
 
-/// Whether the write-ahead log ends in a partial frame (header 32 bytes, then frames of 24
-/// bytes plus one page; the page size is in the header).
-fn wal_has_torn_tail(wal: &Path) -> Result<bool, SpoolError> {
-    let Ok(metadata) = fs::metadata(wal) else {
-        return Ok(false);
-    };
-    let len = metadata.len();
-    if len == 0 {
-        return Ok(false);
-    }
-    if len < 32 {
-        return Ok(true);
-    }
-    let header = {
-        use std::io::Read;
-        let mut header = [0u8; 32];
-        fs::File::open(wal)?.read_exact(&mut header)?;
-        header
-    };
-    let page_size = u64::from(u32::from_be_bytes([
-        header[8], header[9], header[10], header[11],
-    ]));
-    if page_size == 0 {
-        return Ok(true);
-    }
-    Ok((len - 32) % (24 + page_size) != 0)
-}
-
-/// Moves the database files of `dir` into a new `corrupt-<ms>` folder beside them.
-fn move_aside(dir: &Path) -> Result<PathBuf, SpoolError> {
-    let aside = dir.join(format!("corrupt-{}", crate::spool::now_ms()));
-    fs::create_dir_all(&aside)?;
-    for suffix in ["", "-wal", "-shm"] {
-        let name = format!("{DB_FILE}{suffix}");
-        let from = dir.join(&name);
-        if from.exists() {
-            fs::rename(&from, aside.join(&name))?;
+impl Store {
+    /// Opens the database of `dir` read-only (it may be in use by a daemon, or damaged and
+    /// moved aside); an error names the file.
+    pub fn open_read_only(dir: &Path) -> Result<Self, SpoolError> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(SpoolError::Unusable(format!(
+                "no spool in {}: {DB_FILE} is missing",
+                dir.display()
+            )));
         }
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| {
+            SpoolError::Unusable(format!("cannot read {}: {e}", path.display()))
+        })?;
+        conn.busy_timeout(crate::open::BUSY_TIMEOUT)?;
+        Ok(Self { conn })
     }
-    sync_dir(dir)?;
-    Ok(aside)
-}
-
-/// fsyncs a directory, so a rename or a new file in it is durable.
-pub fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::PathBuf;
 
     fn dest(n: u32) -> Destination {
         Destination {
@@ -489,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_records_come_back_with_the_bytes_they_counted() {
+    fn expired_records_are_buried_per_target_with_the_bytes_they_counted() {
         let dir = scratch("expire-bytes");
         let (mut store, _) = Store::open(&dir).unwrap();
         let mut unicode = record(2, "ü-id");
@@ -499,19 +394,27 @@ mod tests {
         let batch = [record(1, "a"), unicode, kept];
         store.append(&batch[..2], 5).unwrap();
         store.append(&batch[2..], 50).unwrap();
-        let expired = store.expire(10).unwrap();
+        let expired = store
+            .bury_expired(&dest(2), 10, 0, "max_age_s", 60)
+            .unwrap();
         let ids: Vec<&str> = expired.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["a", "ü-id"], "only those spooled before the time");
-        for (expired, record) in expired.iter().zip(&batch) {
-            assert_eq!(expired.bytes, record.bytes(), "{}", record.id);
-        }
-        let summary = store.summary().unwrap();
-        assert_eq!(summary.len(), 1);
+        assert_eq!(ids, ["ü-id"], "only this target's, spooled before the time");
+        assert_eq!(expired[0].bytes, batch[1].bytes());
+        let (left, _) = store.read(&dest(1), 0, 10).unwrap();
         assert_eq!(
-            summary[0].bytes,
+            left.len(),
+            1,
+            "another target's record is its own task's business"
+        );
+        let summary = store.summary().unwrap();
+        assert_eq!(summary.len(), 2);
+        assert_eq!(
+            summary[1].bytes,
             batch[2].bytes(),
             "the summary counts bytes the same way"
         );
+        let dead = store.dead_summary().unwrap();
+        assert_eq!((dead[0].count, dead[0].bytes), (1, batch[1].bytes()));
         let _ = fs::remove_dir_all(&dir);
     }
 

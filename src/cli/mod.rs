@@ -37,7 +37,9 @@ Exit codes of the client commands (send, ecflow-client, production, log):
   1  not delivered: one line on stderr says why, for each daemon tried
   2  usage error: a flag or the payload cannot be used
 `ferry check` exits 0 when the daemon serves and 1 otherwise; `ferry serve` exits 0 after a
-clean stop and 64 when its configuration is invalid.";
+clean stop, 64 when its configuration is invalid and 74 when its spool cannot be used (the
+message says what to fix; nothing in it was moved). `ferry spool` exits 74 when the spool
+cannot be read or written and 75 when a running daemon holds it.";
 
 /// ferry forwards messages from compute nodes to Kafka and RabbitMQ.
 #[derive(Debug, Parser)]
@@ -72,7 +74,8 @@ pub enum Command {
     Routes(ops::RoutesArgs),
     /// Make a daemon re-read its config (SIGHUP) and report the outcome.
     Reload(ops::ReloadArgs),
-    /// List what a spool directory holds, per target, without a daemon.
+    /// List what a spool directory holds, per target, without a daemon; export, requeue
+    /// and salvage its dead letters and damaged databases.
     ///
     /// Example: ferry spool --dir /var/spool/ferry
     Spool(spool::SpoolArgs),
@@ -109,7 +112,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Stats(args) => ops::stats(args),
         Command::Routes(args) => ops::routes(args),
         Command::Reload(args) => ops::reload(args),
-        Command::Spool(args) => spool::list(args),
+        Command::Spool(args) => spool::run(args),
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use super::EXIT_BAD_CONFIG;
 use crate::config::{Config, ConfigError, Settings};
 use crate::daemon::live::{self, Live};
-use crate::daemon::server::Daemon;
+use crate::daemon::server::{Daemon, ServeError};
 use crate::daemon::signal::{Signal, Signals};
 
 /// Flags of `ferry serve`.
@@ -71,7 +71,14 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Ok(daemon) => daemon,
         Err(error) => {
             log::error!("Cannot start: {error}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(match error {
+                // The spool is there but cannot be used: nothing was moved or deleted, and
+                // the message says what to fix (EX_IOERR).
+                ServeError::Spool(
+                    ferry_spool::SpoolError::Unusable(_) | ferry_spool::SpoolError::Io(_),
+                ) => super::spool::EXIT_SPOOL_IO,
+                _ => 1,
+            });
         }
     };
     daemon.live().set_hash(hash);

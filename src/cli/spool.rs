@@ -1,53 +1,285 @@
-//! `ferry spool`: what a spool directory holds, per target, read without a daemon (and
-//! without disturbing one that runs on it).
+//! `ferry spool`: what a spool directory holds, per target, and the operator's tools for
+//! its dead letters and damaged databases:
+//!
+//! - `ferry spool --dir DIR`: records waiting per target, dead letters per target with
+//!   the last error of the newest, and the quarantine. Read-only: also while a daemon runs.
+//! - `ferry spool export --dir DIR`: the dead letters as JSON lines (payload base64), for
+//!   a person to read. Read-only.
+//! - `ferry spool requeue --dir DIR (--id ID… | --target T | --all)`: dead letters back
+//!   into line, each at its old place. Needs the daemon stopped (it takes the spool's
+//!   lock); the daemon replays them when it starts.
+//! - `ferry spool salvage --dir DIR --from DIR/corrupt-…`: every intact record of a
+//!   damaged database that `ferry serve` moved aside, copied back. Needs the daemon
+//!   stopped.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Args;
+use base64::Engine;
+use clap::{Args, Subcommand};
+use ferry_spool::{DeadLetter, Destination, Kind, Selection, SpoolError, Store};
+
+/// Exit code when the spool is held by a running daemon (EX_TEMPFAIL).
+const EXIT_IN_USE: u8 = 75;
+/// Exit code when the spool cannot be read or written (EX_IOERR).
+pub const EXIT_SPOOL_IO: u8 = 74;
+/// Dead letters exported at most.
+const EXPORT_MAX: usize = 10_000_000;
 
 /// Flags of `ferry spool`.
 #[derive(Debug, Args)]
 pub struct SpoolArgs {
     /// The spool directory (the daemon's `spool.dir`). Example: --dir /var/spool/ferry
     #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
+    /// What to do; without one, list what the spool holds.
+    #[command(subcommand)]
+    pub action: Option<SpoolAction>,
 }
 
-/// Prints one line per target with its spooled messages, bytes and oldest age.
-pub fn list(args: SpoolArgs) -> ExitCode {
-    let (summary, quarantined) = match ferry_spool::inspect(&args.dir) {
-        Ok(found) => found,
-        Err(error) => {
-            eprintln!("ferry: {error}");
-            return ExitCode::FAILURE;
+/// What `ferry spool` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// Write dead letters as JSON lines (payload base64) to stdout. Read-only.
+    ///
+    /// Example: ferry spool export --dir /var/spool/ferry > dead.jsonl
+    Export(SelectArgs),
+    /// Put dead letters back in line for replay, each at its old place. Stop the daemon
+    /// first; it replays them when it starts.
+    ///
+    /// Example: ferry spool requeue --dir /var/spool/ferry --all
+    Requeue(SelectArgs),
+    /// Copy every intact record of a damaged database that ferry serve moved aside back
+    /// into the spool. Stop the daemon first.
+    ///
+    /// Example: ferry spool salvage --dir /var/spool/ferry --from /var/spool/ferry/corrupt-1733300000000
+    Salvage(SalvageArgs),
+}
+
+/// Which dead letters (`--all` when none is given for export).
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// The spool directory. Example: --dir /var/spool/ferry
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Dead letters with this message id (repeatable).
+    #[arg(long = "id", value_name = "ID", conflicts_with_all = ["target", "all"])]
+    pub ids: Vec<String>,
+    /// Dead letters of this target: a Kafka bootstrap list as `ferry spool` prints it, or
+    /// an AMQP exchange.
+    #[arg(long, value_name = "TARGET", conflicts_with = "all")]
+    pub target: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Flags of `ferry spool salvage`.
+#[derive(Debug, Args)]
+pub struct SalvageArgs {
+    /// The live spool directory to copy into. Example: --dir /var/spool/ferry
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The damaged database's folder. Example: --from /var/spool/ferry/corrupt-1733300000000
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+}
+
+impl SelectArgs {
+    /// The selection, or `None` when the flags name none.
+    fn selection(&self) -> Option<Selection> {
+        if self.all {
+            Some(Selection::All)
+        } else if let Some(target) = &self.target {
+            Some(Selection::Target(target.clone()))
+        } else if !self.ids.is_empty() {
+            Some(Selection::Ids(self.ids.clone()))
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs `ferry spool`.
+pub fn run(args: SpoolArgs) -> ExitCode {
+    let result = match (args.action, args.dir) {
+        (Some(SpoolAction::Export(select)), _) => export(&select),
+        (Some(SpoolAction::Requeue(select)), _) => requeue(&select),
+        (Some(SpoolAction::Salvage(salvage)), _) => salvage_into(&salvage),
+        (None, Some(dir)) => list(&dir),
+        (None, None) => {
+            eprintln!(
+                "ferry: give --dir DIR, the daemon's spool.dir (or a subcommand; see ferry spool --help)"
+            );
+            return ExitCode::from(super::EXIT_USAGE);
         }
     };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ SpoolError::Locked(_)) => {
+            eprintln!(
+                "ferry: {error}: stop the daemon first (it replays what you change when it starts)"
+            );
+            ExitCode::from(EXIT_IN_USE)
+        }
+        Err(error) => {
+            eprintln!("ferry: {error}");
+            ExitCode::from(EXIT_SPOOL_IO)
+        }
+    }
+}
+
+/// How `ferry spool` names a destination (password redacted).
+fn display(d: &Destination) -> String {
+    match d.kind {
+        Kind::Kafka => d.address.clone(),
+        Kind::Amqp => format!(
+            "{} exchange {}",
+            ferry_actors::target::redact_url(&d.address),
+            d.exchange
+        ),
+    }
+}
+
+/// Prints one line per target with its spooled messages, then its dead letters.
+fn list(dir: &Path) -> Result<(), SpoolError> {
+    let inventory = ferry_spool::inspect(dir)?;
     let now = ferry_spool::spool::now_ms();
-    let messages: u64 = summary.iter().map(|s| s.count).sum();
-    let bytes: u64 = summary.iter().map(|s| s.bytes).sum();
+    let age = |ms: i64| (now - ms).max(0) as f64 / 1e3;
+    let messages: u64 = inventory.records.iter().map(|s| s.count).sum();
+    let bytes: u64 = inventory.records.iter().map(|s| s.bytes).sum();
+    let dead: u64 = inventory.dead_letters.iter().map(|s| s.count).sum();
     println!(
-        "spool {}: {messages} messages, {bytes} bytes, {} targets, {quarantined} in quarantine",
-        args.dir.display(),
-        summary.len()
+        "spool {}: {messages} messages, {bytes} bytes, {} targets, {dead} dead letters, {} in quarantine",
+        dir.display(),
+        inventory.records.len(),
+        inventory.quarantined
     );
-    for s in &summary {
-        let d = &s.destination;
-        let target = match d.kind {
-            ferry_spool::Kind::Kafka => d.address.clone(),
-            ferry_spool::Kind::Amqp => format!(
-                "{} exchange {}",
-                ferry_actors::target::redact_url(&d.address),
-                d.exchange
-            ),
-        };
+    for s in &inventory.records {
         println!(
-            "{:<8}  {target}  messages {}  bytes {}  oldest {:.1}s",
-            d.kind.as_str(),
+            "{:<8}  {}  messages {}  bytes {}  oldest {:.1}s",
+            s.destination.kind.as_str(),
+            display(&s.destination),
             s.count,
             s.bytes,
-            (now - s.oldest_ms).max(0) as f64 / 1e3
+            age(s.oldest_ms)
         );
     }
-    ExitCode::SUCCESS
+    if inventory.dead_letters.is_empty() {
+        return Ok(());
+    }
+    println!("dead letters (ferry spool export to read them, ferry spool requeue to retry):");
+    let store = Store::open_read_only(dir)?;
+    for s in &inventory.dead_letters {
+        let last = store.last_dead_error(&s.destination)?;
+        println!(
+            "{:<8}  {}  dead {}  bytes {}  oldest {:.1}s  last error: {}",
+            s.destination.kind.as_str(),
+            display(&s.destination),
+            s.count,
+            s.bytes,
+            age(s.oldest_ms),
+            last.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the selected dead letters (all by default) as JSON lines to stdout.
+fn export(select: &SelectArgs) -> Result<(), SpoolError> {
+    let store = Store::open_read_only(&select.dir)?;
+    let selection = select.selection().unwrap_or(Selection::All);
+    let letters = store.dead_letters(&selection, EXPORT_MAX)?;
+    let mut out = std::io::stdout().lock();
+    for letter in &letters {
+        let line =
+            serde_json::to_string(&exported(letter)).map_err(|e| SpoolError::Io(e.to_string()))?;
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    eprintln!("ferry: {} dead letters exported", letters.len());
+    Ok(())
+}
+
+/// One dead letter as a JSON object.
+fn exported(letter: &DeadLetter) -> serde_json::Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let record = &letter.record;
+    let meta = record.meta.as_ref().map(|meta| {
+        serde_json::from_slice::<serde_json::Value>(meta)
+            .unwrap_or_else(|_| serde_json::Value::String(b64.encode(meta)))
+    });
+    serde_json::json!({
+        "id": record.id,
+        "seq": record.seq,
+        "kind": record.destination.kind.as_str(),
+        "target": display(&record.destination),
+        "route": record.route,
+        "spooled": rfc3339(record.created_ms),
+        "dead_lettered": rfc3339(letter.dead_ms),
+        "attempts": letter.attempts,
+        "last_error": letter.last_error,
+        "intact": letter.intact,
+        "metadata": meta,
+        "payload_base64": b64.encode(&record.payload),
+    })
+}
+
+/// A time in ms since the Unix epoch as RFC 3339 UTC.
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// Puts the selected dead letters back in line.
+fn requeue(select: &SelectArgs) -> Result<(), SpoolError> {
+    let Some(selection) = select.selection() else {
+        return Err(SpoolError::Unusable(
+            "say which dead letters: --id ID (repeatable), --target TARGET or --all".into(),
+        ));
+    };
+    let (mut store, _lock) = exclusive(&select.dir)?;
+    let moved = store.requeue(&selection)?;
+    println!(
+        "{moved} dead letters requeued in {}; the daemon replays them when it starts",
+        select.dir.display()
+    );
+    Ok(())
+}
+
+/// Copies what still reads from a damaged database into the live spool.
+fn salvage_into(args: &SalvageArgs) -> Result<(), SpoolError> {
+    let (mut store, _lock) = exclusive(&args.dir)?;
+    let salvaged = ferry_spool::salvage::salvage(&args.from, &mut store)?;
+    println!(
+        "salvaged from {}: {} records, {} dead letters; {} failed their checksum, {} were already in the spool{}",
+        args.from.display(),
+        salvaged.records,
+        salvaged.dead_letters,
+        salvaged.bad_checksum,
+        salvaged.already_there,
+        if salvaged.probed {
+            " (the damaged table was read record by record)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// The spool of `dir`, opened with its lock held (no daemon may run on it).
+fn exclusive(dir: &Path) -> Result<(Store, std::fs::File), SpoolError> {
+    if !dir.join(ferry_spool::store::DB_FILE).exists() {
+        return Err(SpoolError::Unusable(format!(
+            "no spool in {}: {} is missing",
+            dir.display(),
+            ferry_spool::store::DB_FILE
+        )));
+    }
+    let lock = ferry_spool::open::lock(dir)?;
+    let (store, _) = Store::open(dir)?;
+    Ok((store, lock))
 }

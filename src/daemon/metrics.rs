@@ -217,19 +217,50 @@ impl Collector for Snapshot {
     }
 }
 
-/// The labels of one producer's series.
-/// The spool's gauges and counters, per target.
+/// The spool's gauges and counters, overall and per target with spooled messages.
 fn encode_spool(
     encoder: &mut DescriptorEncoder<'_>,
     spool: &crate::daemon::report::SpoolReport,
 ) -> std::fmt::Result {
-    let gauge = ConstGauge::new(spool.bytes as i64);
-    gauge.encode(encoder.encode_descriptor(
-        "spool_bytes",
-        "Bytes the spool holds.",
-        None,
-        gauge.metric_type(),
-    )?)?;
+    let overall: [(&str, &str, u64, MetricType); 5] = [
+        (
+            "spool_bytes",
+            "Bytes the spool holds (records and dead letters).",
+            spool.bytes,
+            MetricType::Gauge,
+        ),
+        (
+            "spool_dead_letters",
+            "Dead letters the spool holds (ferry spool requeue puts them back).",
+            spool.dead_letters,
+            MetricType::Gauge,
+        ),
+        (
+            "spool_replayed",
+            "Spooled messages confirmed by their broker since start.",
+            spool.replayed_total,
+            MetricType::Counter,
+        ),
+        (
+            "spool_dead_lettered",
+            "Spooled messages moved to the dead letters since start.",
+            spool.dead_lettered_total,
+            MetricType::Counter,
+        ),
+        (
+            "spool_lost",
+            "Spooled messages whose checksum failed (quarantined) since start.",
+            spool.lost_total,
+            MetricType::Counter,
+        ),
+    ];
+    for (name, help, value, kind) in overall {
+        let family = encoder.encode_descriptor(name, help, None, kind)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(family)?,
+            _ => ConstGauge::new(value as i64).encode(family)?,
+        }
+    }
     type Value = fn(&crate::daemon::report::SpoolTarget) -> f64;
     let gauges: [(&str, &str, Value); 3] = [
         (
@@ -259,7 +290,7 @@ fn encode_spool(
         }
     }
     type Count = fn(&crate::daemon::report::SpoolTarget) -> u64;
-    let counters: [(&str, &str, Count); 4] = [
+    let counters: [(&str, &str, Count); 5] = [
         (
             "spool_target_spooled",
             "Messages of this target spooled since start.",
@@ -272,12 +303,17 @@ fn encode_spool(
         ),
         (
             "spool_target_expired",
-            "Messages of this target expired since start.",
+            "Messages of this target moved to the dead letters by max_age_s since start.",
             |t| t.expired_total,
         ),
         (
+            "spool_target_dead_lettered",
+            "Messages of this target moved to the dead letters since start.",
+            |t| t.dead_lettered_total,
+        ),
+        (
             "spool_target_lost",
-            "Messages of this target lost to corruption or rejection on replay.",
+            "Messages of this target whose checksum failed (quarantined).",
             |t| t.lost_total,
         ),
     ];

@@ -53,9 +53,21 @@ pub struct SpoolReport {
     /// At start, the spool's log ended in a partial commit (a crash mid-write; never
     /// acknowledged), which was truncated: 0 or 1.
     pub torn_tails_truncated: u64,
-    /// At start, spool database files that were unusable and moved aside.
+    /// At start, spool database files that were damaged and moved aside.
     pub files_moved_aside: u64,
-    /// One entry per target that spooled since start, sorted by kind and target.
+    /// Dead letters held now (`ferry spool --dir DIR` lists them).
+    #[serde(default)]
+    pub dead_letters: u64,
+    /// Messages replayed (confirmed by their broker) since start.
+    #[serde(default)]
+    pub replayed_total: u64,
+    /// Messages moved to the dead letters since start.
+    #[serde(default)]
+    pub dead_lettered_total: u64,
+    /// Messages whose checksum failed, moved to quarantine, since start.
+    #[serde(default)]
+    pub lost_total: u64,
+    /// One entry per target with spooled messages now, sorted by kind and target.
     pub targets: Vec<SpoolTarget>,
 }
 
@@ -76,10 +88,17 @@ pub struct SpoolTarget {
     pub spooled_total: u64,
     /// Messages replayed (confirmed by the broker) since start.
     pub replayed_total: u64,
-    /// Messages removed by `spool.max_age_s` since start.
+    /// Messages moved to the dead letters by `spool.max_age_s` since start.
     pub expired_total: u64,
-    /// Messages lost to a failed checksum or a broker's rejection on replay, since start.
+    /// Messages moved to the dead letters for any reason since start.
+    #[serde(default)]
+    pub dead_lettered_total: u64,
+    /// Messages whose checksum failed, moved to quarantine, since start.
     pub lost_total: u64,
+    /// The last replay failure still standing ("" when none): a broker's refusal, or a
+    /// removal the spool's disk failed.
+    #[serde(default)]
+    pub last_error: String,
 }
 
 /// Counts since the daemon started.
@@ -239,6 +258,10 @@ impl Source {
                 spooled_total: totals.spooled.load(Ordering::Relaxed),
                 torn_tails_truncated: spooler.recovered().0,
                 files_moved_aside: spooler.recovered().1,
+                dead_letters: spooler.dead_letters(),
+                replayed_total: spooler.totals().replayed.load(Ordering::Relaxed),
+                dead_lettered_total: spooler.totals().dead_lettered.load(Ordering::Relaxed),
+                lost_total: spooler.totals().lost.load(Ordering::Relaxed),
                 targets: spooler
                     .snapshot()
                     .into_iter()
@@ -251,7 +274,9 @@ impl Source {
                         spooled_total: s.spooled_total,
                         replayed_total: s.replayed_total,
                         expired_total: s.expired_total,
+                        dead_lettered_total: s.dead_lettered_total,
                         lost_total: s.lost_total,
+                        last_error: s.last_error,
                     })
                     .collect(),
             }),

@@ -28,6 +28,17 @@ pub struct Received {
 /// Declares the durable topic `exchange` (as ferry does) and a durable queue `queue`
 /// bound to it with `binding_key`.
 pub async fn bind_queue(url: &str, exchange: &str, queue: &str, binding_key: &str) {
+    bind_queue_with(url, exchange, queue, binding_key, FieldTable::default()).await;
+}
+
+/// [`bind_queue`] with queue `arguments` (`x-max-length`, `x-overflow`, …).
+pub async fn bind_queue_with(
+    url: &str,
+    exchange: &str,
+    queue: &str,
+    binding_key: &str,
+    arguments: FieldTable,
+) {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
@@ -50,7 +61,7 @@ pub async fn bind_queue(url: &str, exchange: &str, queue: &str, binding_key: &st
         ..Default::default()
     };
     channel
-        .queue_declare(queue.into(), options, FieldTable::default())
+        .queue_declare(queue.into(), options, arguments)
         .await
         .expect("queue_declare");
     channel

@@ -1,0 +1,463 @@
+//! The replay of one target's spooled records, once its broker takes messages again.
+//!
+//! The rule it keeps: **a record leaves the spool only when its broker confirmed it, or by
+//! an explicit, configured, counted and logged decision** (`max_age_s`, or refused by the
+//! broker for longer than `dead_letter_after_s`), and then it moves to the dead letters;
+//! it is never deleted because of one answer. Any failure keeps the record and waits the
+//! producer's backoff before trying again.
+//!
+//! ```text
+//!             ┌──────────── probing: one record at a time, from the head ◄────────┐
+//!  start ─────┤  confirmed                                          any failure  │
+//!             └──► streaming: a window of up to replay_in_flight in flight ───────┘
+//!                  (refilled as each is confirmed; removals in batches)
+//! ```
+//!
+//! **Order.** On a failure the window is no longer refilled; the records already in it
+//! finish (those confirmed are removed: they passed the failed one), and replay goes back
+//! to the head one record at a time until the broker confirms one. So a record can be
+//! overtaken only by records already in flight when it failed: at most
+//! `replay_in_flight − 1`.
+//!
+//! **Removals.** Confirmed records are removed in batches. A removal that fails (a disk
+//! gone read-only) stops the replay: nothing more is published, the removal is retried
+//! at the backoff pace, and the error shows in `/stats`; records are never re-sent in a
+//! loop because they could not be deleted.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferry_spool::{Burial, Destination, Expiry, Record};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::ProduceError;
+use crate::producer::{Delivery, Publish};
+use crate::spooler::{SpoolStats, Spooler, decode_metadata, destination_of};
+use crate::target::Target;
+
+/// How long a replay task with nothing to read waits for an append it was told of.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often a replay task looks for its records past `max_age_s`.
+const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// Confirmed records removed in one transaction, at most.
+const REMOVE_BATCH: usize = 256;
+
+/// A record's publish and its outcome.
+type Outcome = (Record, Result<Delivery, ProduceError>);
+
+/// The state of one target's replay task.
+pub(crate) struct Replay {
+    /// The spool and the settings.
+    spooler: Arc<Spooler>,
+    /// Where the records go.
+    target: Target,
+    /// How the spool stores `target`.
+    destination: Destination,
+    /// The target's counters.
+    stats: Arc<SpoolStats>,
+    /// Wakes the task when a record was appended.
+    appended: Arc<Notify>,
+    /// Publishes in flight, answered in spool order.
+    window: FuturesOrdered<BoxFuture<'static, Outcome>>,
+    /// The highest seq read: every record of the target at or before it is in the window
+    /// or confirmed and waiting for removal.
+    cursor: i64,
+    /// Confirmed, not yet removed.
+    confirmed: Vec<Record>,
+    /// Whether the broker confirmed the last record it answered (the window is open).
+    streaming: bool,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+    /// Since when the broker has been refusing (answering, not failing to answer).
+    refusing_since: Option<Instant>,
+    /// The head record being probed and the attempts made on it.
+    head: (i64, u32),
+    /// The token bucket of `replay_max_rate`.
+    pace: Pace,
+    /// When expiry last ran.
+    expired_at: Option<Instant>,
+}
+
+impl Replay {
+    /// A replay of `target`'s records.
+    pub(crate) fn new(spooler: Arc<Spooler>, target: Target, appended: Arc<Notify>) -> Self {
+        let stats = spooler.stats_of(&target);
+        Self {
+            destination: destination_of(&target),
+            spooler,
+            target,
+            stats,
+            appended,
+            window: FuturesOrdered::new(),
+            cursor: 0,
+            confirmed: Vec::new(),
+            streaming: false,
+            failures: 0,
+            refusing_since: None,
+            head: (0, 0),
+            pace: Pace {
+                tokens: 0.0,
+                at: Instant::now(),
+            },
+            expired_at: None,
+        }
+    }
+
+    /// Replays until the target's spool is empty, or the daemon stops (records stay).
+    pub(crate) async fn run(mut self) {
+        log::info!("Spool replay started target={}", self.target);
+        loop {
+            if self.spooler.is_closing() {
+                self.finish().await;
+                return;
+            }
+            self.expire_if_due().await;
+            let batch_full = self.confirmed.len() >= REMOVE_BATCH;
+            let settled = self.window.is_empty() && !self.confirmed.is_empty();
+            if (batch_full || settled) && !self.flush().await {
+                continue;
+            }
+            if let Err(error) = self.fill().await {
+                log::error!("Spool read failed target={} error={error}", self.target);
+                self.back_off(&error).await;
+                continue;
+            }
+            let Some((record, outcome)) = self.window.next().await else {
+                if self.idle().await {
+                    return;
+                }
+                continue;
+            };
+            match outcome {
+                Ok(_) => self.on_confirmed(record),
+                Err(error) => self.on_failure(record, error).await,
+            }
+        }
+    }
+
+    /// Tops the window up: to `replay_in_flight` while streaming, else to one.
+    async fn fill(&mut self) -> Result<(), String> {
+        let want = if self.streaming {
+            self.spooler.settings().replay_in_flight
+        } else {
+            1
+        };
+        let rate = self.spooler.settings().replay_max_rate;
+        let room = self.pace.take(want.saturating_sub(self.window.len()), rate);
+        if room == 0 {
+            if self.window.is_empty() && rate > 0 {
+                tokio::time::sleep(self.pace.wait(rate)).await;
+            }
+            return Ok(());
+        }
+        let (records, corrupt) = self
+            .spooler
+            .store()
+            .read(&self.destination, self.cursor, room)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !corrupt.is_empty() {
+            self.spooler
+                .quarantined(&self.target, &self.stats, &corrupt);
+        }
+        self.pace.give_back(room - records.len());
+        if records.is_empty() {
+            return Ok(());
+        }
+        let producer = match self.spooler.registry().producer(&self.target) {
+            Ok(producer) => producer,
+            Err(error) => return Err(error.to_string()),
+        };
+        if self.window.is_empty() && self.confirmed.is_empty() {
+            self.stats
+                .oldest_ms
+                .store(records[0].created_ms, Ordering::Relaxed);
+        }
+        let budget = self.spooler.policy().attempt_timeout(1);
+        for record in records {
+            self.cursor = record.seq;
+            let message = Publish {
+                route: record.route.clone(),
+                payload: record.payload.clone(),
+                id: Arc::from(record.id.as_str()),
+                metadata: decode_metadata(&record),
+            };
+            let producer = producer.clone();
+            self.window.push_back(Box::pin(async move {
+                let outcome = tokio::time::timeout(budget, producer.publish_owned(message))
+                    .await
+                    .unwrap_or(Err(ProduceError::Timeout(budget)));
+                (record, outcome)
+            }));
+        }
+        Ok(())
+    }
+
+    /// The broker confirmed `record`: it waits for the next removal batch.
+    fn on_confirmed(&mut self, record: Record) {
+        self.streaming = true;
+        self.failures = 0;
+        self.refusing_since = None;
+        self.confirmed.push(record);
+    }
+
+    /// `record` failed: keep it, let the window finish, go back to the head, and either
+    /// move it to the dead letters (refused for longer than `dead_letter_after_s`) or wait
+    /// the backoff.
+    async fn on_failure(&mut self, record: Record, error: ProduceError) {
+        let was_streaming = self.streaming;
+        self.streaming = false;
+        while let Some((other, outcome)) = self.window.next().await {
+            if outcome.is_ok() {
+                self.confirmed.push(other);
+            }
+        }
+        // Every record not confirmed is read again from the head; confirmed ones must be
+        // gone first, or they would be read (and sent) again.
+        while !self.confirmed.is_empty() {
+            if !self.flush().await && self.spooler.is_closing() {
+                return;
+            }
+        }
+        self.cursor = 0;
+        if self.head.0 != record.seq {
+            self.head = (record.seq, 0);
+        }
+        self.head.1 += 1;
+        self.stats.set_error(&error.to_string());
+        if is_refusal(&error) {
+            let since = *self.refusing_since.get_or_insert_with(Instant::now);
+            if !was_streaming && since.elapsed() >= self.spooler.settings().dead_letter_after {
+                self.bury(record, &error).await;
+                return;
+            }
+        }
+        self.back_off(&error.to_string()).await;
+    }
+
+    /// Moves `record` (the head, refused for too long) to the dead letters.
+    async fn bury(&mut self, record: Record, error: &ProduceError) {
+        let burial = Burial {
+            seq: record.seq,
+            last_error: error.to_string(),
+            attempts: self.head.1,
+        };
+        match self
+            .spooler
+            .store()
+            .bury(&self.destination, vec![burial])
+            .await
+        {
+            Ok(moved) => {
+                let after = self.spooler.settings().dead_letter_after.as_secs();
+                self.spooler.buried(
+                    &self.target,
+                    &self.stats,
+                    &moved,
+                    &format!("refused by the broker for longer than dead_letter_after_s ({after} s): {error}"),
+                );
+            }
+            Err(failed) => {
+                log::error!(
+                    "Spool: cannot move a record to the dead letters target={} id={} error={failed}",
+                    self.target,
+                    record.id
+                );
+                self.back_off(&failed.to_string()).await;
+            }
+        }
+    }
+
+    /// Removes the confirmed records; on failure keeps them, records the error and waits
+    /// the backoff. Returns whether they were removed.
+    async fn flush(&mut self) -> bool {
+        let result = self
+            .spooler
+            .store()
+            .remove(&self.destination, &self.confirmed)
+            .await;
+        match result {
+            Ok(()) => {
+                let done = std::mem::take(&mut self.confirmed);
+                self.spooler.replayed(&self.target, &self.stats, &done);
+                true
+            }
+            Err(error) => {
+                log::error!(
+                    "Spool remove failed; replay of this target stops until it succeeds target={} records={} error={error}",
+                    self.target,
+                    self.confirmed.len()
+                );
+                self.stats
+                    .set_error(&format!("spool remove failed: {error}"));
+                self.back_off(&error.to_string()).await;
+                false
+            }
+        }
+    }
+
+    /// Nothing in flight and nothing read: ends the task if the target's spool is empty
+    /// (returns true), else waits for an append.
+    async fn idle(&mut self) -> bool {
+        if self.spooler.finish_if_empty(&self.target) {
+            log::info!(
+                "Spool replay done: the target's spool is empty target={}",
+                self.target
+            );
+            return true;
+        }
+        // An append was counted and is not committed yet, or records were all read.
+        let _ = tokio::time::timeout(IDLE_WAIT, self.appended.notified()).await;
+        false
+    }
+
+    /// Moves the records past `max_age_s` that are not in flight to the dead letters,
+    /// at most once per [`EXPIRY_EVERY`].
+    async fn expire_if_due(&mut self) {
+        let Some(max_age) = self.spooler.settings().max_age else {
+            return;
+        };
+        if self
+            .expired_at
+            .is_some_and(|at| at.elapsed() < EXPIRY_EVERY)
+        {
+            return;
+        }
+        self.expired_at = Some(Instant::now());
+        let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let expiry = Expiry {
+            destination: self.destination.clone(),
+            before_ms: ferry_spool::spool::now_ms().saturating_sub(max_age_ms),
+            after: self.cursor,
+            reason: format!("not delivered within max_age_s ({} s)", max_age.as_secs()),
+        };
+        let reason = expiry.reason.clone();
+        match self.spooler.store().bury_expired(expiry).await {
+            Ok(moved) if !moved.is_empty() => {
+                self.stats
+                    .expired_total
+                    .fetch_add(moved.len() as u64, Ordering::Relaxed);
+                self.spooler
+                    .buried(&self.target, &self.stats, &moved, &reason);
+            }
+            Ok(_) => {}
+            Err(error) => log::error!("Spool expiry failed target={} error={error}", self.target),
+        }
+    }
+
+    /// Counts a failure and waits the producer's backoff for that many.
+    async fn back_off(&mut self, error: &str) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self.spooler.registry().restart_delay(self.failures);
+        log::debug!(
+            "Spool replay waiting target={} failures={} delay_ms={} error={error}",
+            self.target,
+            self.failures,
+            delay.as_millis()
+        );
+        tokio::time::sleep(delay).await;
+    }
+
+    /// The daemon stops: lets the publishes in flight finish (each within its attempt
+    /// budget), removes those confirmed (one try), and leaves the rest spooled.
+    async fn finish(&mut self) {
+        while let Some((record, outcome)) = self.window.next().await {
+            if outcome.is_ok() {
+                self.confirmed.push(record);
+            }
+        }
+        if !self.confirmed.is_empty() {
+            let _ = self.flush_once().await;
+        }
+        self.spooler.stopped(&self.target);
+    }
+
+    /// One removal attempt, without backoff (at shutdown).
+    async fn flush_once(&mut self) -> Result<(), ferry_spool::SpoolError> {
+        self.spooler
+            .store()
+            .remove(&self.destination, &self.confirmed)
+            .await?;
+        let done = std::mem::take(&mut self.confirmed);
+        self.spooler.replayed(&self.target, &self.stats, &done);
+        Ok(())
+    }
+}
+
+/// Whether the broker answered and refused (as opposed to not answering in time, being
+/// unreachable, or the daemon's own bounds): only refusals count toward
+/// `dead_letter_after_s`.
+fn is_refusal(error: &ProduceError) -> bool {
+    matches!(error, ProduceError::Rejected(_) | ProduceError::Invalid(_))
+}
+
+/// A token bucket: `replay_max_rate` records per second, in bursts of at most a tenth of
+/// a second's worth (at least one).
+struct Pace {
+    /// Records that may start now.
+    tokens: f64,
+    /// When `tokens` was last topped up.
+    at: Instant,
+}
+
+impl Pace {
+    /// Takes up to `want` tokens (all of them when `rate` is 0, unlimited).
+    fn take(&mut self, want: usize, rate: u32) -> usize {
+        if rate == 0 {
+            return want;
+        }
+        let now = Instant::now();
+        let burst = (f64::from(rate) / 10.0).max(1.0);
+        let earned = now.duration_since(self.at).as_secs_f64() * f64::from(rate);
+        self.tokens = (self.tokens + earned).min(burst);
+        self.at = now;
+        let taken = (self.tokens.floor() as usize).min(want);
+        self.tokens -= taken as f64;
+        taken
+    }
+
+    /// Returns tokens taken and not used.
+    fn give_back(&mut self, unused: usize) {
+        self.tokens += unused as f64;
+    }
+
+    /// How long until one token is earned.
+    fn wait(&self, rate: u32) -> Duration {
+        let missing = (1.0 - self.tokens).max(0.0);
+        Duration::from_secs_f64(missing / f64::from(rate.max(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pace_allows_the_rate_in_small_bursts() {
+        let mut pace = Pace {
+            tokens: 0.0,
+            at: Instant::now(),
+        };
+        assert_eq!(pace.take(64, 0), 64, "0 is unlimited");
+        assert_eq!(pace.take(64, 100), 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            pace.take(64, 100),
+            10,
+            "a burst is a tenth of a second's worth"
+        );
+        pace.give_back(4);
+        assert_eq!(pace.take(64, 100), 4);
+        assert_eq!(pace.wait(100), Duration::from_millis(10));
+        let mut started = 0;
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            started += pace.take(64, 100);
+        }
+        assert_eq!(started, 100, "one second at 100/s");
+    }
+}

@@ -1,0 +1,324 @@
+//! End-to-end: the spool keeps its promise whatever the broker answers on its way back.
+//! A record answered 0 + `spooled` leaves the spool only when its broker confirmed it, or
+//! by a configured rule that moves it to the dead letters, where `ferry spool requeue`
+//! finds it. Real RabbitMQ nodes of the tests' own; real daemons.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::process::{ferry, free_address, scratch_dir, serve_logged, serve_with};
+use common::{client, client_at, config, report, start, unique};
+use ferry::daemon::report::SpoolReport;
+use ferry_testkit::{BrokerKind, PrivateBroker, amqp};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// Records of one target in flight while replaying (the default): the order bound is one
+/// less.
+const REPLAY_IN_FLIGHT: usize = 64;
+
+/// A RabbitMQ node with an exchange; the node is stopped (its data flushed) so messages
+/// sent now are spooled.
+struct Outage {
+    broker: PrivateBroker,
+    url: String,
+    exchange: String,
+    queue: String,
+}
+
+impl Outage {
+    /// A node with `exchange` declared and, when `arguments` is given, a queue bound to it
+    /// with those arguments; then stopped.
+    async fn begin(arguments: Option<FieldTable>) -> Self {
+        let broker = PrivateBroker::start(BrokerKind::RabbitMq);
+        let url = broker.amqp_url();
+        let exchange = unique("ferry.promise");
+        let queue = unique("promise");
+        if let Some(arguments) = arguments {
+            amqp::bind_queue_with(&url, &exchange, &queue, "#", arguments).await;
+        }
+        broker.stop();
+        Self {
+            broker,
+            url,
+            exchange,
+            queue,
+        }
+    }
+}
+
+/// Sends `body` to the outage's exchange; the daemon's answer.
+async fn send(
+    grpc: &mut ferry::proto::message_broker_client::MessageBrokerClient<tonic::transport::Channel>,
+    outage: &Outage,
+    body: &str,
+) -> ferry::proto::Response {
+    let request = common::rabbitmq(&outage.url, &outage.exchange, "k", body.to_owned());
+    common::send_rabbitmq(grpc, request).await.0
+}
+
+/// Sends `bodies` one by one while the broker is down; each must be answered 0 and
+/// spooled. Returns their ids.
+async fn spool_all(
+    grpc: &mut ferry::proto::message_broker_client::MessageBrokerClient<tonic::transport::Channel>,
+    outage: &Outage,
+    bodies: &[String],
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for body in bodies {
+        let answer = send(grpc, outage, body).await;
+        assert!(answer.error_no == 0 && answer.spooled, "{answer:?}");
+        ids.push(answer.id);
+    }
+    ids
+}
+
+/// `count` bodies in order.
+fn bodies(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}{i:03}")).collect()
+}
+
+/// The daemon's spool report.
+async fn spool_of(ops: impl std::fmt::Display) -> SpoolReport {
+    report(ops).await.spool.expect("a spool")
+}
+
+/// Waits until `done` holds for the daemon's spool report, or fails with it.
+async fn wait_for(
+    ops: impl std::fmt::Display + Clone,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&SpoolReport) -> bool,
+) -> SpoolReport {
+    let deadline = Instant::now() + within;
+    loop {
+        let spool = spool_of(ops.clone()).await;
+        if done(&spool) {
+            return spool;
+        }
+        assert!(Instant::now() < deadline, "{what}: {spool:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How many records overtook the one most overtaken: for each body, the bodies sent after
+/// it that arrived before it.
+fn most_overtaken(sent: &[String], arrived: &[String]) -> usize {
+    let position = |body: &String| sent.iter().position(|b| b == body).unwrap();
+    let order: Vec<usize> = arrived.iter().map(position).collect();
+    (0..order.len())
+        .map(|i| {
+            order[..i]
+                .iter()
+                .filter(|&&earlier| earlier > order[i])
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The distinct bodies of `received`, in arrival order.
+fn first_copies(received: Vec<amqp::Received>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    received
+        .into_iter()
+        .map(|m| String::from_utf8(m.data).unwrap())
+        .filter(|b| seen.insert(b.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_queue_nacking_the_replay_delays_delivery_and_loses_nothing() {
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-max-length"), AMQPValue::LongInt(10));
+    arguments.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    let outage = Outage::begin(Some(arguments)).await;
+    let dir = scratch_dir("promise-full-queue");
+    let mut config = config();
+    config.spool.dir = dir.to_str().unwrap().to_owned();
+    let daemon = start(config.validate().unwrap());
+    let mut grpc = client(&daemon).await;
+    let sent = bodies("q", 100);
+    spool_all(&mut grpc, &outage, &sent).await;
+    outage.broker.restart();
+    // The queue takes ten; the broker nacks the rest, again and again, for a while.
+    wait_for(
+        daemon.ops_addr(),
+        Duration::from_secs(60),
+        "replay met the full queue",
+        |s| s.replayed_total >= 10 && s.targets.iter().any(|t| t.last_error.contains("nack")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let spool = spool_of(daemon.ops_addr()).await;
+    assert_eq!(
+        spool.lost_total + spool.dead_lettered_total,
+        0,
+        "{spool:#?}"
+    );
+    assert_eq!(
+        spool.targets[0].spooled, 90,
+        "the nacked ones stay: {spool:#?}"
+    );
+    // A consumer drains the queue: every one arrives.
+    let received =
+        amqp::read_queue(&outage.url, &outage.queue, 100, Duration::from_secs(120)).await;
+    let arrived = first_copies(received);
+    assert_eq!(
+        arrived.iter().cloned().collect::<BTreeSet<_>>(),
+        sent.iter().cloned().collect::<BTreeSet<_>>(),
+        "every message answered 0 arrives"
+    );
+    let overtaken = most_overtaken(&sent, &arrived);
+    assert!(overtaken < REPLAY_IN_FLIGHT, "order bound: {overtaken}");
+    let spool = wait_for(
+        daemon.ops_addr(),
+        Duration::from_secs(30),
+        "the spool empties",
+        |s| s.targets.is_empty() && s.bytes == 0,
+    )
+    .await;
+    assert_eq!(spool.replayed_total, 100);
+    println!(
+        "full queue (x-max-length 10, reject-publish): 100 spooled, 100 delivered while a consumer drained; most overtaken record: {overtaken}"
+    );
+}
+
+#[tokio::test]
+async fn unroutable_on_return_is_retried_until_a_queue_is_bound() {
+    let outage = Outage::begin(None).await;
+    let dir = scratch_dir("promise-unroutable");
+    let mut config = config();
+    config.spool.dir = dir.to_str().unwrap().to_owned();
+    config.rabbitmq.mandatory = true;
+    let daemon = start(config.validate().unwrap());
+    let mut grpc = client(&daemon).await;
+    let sent = bodies("u", 20);
+    spool_all(&mut grpc, &outage, &sent).await;
+    outage.broker.restart();
+    wait_for(
+        daemon.ops_addr(),
+        Duration::from_secs(60),
+        "replay met no queue",
+        |s| {
+            s.targets
+                .iter()
+                .any(|t| t.last_error.contains("unroutable"))
+        },
+    )
+    .await;
+    // Someone binds the queue ten seconds later.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let spool = spool_of(daemon.ops_addr()).await;
+    assert_eq!(spool.targets[0].spooled, 20, "all kept: {spool:#?}");
+    amqp::bind_queue(&outage.url, &outage.exchange, &outage.queue, "#").await;
+    let received = amqp::read_queue(&outage.url, &outage.queue, 20, Duration::from_secs(60)).await;
+    assert_eq!(first_copies(received), sent, "all delivered, in order");
+}
+
+/// A config file for a `ferry serve` child with its spool in `dir/spool`.
+fn spool_config_file(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("ferry.toml");
+    let spool = dir.join("spool");
+    std::fs::write(&path, format!("[spool]\ndir = {spool:?}\n{extra}")).unwrap();
+    path
+}
+
+/// Runs `ferry spool ARGS`; its exit code and stdout.
+fn spool_command(args: &[&str]) -> (i32, String, String) {
+    let output = ferry(&[&["spool"], args].concat()).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn refused_for_too_long_moves_to_the_dead_letters_and_requeue_delivers() {
+    let outage = Outage::begin(None).await;
+    let dir = scratch_dir("promise-dead");
+    let config = spool_config_file(
+        &dir,
+        "dead_letter_after_s = 2\n[rabbitmq]\nmandatory = true\n",
+    );
+    let log = dir.join("ferry.log");
+    let address = free_address();
+    let daemon = serve_logged(&address, &["--config", config.to_str().unwrap()], &log);
+    let mut grpc = client_at(&address).await;
+    let sent = bodies("d", 12);
+    let ids = spool_all(&mut grpc, &outage, &sent).await;
+    outage.broker.restart();
+    let spool = wait_for(
+        &daemon.ops_address,
+        Duration::from_secs(60),
+        "moved to the dead letters",
+        |s| s.dead_letters == 12,
+    )
+    .await;
+    assert_eq!((spool.dead_lettered_total, spool.lost_total), (12, 0));
+    assert!(
+        spool.targets.is_empty(),
+        "the target's state is dropped: {spool:#?}"
+    );
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        ids.iter().all(|id| text.contains(id.as_str())),
+        "every id logged"
+    );
+    let spool_dir = dir.join("spool");
+    let spool_dir = spool_dir.to_str().unwrap();
+    let (code, listing, _) = spool_command(&["--dir", spool_dir]);
+    assert_eq!(code, 0);
+    assert!(
+        listing.contains("12 dead letters") && listing.contains("unroutable"),
+        "{listing}"
+    );
+    let (code, exported, _) = spool_command(&["export", "--dir", spool_dir]);
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 12);
+    assert_eq!(lines[0]["id"], ids[0].as_str());
+    assert!(
+        !exported.contains("guest:guest"),
+        "no password in the export"
+    );
+    // A queue now exists; the operator requeues and starts the daemon again.
+    amqp::bind_queue(&outage.url, &outage.exchange, &outage.queue, "#").await;
+    let (code, said, _) = spool_command(&["requeue", "--dir", spool_dir, "--all"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("12 dead letters requeued"), "{said}");
+    let address = free_address();
+    let daemon = serve_with(&address, &["--config", config.to_str().unwrap()]);
+    let received = amqp::read_queue(&outage.url, &outage.queue, 12, Duration::from_secs(60)).await;
+    assert_eq!(first_copies(received), sent, "requeued in order, delivered");
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn requeue_refuses_while_a_daemon_holds_the_spool() {
+    let dir = scratch_dir("promise-requeue-locked");
+    let config = spool_config_file(&dir, "");
+    let address = free_address();
+    let daemon = serve_with(&address, &["--config", config.to_str().unwrap()]);
+    let spool_dir = dir.join("spool");
+    let (code, _, said) =
+        spool_command(&["requeue", "--dir", spool_dir.to_str().unwrap(), "--all"]);
+    assert_eq!(code, 75, "{said}");
+    assert!(said.contains("stop the daemon first"), "{said}");
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
+}

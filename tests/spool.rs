@@ -409,7 +409,7 @@ async fn a_full_spool_answers_5_and_keeps_what_it_holds() {
 }
 
 #[tokio::test]
-async fn expired_spooled_messages_are_counted_logged_and_not_delivered() {
+async fn expired_spooled_messages_move_to_the_dead_letters_and_requeue_delivers_them() {
     let broker = PrivateBroker::start(BrokerKind::RabbitMq);
     let sink = Sink::on(&broker, BrokerKind::RabbitMq).await;
     // Down, with the queue just declared flushed to disk (a SIGKILL this early can lose it).
@@ -425,7 +425,7 @@ async fn expired_spooled_messages_are_counted_logged_and_not_delivered() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let spool = report(&daemon.ops_address).await.spool.unwrap();
-        if spool.targets.iter().map(|t| t.expired_total).sum::<u64>() == 5 {
+        if spool.dead_lettered_total == 5 && spool.dead_letters == 5 {
             break;
         }
         assert!(Instant::now() < deadline, "not expired: {spool:?}");
@@ -444,6 +444,24 @@ async fn expired_spooled_messages_are_counted_logged_and_not_delivered() {
         answers.iter().all(|a| text.contains(&a.id)),
         "every expired id is logged"
     );
+    // Kept as dead letters: requeued, a daemon without max_age_s delivers them.
+    let spool_dir = dir.join("spool");
+    let requeue = ferry(&[
+        "spool",
+        "requeue",
+        "--dir",
+        spool_dir.to_str().unwrap(),
+        "--all",
+    ])
+    .output()
+    .unwrap();
+    assert!(requeue.status.success(), "{requeue:?}");
+    let config = spool_config_file(&dir, "");
+    let daemon = serve_with(&free_address(), &["--config", config.to_str().unwrap()]);
+    wait_for_empty_spool(&daemon.ops_address, Duration::from_secs(60)).await;
+    assert_eq!(first_copies(sink.drain().await), bodies);
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
 }
 
 /// The bodies a broker holds, each at its first copy (at-least-once may repeat one).
@@ -521,11 +539,7 @@ async fn a_corrupted_spool_record_is_set_aside_counted_and_the_rest_delivered() 
     let daemon = serve_with(&free_address(), &["--config", config.to_str().unwrap()]);
     wait_for_empty_spool(&daemon.ops_address, Duration::from_secs(60)).await;
     let spool = report(&daemon.ops_address).await.spool.unwrap();
-    assert_eq!(
-        spool.targets.iter().map(|t| t.lost_total).sum::<u64>(),
-        1,
-        "{spool:?}"
-    );
+    assert_eq!(spool.lost_total, 1, "{spool:?}");
     let held = first_copies(sink.drain().await);
     let expected: Vec<String> = bodies.iter().filter(|b| *b != "r005").cloned().collect();
     assert_eq!(held, expected);

@@ -333,7 +333,10 @@ impl Replay {
             destination: self.destination.clone(),
             before_ms: ferry_spool::spool::now_ms().saturating_sub(max_age_ms),
             after: self.cursor,
-            reason: format!("not delivered within max_age_s ({} s)", max_age.as_secs()),
+            reason: format!(
+                "expired: not delivered within max_age_s ({} s)",
+                max_age.as_secs()
+            ),
         };
         let reason = expiry.reason.clone();
         match self.spooler.store().bury_expired(expiry).await {

@@ -322,3 +322,176 @@ async fn requeue_refuses_while_a_daemon_holds_the_spool() {
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn a_removal_that_fails_stops_the_replay_instead_of_sending_again() {
+    let outage = Outage::begin(Some(FieldTable::default())).await;
+    let dir = scratch_dir("promise-remove-fails");
+    let mut config = config();
+    config.spool.dir = dir.to_str().unwrap().to_owned();
+    let daemon = start(config.validate().unwrap());
+    let mut grpc = client(&daemon).await;
+    let sent = bodies("r", 50);
+    spool_all(&mut grpc, &outage, &sent).await;
+    // The disk refuses deletions (as one remounted read-only would).
+    let fault = dir.join("FAIL_REMOVE");
+    std::fs::write(&fault, b"").unwrap();
+    outage.broker.restart();
+    wait_for(
+        daemon.ops_addr(),
+        Duration::from_secs(60),
+        "the removal failed",
+        |s| {
+            s.targets
+                .iter()
+                .any(|t| t.last_error.contains("spool remove failed"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let spool = spool_of(daemon.ops_addr()).await;
+    assert_eq!(spool.targets[0].spooled, 50, "nothing removed: {spool:#?}");
+    std::fs::remove_file(&fault).unwrap();
+    wait_for(
+        daemon.ops_addr(),
+        Duration::from_secs(30),
+        "the spool empties",
+        |s| s.targets.is_empty() && s.bytes == 0,
+    )
+    .await;
+    let received = amqp::drain_queue(
+        &outage.url,
+        &outage.queue,
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        received.len(),
+        50,
+        "each sent once while its removal kept failing, not again and again"
+    );
+    assert_eq!(first_copies(received), sent);
+}
+
+/// A spool in `dir` holding `n` records for a Kafka target, written by the store itself.
+fn spool_with_records(dir: &Path, n: usize) {
+    let (mut store, _) = ferry_spool::Store::open(dir).unwrap();
+    let batch: Vec<ferry_spool::NewRecord> = (0..n)
+        .map(|i| ferry_spool::NewRecord {
+            id: format!("kept-{i}"),
+            destination: ferry_spool::Destination {
+                kind: ferry_spool::Kind::Kafka,
+                address: "127.0.0.1:1".into(),
+                exchange: String::new(),
+            },
+            route: "t".into(),
+            payload: bytes::Bytes::from_static(b"kept"),
+            meta: None,
+        })
+        .collect();
+    store.append(&batch, 1).unwrap();
+}
+
+/// How many records the spool in `dir` holds, read straight from the file.
+fn records_in(dir: &Path) -> i64 {
+    let db = rusqlite::Connection::open(dir.join("spool.db")).unwrap();
+    db.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Runs `ferry serve` on `config` until it exits (it must, within 30 s); its exit code and
+/// stderr.
+fn serve_until_exit(config: &Path) -> (Option<i32>, String) {
+    let mut child = ferry(&["serve", "--config", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry serve did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A config for a daemon on free ports with its spool in `spool`.
+fn serve_config(dir: &Path, spool: &Path) -> PathBuf {
+    let path = dir.join("ferry.toml");
+    let text = format!(
+        "[server]\nlisten = {:?}\n[ops]\nlisten = {:?}\n[spool]\ndir = {spool:?}\nmin_free_bytes = 0\n",
+        free_address(),
+        free_address()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_spool_that_cannot_be_used_stops_the_start_with_74_and_keeps_its_records() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir("promise-refused");
+    let spool = dir.join("spool");
+    spool_with_records(&spool, 3);
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, stderr) = serve_until_exit(&serve_config(&dir, &spool));
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(stderr.contains("chmod 700"), "{stderr}");
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(records_in(&spool), 3, "nothing moved or deleted");
+    // Locked by another process for longer than the busy timeout.
+    let holder = rusqlite::Connection::open(spool.join("spool.db")).unwrap();
+    holder
+        .execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; UPDATE records SET route = route;",
+        )
+        .unwrap();
+    let (code, stderr) = serve_until_exit(&serve_config(&dir, &spool));
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(stderr.contains("locked"), "{stderr}");
+    holder.execute_batch("COMMIT").unwrap();
+    drop(holder);
+    assert_eq!(records_in(&spool), 3, "nothing moved or deleted");
+    assert!(
+        !std::fs::read_dir(&spool).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("corrupt-")),
+        "nothing moved aside"
+    );
+}
+
+#[test]
+fn a_spool_on_a_full_disk_stops_the_start_with_74_and_keeps_its_records() {
+    let dir = scratch_dir("promise-full-disk");
+    let mount = dir.join("disk");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("cannot mount a tmpfs (not root?): skipped");
+        return;
+    }
+    let spool = mount.join("spool");
+    spool_with_records(&spool, 3);
+    let filler = mount.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 4 << 20]);
+    let (code, stderr) = serve_until_exit(&serve_config(&dir, &spool));
+    std::fs::remove_file(&filler).unwrap();
+    let kept = records_in(&spool);
+    let _ = std::process::Command::new("umount").arg(&mount).status();
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(stderr.contains("disk"), "{stderr}");
+    assert_eq!(kept, 3, "nothing moved or deleted");
+}

@@ -364,7 +364,9 @@ impl Writer {
                 let _ = reply.send(read);
             }
             Op::Remove(destination, seqs, bytes, reply) => {
-                let removed = self.store.remove(&seqs);
+                let removed = self
+                    .injected_failure()
+                    .map_or_else(|| self.store.remove(&seqs), Err);
                 if removed.is_ok() {
                     self.forget(&destination, bytes, true);
                 }
@@ -390,6 +392,15 @@ impl Writer {
                 let _ = reply.send(self.store.summary());
             }
         }
+    }
+
+    /// With the `fault-injection` feature (test builds), the error a removal fails with
+    /// while `FAIL_REMOVE` exists in the spool directory.
+    fn injected_failure(&self) -> Option<SpoolError> {
+        if cfg!(feature = "fault-injection") && self.dir.join("FAIL_REMOVE").exists() {
+            return Some(SpoolError::Io("injected failure (FAIL_REMOVE)".into()));
+        }
+        None
     }
 
     /// Accounts for records of `destination` moved to the dead letters: they leave the

@@ -452,12 +452,17 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(spool) = &report.spool {
         out.push_str(&format!(
-            "spool: {} bytes, {} spooled since start\n",
-            spool.bytes, spool.spooled_total
+            "spool: {} bytes, {} spooled since start, {} replayed, {} dead letters held ({} moved since start), {} lost\n",
+            spool.bytes,
+            spool.spooled_total,
+            spool.replayed_total,
+            spool.dead_letters,
+            spool.dead_lettered_total,
+            spool.lost_total
         ));
         for t in &spool.targets {
             out.push_str(&format!(
-                "  {:<8}  {}  spooled {} ({} bytes, oldest {:.1}s)  spooled_total {} replayed {} expired {} lost {}\n",
+                "  {:<8}  {}  spooled {} ({} bytes, oldest {:.1}s)  spooled_total {} replayed {} expired {} dead_lettered {}{}\n",
                 t.kind,
                 t.target,
                 t.spooled,
@@ -466,7 +471,12 @@ pub fn render(report: &Report) -> String {
                 t.spooled_total,
                 t.replayed_total,
                 t.expired_total,
-                t.lost_total
+                t.dead_lettered_total,
+                if t.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("  last error: {}", t.last_error)
+                }
             ));
         }
     }

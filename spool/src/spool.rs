@@ -528,6 +528,43 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn to(exchange: &str, id: usize, payload: usize) -> NewRecord {
+        let mut record = record(id, payload);
+        record.destination.exchange = exchange.into();
+        record
+    }
+
+    #[tokio::test]
+    async fn one_target_cannot_take_the_spool_from_the_others() {
+        let dir = scratch("per-target");
+        let limits = SpoolLimits {
+            max_bytes_per_target: 2_500,
+            max_targets: 2,
+            ..ROOMY
+        };
+        let (spool, _, _) = Spool::open(&dir, limits).unwrap();
+        for i in 0..2 {
+            spool.append(to("dead", i, 1_000)).await.unwrap();
+        }
+        match spool.append(to("dead", 2, 1_000)).await {
+            Err(SpoolError::Full(reason)) => {
+                assert!(reason.contains("max_bytes_per_target"), "{reason}");
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        spool.append(to("alive", 3, 1_000)).await.unwrap();
+        match spool.append(to("third", 4, 10)).await {
+            Err(SpoolError::Full(reason)) => assert!(reason.contains("max_targets"), "{reason}"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // Once a target's records are gone, it no longer counts.
+        let alive = to("alive", 0, 0).destination;
+        let (records, _) = spool.read(&alive, 0, 10).await.unwrap();
+        spool.remove(&alive, &records).await.unwrap();
+        spool.append(to("third", 4, 10)).await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn a_second_open_of_the_same_directory_is_refused() {
         let dir = scratch("lock");

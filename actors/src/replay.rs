@@ -72,10 +72,8 @@ pub(crate) struct Replay {
     streaming: bool,
     /// Consecutive failures, for the backoff.
     failures: u32,
-    /// Since when the broker has been refusing (answering, not failing to answer).
-    refusing_since: Option<Instant>,
-    /// The head record being probed and the attempts made on it.
-    head: (i64, u32),
+    /// The record that failed last, and how it has been failing.
+    head: Head,
     /// The token bucket of `replay_max_rate`.
     pace: Pace,
     /// When expiry last ran.
@@ -97,8 +95,7 @@ impl Replay {
             confirmed: Vec::new(),
             streaming: false,
             failures: 0,
-            refusing_since: None,
-            head: (0, 0),
+            head: Head::default(),
             pace: Pace {
                 tokens: 0.0,
                 at: Instant::now(),
@@ -147,11 +144,12 @@ impl Replay {
             1
         };
         let rate = self.spooler.settings().replay_max_rate;
-        let room = self.pace.take(want.saturating_sub(self.window.len()), rate);
+        let mut room = self.pace.take(want.saturating_sub(self.window.len()), rate);
+        if room == 0 && self.window.is_empty() && rate > 0 {
+            tokio::time::sleep(self.pace.wait(rate)).await;
+            room = self.pace.take(want, rate);
+        }
         if room == 0 {
-            if self.window.is_empty() && rate > 0 {
-                tokio::time::sleep(self.pace.wait(rate)).await;
-            }
             return Ok(());
         }
         let (records, corrupt) = self
@@ -201,7 +199,9 @@ impl Replay {
     fn on_confirmed(&mut self, record: Record) {
         self.streaming = true;
         self.failures = 0;
-        self.refusing_since = None;
+        if self.head.seq == record.seq {
+            self.head = Head::default();
+        }
         self.confirmed.push(record);
     }
 
@@ -224,17 +224,15 @@ impl Replay {
             }
         }
         self.cursor = 0;
-        if self.head.0 != record.seq {
-            self.head = (record.seq, 0);
-        }
-        self.head.1 += 1;
         self.stats.set_error(&error.to_string());
-        if is_refusal(&error) {
-            let since = *self.refusing_since.get_or_insert_with(Instant::now);
-            if !was_streaming && since.elapsed() >= self.spooler.settings().dead_letter_after {
-                self.bury(record, &error).await;
-                return;
-            }
+        if !was_streaming
+            && self.head.refused_long_enough(
+                &record,
+                &error,
+                self.spooler.settings().dead_letter_after,
+            )
+        {
+            self.bury(record, &error).await;
         }
         self.back_off(&error.to_string()).await;
     }
@@ -244,7 +242,7 @@ impl Replay {
         let burial = Burial {
             seq: record.seq,
             last_error: error.to_string(),
-            attempts: self.head.1,
+            attempts: self.head.attempts,
         };
         match self
             .spooler
@@ -391,6 +389,45 @@ impl Replay {
     }
 }
 
+/// The record that failed last: how many times, and since when the broker has refused it
+/// without a break (a failure that is not a refusal, or another record, starts again).
+#[derive(Debug, Default)]
+struct Head {
+    /// Its seq (0: none).
+    seq: i64,
+    /// Failed attempts on it.
+    attempts: u32,
+    /// Since when it has been refused, when it has.
+    refused_since: Option<Instant>,
+}
+
+impl Head {
+    /// Notes that `record` failed with `error`; returns whether it has now been refused
+    /// for at least `after` without a break.
+    fn refused_long_enough(
+        &mut self,
+        record: &Record,
+        error: &ProduceError,
+        after: Duration,
+    ) -> bool {
+        if self.seq != record.seq {
+            *self = Self {
+                seq: record.seq,
+                ..Self::default()
+            };
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        if !is_refusal(error) {
+            self.refused_since = None;
+            return false;
+        }
+        self.refused_since
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= after
+    }
+}
+
 /// Whether the broker answered and refused (as opposed to not answering in time, being
 /// unreachable, or the daemon's own bounds): only refusals count toward
 /// `dead_letter_after_s`.
@@ -438,6 +475,48 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(seq: i64) -> Record {
+        Record {
+            seq,
+            id: format!("id{seq}"),
+            destination: Destination {
+                kind: ferry_spool::Kind::Kafka,
+                address: "k:9092".into(),
+                exchange: String::new(),
+            },
+            route: "t".into(),
+            payload: bytes::Bytes::new(),
+            meta: None,
+            created_ms: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_refusal_of_the_same_record_without_a_break_counts() {
+        let after = Duration::from_secs(10);
+        let nack = ProduceError::Rejected("nack".into());
+        let down = ProduceError::Unavailable("connection refused".into());
+        let mut head = Head::default();
+        assert!(!head.refused_long_enough(&record(1), &nack, after));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            !head.refused_long_enough(&record(1), &down, after),
+            "an outage"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            !head.refused_long_enough(&record(1), &nack, after),
+            "the outage broke the refusals: the clock starts again"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(head.refused_long_enough(&record(1), &nack, after));
+        assert_eq!(head.attempts, 4);
+        assert!(
+            !head.refused_long_enough(&record(2), &nack, after),
+            "the next record has its own clock"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_pace_allows_the_rate_in_small_bursts() {

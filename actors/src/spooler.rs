@@ -200,9 +200,11 @@ impl Spooler {
     /// inside a Tokio runtime. A destination that no longer validates is logged and left.
     pub fn resume(self: &Arc<Self>, summary: &[Summary]) {
         for entry in summary {
-            let Some(target) = target_of(&entry.destination) else {
+            let target = target_of(&entry.destination)
+                .filter(|target| destination_of(target) == entry.destination);
+            let Some(target) = target else {
                 log::error!(
-                    "Spooled records for a target that no longer validates are left in the spool records={} kind={}",
+                    "Spooled records for a target that does not validate as stored are left in the spool records={} kind={}",
                     entry.count,
                     entry.destination.kind.as_str()
                 );
@@ -216,19 +218,22 @@ impl Spooler {
             let mut targets = self.lock();
             let state = targets.entry(target.clone()).or_default();
             state.pending += entry.count;
+            let start = !state.replaying;
             state.replaying = true;
-            state
-                .stats
-                .spooled_now
-                .store(entry.count, Ordering::Relaxed);
-            state.stats.bytes_now.store(entry.bytes, Ordering::Relaxed);
-            state
-                .stats
-                .oldest_ms
-                .store(entry.oldest_ms, Ordering::Relaxed);
+            let stats = &state.stats;
+            stats.spooled_now.fetch_add(entry.count, Ordering::Relaxed);
+            stats.bytes_now.fetch_add(entry.bytes, Ordering::Relaxed);
+            let _ = stats.oldest_ms.compare_exchange(
+                0,
+                entry.oldest_ms,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             let appended = Arc::clone(&state.appended);
             drop(targets);
-            self.spawn_replay(target, appended);
+            if start {
+                self.spawn_replay(target, appended);
+            }
         }
     }
 
@@ -267,10 +272,12 @@ impl Spooler {
             meta,
         };
         let size = record.bytes();
+        // Counted before the append: the replay task may remove the record as soon as it
+        // is committed, and its count must not go below zero first.
+        stats.spooled_now.fetch_add(1, Ordering::Relaxed);
+        stats.bytes_now.fetch_add(size, Ordering::Relaxed);
         match self.spool.append(record).await {
             Ok(_) => {
-                stats.spooled_now.fetch_add(1, Ordering::Relaxed);
-                stats.bytes_now.fetch_add(size, Ordering::Relaxed);
                 stats.spooled_total.fetch_add(1, Ordering::Relaxed);
                 let _ = stats.oldest_ms.compare_exchange(
                     0,
@@ -282,9 +289,7 @@ impl Spooler {
                 Ok(())
             }
             Err(error) => {
-                if let Some(state) = self.lock().get_mut(target) {
-                    state.pending = state.pending.saturating_sub(1);
-                }
+                self.settle(target, &stats, 1, size);
                 appended.notify_one();
                 Err(error)
             }

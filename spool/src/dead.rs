@@ -11,6 +11,9 @@ use crate::error::SpoolError;
 use crate::record::{Destination, Kind, Record};
 use crate::store::{COLUMNS, RECORD_BYTES_SQL, Store, checksum};
 
+/// Records one expiry pass looks at, at most.
+pub const EXPIRE_BATCH: i64 = 1_000;
+
 /// Which dead letters an operation takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -120,7 +123,9 @@ impl Store {
 
     /// Moves the records of `destination` spooled before `before_ms` and positioned after
     /// seq `after` (those at or before it may be in flight) to the dead letters, with
-    /// `reason` as their last error; returns them.
+    /// `reason` as their last error; returns them. Bounded work per call: it walks the
+    /// line from `after` and stops at the first record not expired, or after
+    /// [`EXPIRE_BATCH`] records (the next call takes the rest).
     pub fn bury_expired(
         &mut self,
         destination: &Destination,
@@ -131,22 +136,29 @@ impl Store {
     ) -> Result<Vec<Moved>, SpoolError> {
         let seqs: Vec<i64> = {
             let mut select = self.conn.prepare_cached(
-                "SELECT seq FROM records
-                 WHERE kind = ?1 AND address = ?2 AND exchange = ?3 AND seq > ?4 AND created_ms < ?5
-                 ORDER BY seq",
+                "SELECT seq, created_ms FROM records
+                 WHERE kind = ?1 AND address = ?2 AND exchange = ?3 AND seq > ?4
+                 ORDER BY seq LIMIT ?5",
             )?;
-            select
-                .query_map(
-                    params![
-                        destination.kind.as_str(),
-                        destination.address,
-                        destination.exchange,
-                        after,
-                        before_ms
-                    ],
-                    |r| r.get(0),
-                )?
-                .collect::<Result<_, _>>()?
+            let rows = select.query_map(
+                params![
+                    destination.kind.as_str(),
+                    destination.address,
+                    destination.exchange,
+                    after,
+                    EXPIRE_BATCH
+                ],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            let mut seqs = Vec::new();
+            for row in rows {
+                let (seq, created_ms) = row?;
+                if created_ms >= before_ms {
+                    break;
+                }
+                seqs.push(seq);
+            }
+            seqs
         };
         if seqs.is_empty() {
             return Ok(Vec::new());
@@ -208,17 +220,22 @@ impl Store {
     }
 
     /// Puts the dead letters `selection` takes back into the records, each at its old
-    /// place in line, in one transaction; returns how many.
-    pub fn requeue(&mut self, selection: &Selection) -> Result<u64, SpoolError> {
+    /// place in line, in one transaction; returns how many. Their spooled time becomes
+    /// `now_ms`, so `max_age_s` counts from the requeue.
+    pub fn requeue(&mut self, selection: &Selection, now_ms: i64) -> Result<u64, SpoolError> {
         let (condition, values) = selection.condition();
         let params: Vec<&dyn ToSql> = values.iter().map(|v| v as &dyn ToSql).collect();
         let tx = self.conn.transaction()?;
+        let requeued = COLUMNS.replace("created_ms", "?");
+        let insert_params: Vec<&dyn ToSql> = std::iter::once(&now_ms as &dyn ToSql)
+            .chain(params.iter().copied())
+            .collect();
         let moved = tx.execute(
             &format!(
-                "INSERT OR IGNORE INTO records ({COLUMNS}) SELECT {COLUMNS} FROM dead_letters
+                "INSERT OR IGNORE INTO records ({COLUMNS}) SELECT {requeued} FROM dead_letters
                  WHERE {condition} ORDER BY seq"
             ),
-            params.as_slice(),
+            insert_params.as_slice(),
         )?;
         tx.execute(
             &format!(
@@ -229,6 +246,43 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(moved as u64)
+    }
+
+    /// Deletes the dead letters `selection` takes (an operator's decision, after export);
+    /// returns how many.
+    pub fn purge(&mut self, selection: &Selection) -> Result<u64, SpoolError> {
+        let (condition, values) = selection.condition();
+        let deleted = self.conn.execute(
+            &format!("DELETE FROM dead_letters WHERE {condition}"),
+            params_from_iter(values.iter()),
+        )?;
+        Ok(deleted as u64)
+    }
+
+    /// Calls `each` with every dead letter `selection` takes, in spool order, one row in
+    /// memory at a time; returns how many.
+    pub fn each_dead_letter(
+        &self,
+        selection: &Selection,
+        mut each: impl FnMut(&DeadLetter) -> Result<(), SpoolError>,
+    ) -> Result<u64, SpoolError> {
+        if !self.has_dead_letters_table()? {
+            return Ok(0);
+        }
+        let (condition, values) = selection.condition();
+        let mut select = self.conn.prepare(&format!(
+            "SELECT {COLUMNS}, last_error, attempts, dead_ms FROM dead_letters
+             WHERE {condition} ORDER BY seq"
+        ))?;
+        let mut rows = select.query(params_from_iter(values.iter()))?;
+        let mut count = 0;
+        while let Some(row) = rows.next()? {
+            if let Some(letter) = read_dead_letter(row)? {
+                each(&letter)?;
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// Whether the database has the dead-letter table (a spool of an older ferry, opened
@@ -335,10 +389,19 @@ mod tests {
         );
         assert_eq!((letters[0].attempts, letters[0].dead_ms), (7, 3));
         assert!(letters.iter().all(|l| l.intact && l.record.meta.is_some()));
-        assert_eq!(store.requeue(&Selection::Ids(vec!["c".into()])).unwrap(), 1);
+        assert_eq!(
+            store.requeue(&Selection::Ids(vec!["c".into()]), 9).unwrap(),
+            1
+        );
         assert_eq!(ids(&mut store, "x"), ["a", "c", "d"], "c at its old place");
-        assert_eq!(store.requeue(&Selection::Target("y".into())).unwrap(), 0);
-        assert_eq!(store.requeue(&Selection::Target("x".into())).unwrap(), 1);
+        let (line, _) = store.read(&to("x"), 0, 10).unwrap();
+        assert_eq!(
+            (line[0].created_ms, line[1].created_ms),
+            (1, 9),
+            "max_age_s counts from the requeue"
+        );
+        assert_eq!(store.requeue(&Selection::Target("y".into()), 9).unwrap(), 0);
+        assert_eq!(store.requeue(&Selection::Target("x".into()), 9).unwrap(), 1);
         assert_eq!(ids(&mut store, "x"), ["a", "b", "c", "d"]);
         assert!(store.dead_summary().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);

@@ -3,9 +3,10 @@
 //!
 //! A damaged b-tree may fail a scan part-way. The salvage then looks up each remaining seq
 //! one by one (a point lookup touches only the pages on its path, so one bad page costs
-//! the records on it, not the rest). Records keep their id, time and metadata; a record
-//! whose id the live spool already holds is skipped, so salvaging twice copies nothing
-//! twice. Dead letters stay dead letters.
+//! the records on it, not the rest). Records keep their id, time, metadata and, when it is
+//! free in the live spool, their seq (their place in line); a record whose id the live
+//! spool already holds is skipped, so salvaging twice copies nothing twice. Dead letters
+//! stay dead letters. Rows are copied as they are read, one in memory at a time.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -25,7 +26,8 @@ pub struct Salvaged {
     pub records: u64,
     /// Dead letters copied (still dead letters).
     pub dead_letters: u64,
-    /// Rows that read but whose checksum failed: not copied.
+    /// Rows that read but whose checksum failed, or with a column of the wrong type or an
+    /// unknown kind: not copied.
     pub bad_checksum: u64,
     /// Rows already in the live spool (by id): not copied again.
     pub already_there: u64,
@@ -41,26 +43,36 @@ struct Row {
     dead: Option<(String, i64, i64)>,
 }
 
-/// Copies what still reads from the spool database in `from` into `into`.
+/// Copies what still reads from the spool database in `from` into `into`, one row in
+/// memory at a time.
 pub fn salvage(from: &Path, into: &mut Store) -> Result<Salvaged, SpoolError> {
     let old = Store::open_read_only(from)?;
     let mut known = into.known_ids()?;
     let mut salvaged = Salvaged::default();
     for table in ["records", "dead_letters"] {
-        let rows = read_all(&old.conn, table, &mut salvaged.probed);
         let tx = into.conn.transaction()?;
-        for row in rows {
-            copy(&tx, row, &mut known, &mut salvaged)?;
+        let mut failed = None;
+        let mut probed = false;
+        read_all(&old.conn, table, &mut probed, &mut |row| {
+            if failed.is_none()
+                && let Err(error) = copy(&tx, row, &mut known, &mut salvaged)
+            {
+                failed = Some(error);
+            }
+        });
+        if let Some(error) = failed {
+            return Err(error);
         }
+        salvaged.probed |= probed;
         tx.commit()?;
     }
     Ok(salvaged)
 }
 
-/// Every row of `table` that reads: a scan, then point lookups past where it failed.
-fn read_all(conn: &Connection, table: &str, probed: &mut bool) -> Vec<Row> {
+/// Calls `each` with every row of `table` that reads: a scan, then point lookups past
+/// where it failed (at most [`MAX_PROBES`] seqs, the highest ones).
+fn read_all(conn: &Connection, table: &str, probed: &mut bool, each: &mut dyn FnMut(Row)) {
     let dead = table == "dead_letters";
-    let mut rows = Vec::new();
     let mut last = 0;
     let scan = (|| -> rusqlite::Result<()> {
         let mut select = conn.prepare(&select_sql(table, "seq > ?1 ORDER BY seq"))?;
@@ -68,29 +80,28 @@ fn read_all(conn: &Connection, table: &str, probed: &mut bool) -> Vec<Row> {
         while let Some(r) = cursor.next()? {
             let row = to_row(r, dead)?;
             last = row.seq;
-            rows.push(row);
+            each(row);
         }
         Ok(())
     })();
-    if let Err(error) = scan {
-        if dead && error.to_string().contains("no such table") {
-            return rows;
-        }
-        log::warn!(
-            "Salvage: scan of {table} failed after seq {last}, looking up the rest one by one error={error}"
-        );
-        *probed = true;
-        let end = max_seq(conn, table).unwrap_or(last + MAX_PROBES);
-        let Ok(mut select) = conn.prepare(&select_sql(table, "seq = ?1")) else {
-            return rows;
-        };
-        for seq in last + 1..=end.min(last + MAX_PROBES) {
-            if let Ok(Some(row)) = select.query_row([seq], |r| to_row(r, dead)).optional() {
-                rows.push(row);
-            }
+    let Err(error) = scan else { return };
+    if dead && error.to_string().contains("no such table") {
+        return;
+    }
+    log::warn!(
+        "Salvage: scan of {table} failed after seq {last}, looking up the rest one by one error={error}"
+    );
+    *probed = true;
+    let end = max_seq(conn, table).unwrap_or_else(|| last.saturating_add(MAX_PROBES));
+    let start = last.saturating_add(1).max(end.saturating_sub(MAX_PROBES));
+    let Ok(mut select) = conn.prepare(&select_sql(table, "seq = ?1")) else {
+        return;
+    };
+    for seq in start..=end {
+        if let Ok(Some(row)) = select.query_row([seq], |r| to_row(r, dead)).optional() {
+            each(row);
         }
     }
-    rows
 }
 
 /// The SELECT of a record's columns (and a dead letter's) from `table` WHERE `condition`.
@@ -141,7 +152,8 @@ fn to_row(r: &rusqlite::Row<'_>, dead: bool) -> rusqlite::Result<Row> {
     })
 }
 
-/// Copies one row into the live spool unless its checksum fails or its id is there.
+/// Copies one row into the live spool, at its old seq when that is free, unless a column
+/// has the wrong type or kind, its checksum fails, or its id is there already.
 fn copy(
     tx: &rusqlite::Transaction<'_>,
     row: Row,
@@ -160,15 +172,31 @@ fn copy(
         crc,
         meta,
     ] = row.columns;
-    let (Value::Text(id), Value::Blob(payload), Value::Integer(crc)) = (id, payload, crc) else {
+    let (
+        Value::Text(kind),
+        Value::Text(address),
+        Value::Text(exchange),
+        Value::Text(route),
+        Value::Text(id),
+        Value::Integer(created),
+        Value::Blob(payload),
+        Value::Integer(crc),
+    ) = (kind, address, exchange, route, id, created, payload, crc)
+    else {
         salvaged.bad_checksum += 1;
         return Ok(());
     };
-    let meta_bytes = match &meta {
-        Value::Blob(meta) => Some(meta.as_slice()),
-        _ => None,
+    let meta = match meta {
+        Value::Blob(meta) => Some(meta),
+        Value::Null => None,
+        _ => {
+            salvaged.bad_checksum += 1;
+            return Ok(());
+        }
     };
-    if i64::from(crate::store::checksum(&payload, meta_bytes)) != crc {
+    let intact = crate::record::Kind::parse(&kind).is_some()
+        && i64::from(crate::store::checksum(&payload, meta.as_deref())) == crc;
+    if !intact {
         salvaged.bad_checksum += 1;
         return Ok(());
     }
@@ -176,14 +204,19 @@ fn copy(
         salvaged.already_there += 1;
         return Ok(());
     }
-    tx.execute(
-        "INSERT INTO records (kind, address, exchange, route, id, created_ms, payload, crc, meta)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            kind, address, exchange, route, id, created, payload, crc, meta
-        ],
+    let taken: i64 = tx.query_row(
+        "SELECT (SELECT COUNT(*) FROM records WHERE seq = ?1)
+              + (SELECT COUNT(*) FROM dead_letters WHERE seq = ?1)",
+        [row.seq],
+        |r| r.get(0),
     )?;
-    let Some((last_error, attempts, _)) = row.dead else {
+    let seq = (taken == 0).then_some(row.seq);
+    tx.execute(
+        "INSERT INTO records (seq, kind, address, exchange, route, id, created_ms, payload, crc, meta)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![seq, kind, address, exchange, route, id, created, payload, crc, meta],
+    )?;
+    let Some((last_error, attempts, dead_ms)) = row.dead else {
         salvaged.records += 1;
         return Ok(());
     };
@@ -193,7 +226,7 @@ fn copy(
             "INSERT INTO dead_letters ({COLUMNS}, last_error, attempts, dead_ms)
              SELECT {COLUMNS}, ?2, ?3, ?4 FROM records WHERE seq = ?1"
         ),
-        params![seq, last_error, attempts, crate::spool::now_ms()],
+        params![seq, last_error, attempts, dead_ms],
     )?;
     tx.execute("DELETE FROM records WHERE seq = ?1", [seq])?;
     salvaged.dead_letters += 1;

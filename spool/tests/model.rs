@@ -192,7 +192,7 @@ fn apply(run: &mut Run, model: &mut Model, step: &Step) {
                     None => (Selection::Ids(vec!["absent".into()]), Vec::new()),
                 },
             };
-            let moved = run.store.requeue(&selection).unwrap();
+            let moved = run.store.requeue(&selection, 1_000).unwrap();
             assert_eq!(moved as usize, seqs.len());
             for seq in seqs {
                 let record = model.dead.remove(&seq).unwrap();

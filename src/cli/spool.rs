@@ -8,6 +8,8 @@
 //! - `ferry spool requeue --dir DIR (--id ID… | --target T | --all)`: dead letters back
 //!   into line, each at its old place. Needs the daemon stopped (it takes the spool's
 //!   lock); the daemon replays them when it starts.
+//! - `ferry spool purge --dir DIR (--id ID… | --target T | --all)`: dead letters deleted
+//!   for good, after an export. Needs the daemon stopped.
 //! - `ferry spool salvage --dir DIR --from DIR/corrupt-…`: every intact record of a
 //!   damaged database that `ferry serve` moved aside, copied back. Needs the daemon
 //!   stopped.
@@ -24,8 +26,6 @@ use ferry_spool::{DeadLetter, Destination, Kind, Selection, SpoolError, Store};
 const EXIT_IN_USE: u8 = 75;
 /// Exit code when the spool cannot be read or written (EX_IOERR).
 pub const EXIT_SPOOL_IO: u8 = 74;
-/// Dead letters exported at most.
-const EXPORT_MAX: usize = 10_000_000;
 
 /// Flags of `ferry spool`.
 #[derive(Debug, Args)]
@@ -50,6 +50,10 @@ pub enum SpoolAction {
     ///
     /// Example: ferry spool requeue --dir /var/spool/ferry --all
     Requeue(SelectArgs),
+    /// Delete dead letters for good (export them first). Stop the daemon first.
+    ///
+    /// Example: ferry spool purge --dir /var/spool/ferry --id 0193a4c2-…
+    Purge(SelectArgs),
     /// Copy every intact record of a damaged database that ferry serve moved aside back
     /// into the spool. Stop the daemon first.
     ///
@@ -106,6 +110,7 @@ pub fn run(args: SpoolArgs) -> ExitCode {
     let result = match (args.action, args.dir) {
         (Some(SpoolAction::Export(select)), _) => export(&select),
         (Some(SpoolAction::Requeue(select)), _) => requeue(&select),
+        (Some(SpoolAction::Purge(select)), _) => purge(&select),
         (Some(SpoolAction::Salvage(salvage)), _) => salvage_into(&salvage),
         (None, Some(dir)) => list(&dir),
         (None, None) => {
@@ -186,19 +191,20 @@ fn list(dir: &Path) -> Result<(), SpoolError> {
     Ok(())
 }
 
-/// Writes the selected dead letters (all by default) as JSON lines to stdout.
+/// Writes the selected dead letters (all by default) as JSON lines to stdout, one row in
+/// memory at a time.
 fn export(select: &SelectArgs) -> Result<(), SpoolError> {
     let store = Store::open_read_only(&select.dir)?;
     let selection = select.selection().unwrap_or(Selection::All);
-    let letters = store.dead_letters(&selection, EXPORT_MAX)?;
-    let mut out = std::io::stdout().lock();
-    for letter in &letters {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let count = store.each_dead_letter(&selection, |letter| {
         let line =
             serde_json::to_string(&exported(letter)).map_err(|e| SpoolError::Io(e.to_string()))?;
         writeln!(out, "{line}")?;
-    }
+        Ok(())
+    })?;
     out.flush()?;
-    eprintln!("ferry: {} dead letters exported", letters.len());
+    eprintln!("ferry: {count} dead letters exported");
     Ok(())
 }
 
@@ -242,9 +248,25 @@ fn requeue(select: &SelectArgs) -> Result<(), SpoolError> {
         ));
     };
     let (mut store, _lock) = exclusive(&select.dir)?;
-    let moved = store.requeue(&selection)?;
+    let moved = store.requeue(&selection, ferry_spool::spool::now_ms())?;
     println!(
         "{moved} dead letters requeued in {}; the daemon replays them when it starts",
+        select.dir.display()
+    );
+    Ok(())
+}
+
+/// Deletes the selected dead letters.
+fn purge(select: &SelectArgs) -> Result<(), SpoolError> {
+    let Some(selection) = select.selection() else {
+        return Err(SpoolError::Unusable(
+            "say which dead letters: --id ID (repeatable), --target TARGET or --all".into(),
+        ));
+    };
+    let (mut store, _lock) = exclusive(&select.dir)?;
+    let deleted = store.purge(&selection)?;
+    println!(
+        "{deleted} dead letters deleted from {}",
         select.dir.display()
     );
     Ok(())

@@ -493,3 +493,39 @@ fn a_spool_on_a_full_disk_stops_the_start_with_74_and_keeps_its_records() {
     assert!(stderr.contains("disk"), "{stderr}");
     assert_eq!(kept, 3, "nothing moved or deleted");
 }
+
+#[tokio::test]
+async fn undeliverable_targets_beyond_max_targets_are_refused_not_spooled() {
+    let dir = scratch_dir("promise-max-targets");
+    let mut config = config();
+    config.spool.dir = dir.to_str().unwrap().to_owned();
+    config.spool.max_targets = 50;
+    let daemon = start(config.validate().unwrap());
+    let mut grpc = client(&daemon).await;
+    // Nothing listens there: every exchange's broker is unavailable.
+    let url = format!("amqp://guest:guest@{}/%2f", free_address());
+    let mut spooled = 0;
+    let mut refused = Vec::new();
+    for i in 0..200 {
+        let request = common::rabbitmq(&url, &format!("ex{i}"), "k", format!("m{i}"));
+        let answer = common::send_rabbitmq(&mut grpc, request).await.0;
+        match answer.error_no {
+            0 if answer.spooled => spooled += 1,
+            5 => refused.push(answer.error_message),
+            _ => panic!("{answer:?}"),
+        }
+    }
+    assert_eq!((spooled, refused.len()), (50, 150));
+    assert!(
+        refused.iter().all(|m| m.contains("max_targets")),
+        "{refused:?}"
+    );
+    let spool = spool_of(daemon.ops_addr()).await;
+    assert_eq!(
+        spool.targets.len(),
+        50,
+        "state only for targets with records"
+    );
+    let stats = report(daemon.ops_addr()).await;
+    assert_eq!(stats.spool.unwrap().spooled_total, 50);
+}

@@ -24,6 +24,7 @@
 //! at the backoff pace, and the error shows in `/stats`; records are never re-sent in a
 //! loop because they could not be deleted.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -63,8 +64,10 @@ pub(crate) struct Replay {
     appended: Arc<Notify>,
     /// Publishes in flight, answered in spool order.
     window: FuturesOrdered<BoxFuture<'static, Outcome>>,
-    /// The highest seq read: every record of the target at or before it is in the window
-    /// or confirmed and waiting for removal.
+    /// Records read and not yet published (read in batches, published one per free place).
+    ahead: VecDeque<Record>,
+    /// The highest seq read: every record of the target at or before it is read ahead,
+    /// in the window, or confirmed and waiting for removal.
     cursor: i64,
     /// Confirmed, not yet removed.
     confirmed: Vec<Record>,
@@ -91,6 +94,7 @@ impl Replay {
             stats,
             appended,
             window: FuturesOrdered::new(),
+            ahead: VecDeque::new(),
             cursor: 0,
             confirmed: Vec::new(),
             streaming: false,
@@ -152,18 +156,12 @@ impl Replay {
         if room == 0 {
             return Ok(());
         }
-        let (records, corrupt) = self
-            .spooler
-            .store()
-            .read(&self.destination, self.cursor, room)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !corrupt.is_empty() {
-            self.spooler
-                .quarantined(&self.target, &self.stats, &corrupt);
+        if self.ahead.len() < room {
+            self.read_ahead(want.max(room)).await?;
         }
-        self.pace.give_back(room - records.len());
-        if records.is_empty() {
+        let count = room.min(self.ahead.len());
+        self.pace.give_back(room - count);
+        if count == 0 {
             return Ok(());
         }
         let producer = match self.spooler.registry().producer(&self.target) {
@@ -171,13 +169,12 @@ impl Replay {
             Err(error) => return Err(error.to_string()),
         };
         if self.window.is_empty() && self.confirmed.is_empty() {
-            self.stats
-                .oldest_ms
-                .store(records[0].created_ms, Ordering::Relaxed);
+            let oldest = self.ahead.front().map_or(0, |r| r.created_ms);
+            self.stats.oldest_ms.store(oldest, Ordering::Relaxed);
         }
+        let records: Vec<Record> = self.ahead.drain(..count).collect();
         let budget = self.spooler.policy().attempt_timeout(1);
         for record in records {
-            self.cursor = record.seq;
             let message = Publish {
                 route: record.route.clone(),
                 payload: record.payload.clone(),
@@ -192,6 +189,25 @@ impl Replay {
                 (record, outcome)
             }));
         }
+        Ok(())
+    }
+
+    /// Reads up to `limit` more records after the cursor into the read-ahead.
+    async fn read_ahead(&mut self, limit: usize) -> Result<(), String> {
+        let (records, corrupt) = self
+            .spooler
+            .store()
+            .read(&self.destination, self.cursor, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !corrupt.is_empty() {
+            self.spooler
+                .quarantined(&self.target, &self.stats, &corrupt);
+        }
+        if let Some(last) = records.last() {
+            self.cursor = last.seq;
+        }
+        self.ahead.extend(records);
         Ok(())
     }
 
@@ -223,6 +239,7 @@ impl Replay {
                 return;
             }
         }
+        self.ahead.clear();
         self.cursor = 0;
         self.stats.set_error(&error.to_string());
         if !was_streaming

@@ -309,6 +309,11 @@ impl Spooler {
         self.spool.bytes()
     }
 
+    /// The spool's integrity check: `ok`, `running` or `failed: …`.
+    pub fn integrity(&self) -> String {
+        self.spool.integrity()
+    }
+
     /// Dead letters the spool holds.
     pub fn dead_letters(&self) -> u64 {
         self.spool.dead_letters()

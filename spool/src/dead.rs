@@ -288,12 +288,7 @@ impl Store {
     /// Whether the database has the dead-letter table (a spool of an older ferry, opened
     /// read-only, does not).
     pub(crate) fn has_dead_letters_table(&self) -> Result<bool, SpoolError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'dead_letters'",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(n > 0)
+        self.has_table("dead_letters")
     }
 }
 

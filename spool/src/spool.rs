@@ -90,6 +90,8 @@ pub struct Spool {
     bytes: Arc<AtomicU64>,
     /// Dead letters held now.
     dead: Arc<AtomicU64>,
+    /// The integrity check's verdict: `ok`, `running`, or why not.
+    integrity: Arc<std::sync::Mutex<String>>,
     /// The directory lock, held while the spool is open.
     _lock: File,
 }
@@ -105,6 +107,10 @@ impl Spool {
         prepare_dir(dir)?;
         let lock = lock(dir)?;
         let (store, recovery) = Store::open(dir)?;
+        let integrity = Arc::new(std::sync::Mutex::new("ok".to_owned()));
+        if recovery.check_deferred {
+            crate::open::check_in_background(dir, Arc::clone(&integrity));
+        }
         let summary = store.summary()?;
         let dead_summary = store.dead_summary()?;
         let dead: u64 = dead_summary.iter().map(|s| s.bytes).sum();
@@ -133,6 +139,7 @@ impl Spool {
                 dir: dir.to_owned(),
                 bytes,
                 dead: dead_count,
+                integrity,
                 _lock: lock,
             },
             recovery,
@@ -148,6 +155,15 @@ impl Spool {
     /// Bytes the records and dead letters hold now.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The integrity check's verdict: `ok`, `running` (a large spool is checked after the
+    /// start), or `failed: …`.
+    pub fn integrity(&self) -> String {
+        self.integrity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Dead letters held now.

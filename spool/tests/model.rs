@@ -204,8 +204,22 @@ fn apply(run: &mut Run, model: &mut Model, step: &Step) {
 }
 
 fn check(run: &mut Run, model: &Model) {
+    let summary = run.store.summary().unwrap();
     for n in 0..DESTINATIONS {
         let (read, _) = run.store.read(&destination(n), 0, 10_000).unwrap();
+        let listed = summary.iter().find(|s| s.destination == destination(n));
+        let expected = (!read.is_empty()).then(|| {
+            (
+                read.len() as u64,
+                read.iter().map(ferry_spool::Record::bytes).sum::<u64>(),
+                read[0].created_ms,
+            )
+        });
+        assert_eq!(
+            listed.map(|s| (s.count, s.bytes, s.oldest_ms)),
+            expected,
+            "the totals of destination {n}"
+        );
         let held: Vec<(i64, String)> = read.into_iter().map(|r| (r.seq, r.id)).collect();
         assert_eq!(held, model.of(n), "the line of destination {n}");
     }

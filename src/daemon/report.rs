@@ -55,6 +55,10 @@ pub struct SpoolReport {
     pub torn_tails_truncated: u64,
     /// At start, spool database files that were damaged and moved aside.
     pub files_moved_aside: u64,
+    /// The database's integrity check: `ok`, `running` (a spool over 64 MiB is checked
+    /// after the start) or `failed: …` (stop the daemon, then `ferry spool salvage`).
+    #[serde(default)]
+    pub integrity_check: String,
     /// Dead letters held now (`ferry spool --dir DIR` lists them).
     #[serde(default)]
     pub dead_letters: u64,
@@ -259,6 +263,7 @@ impl Source {
                 torn_tails_truncated: spooler.recovered().0,
                 files_moved_aside: spooler.recovered().1,
                 dead_letters: spooler.dead_letters(),
+                integrity_check: spooler.integrity(),
                 replayed_total: spooler.totals().replayed.load(Ordering::Relaxed),
                 dead_lettered_total: spooler.totals().dead_lettered.load(Ordering::Relaxed),
                 lost_total: spooler.totals().lost.load(Ordering::Relaxed),

@@ -174,30 +174,6 @@ impl Store {
         self.bury(&burials, now_ms)
     }
 
-    /// The dead letters `selection` takes, in spool order, at most `limit`.
-    pub fn dead_letters(
-        &self,
-        selection: &Selection,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, SpoolError> {
-        if !self.has_dead_letters_table()? {
-            return Ok(Vec::new());
-        }
-        let (condition, values) = selection.condition();
-        let mut select = self.conn.prepare(&format!(
-            "SELECT {COLUMNS}, last_error, attempts, dead_ms FROM dead_letters
-             WHERE {condition} ORDER BY seq LIMIT {limit}"
-        ))?;
-        let rows = select.query_map(params_from_iter(values.iter()), read_dead_letter)?;
-        let mut letters = Vec::new();
-        for row in rows {
-            if let Some(letter) = row? {
-                letters.push(letter);
-            }
-        }
-        Ok(letters)
-    }
-
     /// The last error of the dead letter of `destination` moved last.
     pub fn last_dead_error(&self, destination: &Destination) -> Result<Option<String>, SpoolError> {
         if !self.has_dead_letters_table()? {
@@ -373,7 +349,13 @@ mod tests {
         let moved = store.bury(&burials, 3).unwrap();
         assert_eq!(moved.len(), 2);
         assert_eq!(ids(&mut store, "x"), ["a", "d"]);
-        let letters = store.dead_letters(&Selection::All, 10).unwrap();
+        let mut letters = Vec::new();
+        store
+            .each_dead_letter(&Selection::All, |l| {
+                letters.push(l.clone());
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(letters.len(), 2);
         assert_eq!(
             (

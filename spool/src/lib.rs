@@ -34,4 +34,4 @@ pub use error::SpoolError;
 pub use open::Recovery;
 pub use record::{Destination, Kind, NewRecord, Record};
 pub use spool::{Expiry, Spool, SpoolLimits};
-pub use store::{Inventory, Store, Summary, inspect};
+pub use store::{Inventory, Store, Summary};

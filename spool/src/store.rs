@@ -367,20 +367,18 @@ pub struct Inventory {
     pub quarantined: u64,
 }
 
-/// What the spool in `dir` holds, read without taking its lock or changing it (a daemon
-/// may be running on it).
-pub fn inspect(dir: &Path) -> Result<Inventory, SpoolError> {
-    let store = Store::open_read_only(dir)?;
-    Ok(Inventory {
-        records: store.summary()?,
-        dead_letters: store.dead_summary()?,
-        quarantined: store.quarantined()?,
-    })
-}
-
 impl Store {
-    /// Opens the database of `dir` read-only (it may be in use by a daemon, or damaged and
-    /// moved aside); an error names the file.
+    /// What the spool holds, per destination.
+    pub fn inventory(&self) -> Result<Inventory, SpoolError> {
+        Ok(Inventory {
+            records: self.summary()?,
+            dead_letters: self.dead_summary()?,
+            quarantined: self.quarantined()?,
+        })
+    }
+
+    /// Opens the database of `dir` read-only, without taking its lock or changing it (it
+    /// may be in use by a daemon, or damaged and moved aside); an error names the file.
     pub fn open_read_only(dir: &Path) -> Result<Self, SpoolError> {
         let path = dir.join(DB_FILE);
         if !path.exists() {

@@ -223,13 +223,13 @@ fn check(run: &mut Run, model: &Model) {
         let held: Vec<(i64, String)> = read.into_iter().map(|r| (r.seq, r.id)).collect();
         assert_eq!(held, model.of(n), "the line of destination {n}");
     }
-    let dead: Vec<(i64, String)> = run
-        .store
-        .dead_letters(&Selection::All, 10_000)
-        .unwrap()
-        .into_iter()
-        .map(|l| (l.record.seq, l.record.id))
-        .collect();
+    let mut dead: Vec<(i64, String)> = Vec::new();
+    run.store
+        .each_dead_letter(&Selection::All, |l| {
+            dead.push((l.record.seq, l.record.id.clone()));
+            Ok(())
+        })
+        .unwrap();
     let expected: Vec<(i64, String)> = model
         .dead
         .iter()

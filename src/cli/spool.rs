@@ -149,7 +149,8 @@ fn display(d: &Destination) -> String {
 
 /// Prints one line per target with its spooled messages, then its dead letters.
 fn list(dir: &Path) -> Result<(), SpoolError> {
-    let inventory = ferry_spool::inspect(dir)?;
+    let store = Store::open_read_only(dir)?;
+    let inventory = store.inventory()?;
     let now = ferry_spool::spool::now_ms();
     let age = |ms: i64| (now - ms).max(0) as f64 / 1e3;
     let messages: u64 = inventory.records.iter().map(|s| s.count).sum();
@@ -175,7 +176,6 @@ fn list(dir: &Path) -> Result<(), SpoolError> {
         return Ok(());
     }
     println!("dead letters (ferry spool export to read them, ferry spool requeue to retry):");
-    let store = Store::open_read_only(dir)?;
     for s in &inventory.dead_letters {
         let last = store.last_dead_error(&s.destination)?;
         println!(

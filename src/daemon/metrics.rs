@@ -222,6 +222,15 @@ fn encode_spool(
     encoder: &mut DescriptorEncoder<'_>,
     spool: &crate::daemon::report::SpoolReport,
 ) -> std::fmt::Result {
+    encode_spool_overall(encoder, spool)?;
+    encode_spool_targets(encoder, spool)
+}
+
+/// The spool's daemon-wide gauges and counters.
+fn encode_spool_overall(
+    encoder: &mut DescriptorEncoder<'_>,
+    spool: &crate::daemon::report::SpoolReport,
+) -> std::fmt::Result {
     let overall: [(&str, &str, u64, MetricType); 5] = [
         (
             "spool_bytes",
@@ -261,6 +270,14 @@ fn encode_spool(
             _ => ConstGauge::new(value as i64).encode(family)?,
         }
     }
+    Ok(())
+}
+
+/// The spool's gauges and counters of each target with spooled messages.
+fn encode_spool_targets(
+    encoder: &mut DescriptorEncoder<'_>,
+    spool: &crate::daemon::report::SpoolReport,
+) -> std::fmt::Result {
     type Value = fn(&crate::daemon::report::SpoolTarget) -> f64;
     let gauges: [(&str, &str, Value); 3] = [
         (

@@ -86,8 +86,9 @@ pub struct SendRequest {
     pub payload: Bytes,
     /// Key, headers and properties, checked and of the target's kind.
     pub metadata: Option<Arc<Metadata>>,
-    /// Named by a route of the daemon's config: allowed by definition.
-    pub routed: bool,
+    /// The route of the daemon's config that named the target (allowed by definition),
+    /// if one did: a spooled message is filed under its name.
+    pub via: Option<Arc<str>>,
 }
 
 /// Why a request was not delivered.
@@ -131,7 +132,7 @@ pub fn kafka_request(
         route: target.topic,
         payload,
         metadata: None,
-        routed: false,
+        via: None,
     })
 }
 
@@ -151,7 +152,7 @@ pub fn rabbitmq_request(
         route: target.route_key,
         payload,
         metadata: None,
-        routed: false,
+        via: None,
     })
 }
 
@@ -173,7 +174,7 @@ pub fn send_request(
             ),
         ));
     }
-    let (target, route, routed, default_key) = match request.target {
+    let (target, route, via, default_key) = match request.target {
         Some(Wire::Route(name)) => {
             let route = routes.get(&name).ok_or_else(|| {
                 InvalidRequest::new(
@@ -208,19 +209,19 @@ pub fn send_request(
             (
                 route.target.clone(),
                 subject,
-                true,
+                Some(Arc::clone(&route.name)),
                 route.default_key.clone(),
             )
         }
         Some(Wire::Kafka(target)) => {
             let kafka = KafkaTarget::try_new(&target.brokers, limits.max_brokers_per_target)?;
             validate_topic(&target.topic)?;
-            (Target::Kafka(kafka), target.topic, false, None)
+            (Target::Kafka(kafka), target.topic, None, None)
         }
         Some(Wire::Rabbitmq(target)) => {
             let amqp = AmqpTarget::try_new(&target.server, &target.exchange)?;
             validate_routing_key(&target.route_key)?;
-            (Target::Amqp(amqp), target.route_key, false, None)
+            (Target::Amqp(amqp), target.route_key, None, None)
         }
         None => {
             return Err(InvalidRequest::new(
@@ -229,7 +230,7 @@ pub fn send_request(
             ));
         }
     };
-    if !routed && (request.topic.is_some() || request.routing_key.is_some()) {
+    if via.is_none() && (request.topic.is_some() || request.routing_key.is_some()) {
         return Err(InvalidRequest::new(
             if request.topic.is_some() {
                 "topic"
@@ -251,7 +252,7 @@ pub fn send_request(
         route,
         payload: request.data,
         metadata: metadata.map(Arc::new),
-        routed,
+        via,
     })
 }
 
@@ -579,7 +580,7 @@ mod tests {
     #[test]
     fn a_route_supplies_the_target_subject_and_default_key() {
         let request = send_request(to_route("events"), LIMITS, &routes()).unwrap();
-        assert!(request.routed);
+        assert_eq!(request.via.as_deref(), Some("events"));
         assert_eq!(request.route, "nwp.events");
         let Some(Metadata::Kafka(kafka)) = request.metadata.as_deref() else {
             panic!("the route's default key");

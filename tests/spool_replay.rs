@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::process::{ferry, free_address, scratch_dir, serve_logged, serve_with};
-use common::{client, client_at, config, report, start, unique};
+use common::{client, client_at, config, first_copies, report, start, unique};
 use ferry::daemon::report::SpoolReport;
 use ferry_testkit::{BrokerKind, PrivateBroker, amqp};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -89,20 +89,12 @@ async fn spool_of(ops: impl std::fmt::Display) -> SpoolReport {
 
 /// Waits until `done` holds for the daemon's spool report, or fails with it.
 async fn wait_for(
-    ops: impl std::fmt::Display + Clone,
+    ops: impl std::fmt::Display,
     within: Duration,
     what: &str,
     done: impl Fn(&SpoolReport) -> bool,
 ) -> SpoolReport {
-    let deadline = Instant::now() + within;
-    loop {
-        let spool = spool_of(ops.clone()).await;
-        if done(&spool) {
-            return spool;
-        }
-        assert!(Instant::now() < deadline, "{what}: {spool:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_for_spool(ops, within, what, done).await
 }
 
 /// How many records overtook the one most overtaken: for each body, the bodies sent after
@@ -119,16 +111,6 @@ fn most_overtaken(sent: &[String], arrived: &[String]) -> usize {
         })
         .max()
         .unwrap_or(0)
-}
-
-/// The distinct bodies of `received`, in arrival order.
-fn first_copies(received: Vec<amqp::Received>) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    received
-        .into_iter()
-        .map(|m| String::from_utf8(m.data).unwrap())
-        .filter(|b| seen.insert(b.clone()))
-        .collect()
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::error::{ForwardError, ProduceError};
+use crate::line::Line;
 use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
 use crate::producer::{Delivery, Outgoing};
@@ -95,14 +96,21 @@ impl Forwarder {
     /// (checked by the caller, of `target`'s kind), and returns once the broker confirmed
     /// it or (with a spool) it is durable in the spool, or with the reason it was not
     /// delivered. Returns within the policy's total budget.
+    ///
+    /// `via` names the configured route `target` was resolved from, if any: the spool then
+    /// files the message under the route's name (no address or password stored), and
+    /// replay resolves the route again under the config in force.
     pub async fn forward(
         &self,
         target: &Target,
+        via: Option<&Arc<str>>,
         route: String,
         payload: Bytes,
         metadata: Option<Arc<Metadata>>,
     ) -> Result<Accepted, ForwardError> {
-        let result = self.forward_counted(target, route, payload, metadata).await;
+        let result = self
+            .forward_counted(target, via, route, payload, metadata)
+            .await;
         let total = match &result {
             Ok(Accepted { spooled: None, .. }) => &self.totals.sent,
             Ok(Accepted {
@@ -118,6 +126,7 @@ impl Forwarder {
     async fn forward_counted(
         &self,
         target: &Target,
+        via: Option<&Arc<str>>,
         route: String,
         payload: Bytes,
         metadata: Option<Arc<Metadata>>,
@@ -149,7 +158,9 @@ impl Forwarder {
             })?;
         let id = new_id();
         if let Some(spooler) = &self.spooler
-            && spooler.is_spooling(target)
+            && spooler.has_lines()
+            && let line = line_of(target, via)
+            && spooler.is_spooling(&line)
         {
             // Behind the target's spooled messages, in arrival order.
             let why = "earlier messages to this target are spooled".to_owned();
@@ -159,7 +170,7 @@ impl Forwarder {
                 payload: &payload,
                 metadata: metadata.as_deref(),
             };
-            return spool(spooler, target, message, why).await;
+            return spool(spooler, &line, message, why).await;
         }
         let producer = self
             .registry
@@ -218,7 +229,8 @@ impl Forwarder {
                             payload: &payload,
                             metadata: metadata.as_deref(),
                         };
-                        spool(spooler, target, message, error.to_string()).await
+                        let line = line_of(target, via);
+                        spool(spooler, &line, message, error.to_string()).await
                     }
                     _ => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -281,6 +293,14 @@ fn new_id() -> Arc<str> {
     Arc::from(&*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buffer))
 }
 
+/// The spool line of a message to `target`, sent through the route `via` if any.
+fn line_of(target: &Target, via: Option<&Arc<str>>) -> Line {
+    match via {
+        Some(name) => Line::Route(Arc::clone(name)),
+        None => Line::Target(target.clone()),
+    }
+}
+
 /// A message on its way into the spool.
 pub(crate) struct ToSpool<'a> {
     /// Its id.
@@ -297,7 +317,7 @@ pub(crate) struct ToSpool<'a> {
 /// spool is full (nothing spooled before is dropped).
 async fn spool(
     spooler: &Arc<Spooler>,
-    target: &Target,
+    target: &Line,
     message: ToSpool<'_>,
     why: String,
 ) -> Result<Accepted, ForwardError> {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod forwarder;
 pub mod kafka;
 mod kafka_events;
+pub mod line;
 pub mod metadata;
 pub mod policy;
 pub mod producer;
@@ -34,6 +35,7 @@ pub mod target;
 
 pub use error::{ForwardError, InvalidRequest, ProduceError};
 pub use forwarder::{Accepted, Forwarder};
+pub use line::{Line, Resolve};
 pub use metadata::Metadata;
 pub use policy::RetryPolicy;
 pub use producer::Delivery;

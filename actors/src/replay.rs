@@ -19,6 +19,12 @@
 //! overtaken only by records already in flight when it failed: at most
 //! `replay_in_flight − 1`.
 //!
+//! **Where.** A line's records go where its [`Line`] resolves under the config in force,
+//! asked again before each publish round: a route's records follow a reload (a rotated
+//! password, a moved broker), and a line the config no longer allows is *held* — nothing
+//! is published or deleted, expiry still applies, and replay asks again every
+//! [`HELD_RECHECK`] until the config allows it.
+//!
 //! **Removals.** Confirmed records are removed in batches. A removal that fails (a disk
 //! gone read-only) stops the replay: nothing more is published, the removal is retried
 //! at the backoff pace, and the error shows in `/stats`; records are never re-sent in a
@@ -36,9 +42,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::ProduceError;
+use crate::line::{HELD_RECHECK, Line};
 use crate::producer::{Delivery, Publish};
-use crate::spooler::{SpoolStats, Spooler, decode_metadata, destination_of};
-use crate::target::Target;
+use crate::spooler::{SpoolStats, Spooler, decode_metadata};
 
 /// How long a replay task with nothing to read waits for an append it was told of.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -54,9 +60,9 @@ type Outcome = (Record, Result<Delivery, ProduceError>);
 pub(crate) struct Replay {
     /// The spool and the settings.
     spooler: Arc<Spooler>,
-    /// Where the records go.
-    target: Target,
-    /// How the spool stores `target`.
+    /// The line replayed (a target, or a route resolved again each round).
+    target: Line,
+    /// How the spool stores the line.
     destination: Destination,
     /// The target's counters.
     stats: Arc<SpoolStats>,
@@ -85,10 +91,10 @@ pub(crate) struct Replay {
 
 impl Replay {
     /// A replay of `target`'s records.
-    pub(crate) fn new(spooler: Arc<Spooler>, target: Target, appended: Arc<Notify>) -> Self {
+    pub(crate) fn new(spooler: Arc<Spooler>, target: Line, appended: Arc<Notify>) -> Self {
         let stats = spooler.stats_of(&target);
         Self {
-            destination: destination_of(&target),
+            destination: target.destination(),
             spooler,
             target,
             stats,
@@ -156,6 +162,10 @@ impl Replay {
         if room == 0 {
             return Ok(());
         }
+        let Some(target) = self.resolve().await else {
+            self.pace.give_back(room);
+            return Ok(());
+        };
         if self.ahead.len() < room {
             self.read_ahead(want.max(room)).await?;
         }
@@ -164,7 +174,7 @@ impl Replay {
         if count == 0 {
             return Ok(());
         }
-        let producer = match self.spooler.registry().producer(&self.target) {
+        let producer = match self.spooler.registry().producer(&target) {
             Ok(producer) => producer,
             Err(error) => return Err(error.to_string()),
         };
@@ -190,6 +200,34 @@ impl Replay {
             }));
         }
         Ok(())
+    }
+
+    /// The target the line's records go to under the config in force. When the config
+    /// holds them, records why and waits [`HELD_RECHECK`] (or an append, or shutdown)
+    /// before the caller asks again; returns `None` then.
+    async fn resolve(&mut self) -> Option<crate::target::Target> {
+        match self.spooler.resolve(&self.target) {
+            Ok(target) => {
+                if !self.stats.held().is_empty() {
+                    log::info!("Spooled records no longer held target={}", self.target);
+                    self.stats.set_held("");
+                }
+                Some(target)
+            }
+            Err(reason) => {
+                if self.stats.held() != reason {
+                    log::warn!(
+                        "Spooled records held: the config in force does not allow them; they are kept and sent once it does target={} reason={reason}",
+                        self.target
+                    );
+                    self.stats.set_held(&reason);
+                }
+                if self.window.is_empty() {
+                    let _ = tokio::time::timeout(HELD_RECHECK, self.appended.notified()).await;
+                }
+                None
+            }
+        }
     }
 
     /// Reads up to `limit` more records after the cursor into the read-ahead.

@@ -2,12 +2,14 @@
 //! that keeps a target's messages in arrival order, and the replay of each target's
 //! records once its broker takes messages again.
 //!
-//! A target is *spooling* from its first spooled record until its spool is empty again.
-//! While it spools, every new message for it goes to the spool too, behind the others. One
-//! replay task per spooling target ([`crate::replay`]) reads its records in order and
-//! removes each only after the broker confirmed it. Once a target's spool is empty its
-//! state is dropped (the daemon-wide totals keep its counts), so the state grows with the
-//! targets that have records, not with every target ever spooled.
+//! Spooled messages are filed by [`Line`]: the target a sender named, or the name of the
+//! route it sent through. A line is *spooling* from its first spooled record until its
+//! spool is empty again. While it spools, every new message for it goes to the spool too,
+//! behind the others. One replay task per spooling line ([`crate::replay`]) reads its
+//! records in order, publishes them to the target the line resolves to under the config
+//! in force, and removes each only after the broker confirmed it. Once a line's spool is
+//! empty its state is dropped (the daemon-wide totals keep its counts), so the state grows
+//! with the lines that have records, not with every target ever spooled.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -15,19 +17,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_spool::{Destination, Kind, Moved, NewRecord, Record, Spool, SpoolError, Summary};
+use ferry_spool::{Moved, NewRecord, Record, Spool, SpoolError, Summary};
 use tokio::sync::Notify;
 
 use crate::forwarder::ToSpool;
+use crate::line::{Line, Resolve};
 use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
 use crate::registry::Registry;
 use crate::replay::Replay;
-use crate::target::{AmqpTarget, KafkaTarget, Target};
-
-/// Bootstrap addresses accepted for a broker set read back from the spool (it was
-/// validated against the configured bound when it was spooled).
-const MAX_SPOOLED_BROKERS: usize = 64;
+use crate::target::Target;
 /// How the spool is used.
 #[derive(Debug, Clone, Copy)]
 pub struct SpoolSettings {
@@ -62,6 +61,8 @@ pub struct SpoolStats {
     pub lost_total: AtomicU64,
     /// The last replay failure (empty once a record is confirmed after it).
     last_error: Mutex<String>,
+    /// Why the config in force holds the line's records ("" when it does not).
+    held: Mutex<String>,
 }
 
 impl SpoolStats {
@@ -81,14 +82,28 @@ impl SpoolStats {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    /// Records why the line is held ("" once the config allows it again).
+    pub(crate) fn set_held(&self, reason: &str) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        reason.clone_into(&mut held);
+    }
+
+    /// Why the line is held, or "" when it is not.
+    pub fn held(&self) -> String {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
-/// A snapshot of one target's spool counters.
+/// A snapshot of one line's spool counters.
 #[derive(Debug, Clone)]
 pub struct SpoolSnapshot {
-    /// The target (password redacted).
+    /// The target (password redacted) or the route's name.
     pub target: String,
-    /// `kafka` or `rabbitmq`.
+    /// `kafka`, `rabbitmq` or `route`.
     pub kind: &'static str,
     /// Records in the spool now.
     pub spooled_now: u64,
@@ -108,6 +123,8 @@ pub struct SpoolSnapshot {
     pub lost_total: u64,
     /// The last replay failure still standing ("" when none).
     pub last_error: String,
+    /// Why the config in force holds its records ("" when it does not).
+    pub held: String,
 }
 
 /// Spool counts over the daemon's life, across targets (a target's own counters go with
@@ -146,8 +163,10 @@ pub struct Spooler {
     policy: RetryPolicy,
     /// Replay bounds and expiry.
     settings: SpoolSettings,
-    /// Targets that have spooled records (or had, for their counters).
-    targets: Mutex<HashMap<Target, TargetSpool>>,
+    /// Where each line's records go under the config in force.
+    resolver: Arc<dyn Resolve>,
+    /// Lines that have spooled records.
+    targets: Mutex<HashMap<Line, TargetSpool>>,
     /// Set when the daemon stops: replay tasks end (their records stay spooled).
     closing: AtomicBool,
     /// What opening the spool repaired: a torn log tail (0 or 1), database files moved
@@ -158,18 +177,21 @@ pub struct Spooler {
 }
 
 impl Spooler {
-    /// A spooler over an opened `spool`.
+    /// A spooler over an opened `spool`, replaying each line to the target `resolver`
+    /// gives it.
     pub fn new(
         spool: Spool,
         registry: Arc<Registry>,
         policy: RetryPolicy,
         settings: SpoolSettings,
+        resolver: Arc<dyn Resolve>,
     ) -> Arc<Self> {
         Arc::new(Self {
             spool,
             registry,
             policy,
             settings,
+            resolver,
             targets: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             recovered: (AtomicU64::new(0), AtomicU64::new(0)),
@@ -200,9 +222,7 @@ impl Spooler {
     /// inside a Tokio runtime. A destination that no longer validates is logged and left.
     pub fn resume(self: &Arc<Self>, summary: &[Summary]) {
         for entry in summary {
-            let target = target_of(&entry.destination)
-                .filter(|target| destination_of(target) == entry.destination);
-            let Some(target) = target else {
+            let Some(line) = Line::of(&entry.destination) else {
                 log::error!(
                     "Spooled records for a target that does not validate as stored are left in the spool records={} kind={}",
                     entry.count,
@@ -211,12 +231,12 @@ impl Spooler {
                 continue;
             };
             log::info!(
-                "Spool holds records from before start target={target} records={} bytes={}",
+                "Spool holds records from before start target={line} records={} bytes={}",
                 entry.count,
                 entry.bytes
             );
             let mut targets = self.lock();
-            let state = targets.entry(target.clone()).or_default();
+            let state = targets.entry(line.clone()).or_default();
             state.pending += entry.count;
             let start = !state.replaying;
             state.replaying = true;
@@ -232,21 +252,26 @@ impl Spooler {
             let appended = Arc::clone(&state.appended);
             drop(targets);
             if start {
-                self.spawn_replay(target, appended);
+                self.spawn_replay(line, appended);
             }
         }
     }
 
-    /// Whether `target` has records in the spool (its new messages must go there too).
-    pub fn is_spooling(&self, target: &Target) -> bool {
-        self.lock().get(target).is_some_and(|s| s.pending > 0)
+    /// Whether any line has records in the spool (cheap: the common answer is no).
+    pub fn has_lines(&self) -> bool {
+        !self.lock().is_empty()
     }
 
-    /// Writes a message to the spool; returns once it is durable. Starts the target's
-    /// replay task if none runs.
+    /// Whether `line` has records in the spool (its new messages must go there too).
+    pub fn is_spooling(&self, line: &Line) -> bool {
+        self.lock().get(line).is_some_and(|s| s.pending > 0)
+    }
+
+    /// Writes a message to the spool under `line`; returns once it is durable. Starts the
+    /// line's replay task if none runs.
     pub(crate) async fn spool(
         self: &Arc<Self>,
-        target: &Target,
+        target: &Line,
         message: &ToSpool<'_>,
     ) -> Result<(), SpoolError> {
         let meta = match message.metadata.map(serde_json::to_vec).transpose() {
@@ -266,7 +291,7 @@ impl Spooler {
         }
         let record = NewRecord {
             id: message.id.to_string(),
-            destination: destination_of(target),
+            destination: target.destination(),
             route: message.route.to_owned(),
             payload: message.payload.clone(),
             meta,
@@ -325,13 +350,13 @@ impl Spooler {
         let mut snapshot: Vec<_> = self
             .lock()
             .iter()
-            .map(|(target, state)| {
+            .map(|(line, state)| {
                 let s = &state.stats;
                 let oldest = s.oldest_ms.load(Ordering::Relaxed);
                 let spooled_now = s.spooled_now.load(Ordering::Relaxed);
                 SpoolSnapshot {
-                    target: target.endpoint(),
-                    kind: target.kind(),
+                    target: line.endpoint(),
+                    kind: line.kind(),
                     spooled_now,
                     bytes_now: s.bytes_now.load(Ordering::Relaxed),
                     oldest_age_s: if spooled_now == 0 || oldest == 0 {
@@ -345,6 +370,7 @@ impl Spooler {
                     dead_lettered_total: s.dead_lettered_total.load(Ordering::Relaxed),
                     lost_total: s.lost_total.load(Ordering::Relaxed),
                     last_error: s.last_error(),
+                    held: s.held(),
                 }
             })
             .collect();
@@ -352,9 +378,9 @@ impl Spooler {
         snapshot
     }
 
-    /// Starts the replay task of `target`.
-    fn spawn_replay(self: &Arc<Self>, target: Target, appended: Arc<Notify>) {
-        let replay = Replay::new(Arc::clone(self), target, appended);
+    /// Starts the replay task of `line`.
+    fn spawn_replay(self: &Arc<Self>, line: Line, appended: Arc<Notify>) {
+        let replay = Replay::new(Arc::clone(self), line, appended);
         tokio::spawn(replay.run());
     }
 
@@ -366,6 +392,11 @@ impl Spooler {
     /// The durable store.
     pub(crate) fn store(&self) -> &Spool {
         &self.spool
+    }
+
+    /// Where `line`'s records go under the config in force, or why they are held.
+    pub(crate) fn resolve(&self, line: &Line) -> Result<Target, String> {
+        self.resolver.resolve(line)
     }
 
     /// The producer registry replay publishes through.
@@ -389,7 +420,7 @@ impl Spooler {
     }
 
     /// Records of `target` confirmed and removed.
-    pub(crate) fn replayed(&self, target: &Target, stats: &SpoolStats, done: &[Record]) {
+    pub(crate) fn replayed(&self, target: &Line, stats: &SpoolStats, done: &[Record]) {
         let bytes = done.iter().map(Record::bytes).sum();
         let count = done.len() as u64;
         stats.replayed_total.fetch_add(count, Ordering::Relaxed);
@@ -400,13 +431,7 @@ impl Spooler {
 
     /// Records of `target` moved to the dead letters because of `reason`: counted,
     /// logged with their ids.
-    pub(crate) fn buried(
-        &self,
-        target: &Target,
-        stats: &SpoolStats,
-        moved: &[Moved],
-        reason: &str,
-    ) {
+    pub(crate) fn buried(&self, target: &Line, stats: &SpoolStats, moved: &[Moved], reason: &str) {
         if moved.is_empty() {
             return;
         }
@@ -427,7 +452,7 @@ impl Spooler {
     }
 
     /// Records of `target` whose checksum failed, moved to quarantine by a read.
-    pub(crate) fn quarantined(&self, target: &Target, stats: &SpoolStats, ids: &[String]) {
+    pub(crate) fn quarantined(&self, target: &Line, stats: &SpoolStats, ids: &[String]) {
         log::error!(
             "Spooled records failed their checksum and were moved to quarantine target={target} ids={}",
             ids.join(",")
@@ -440,7 +465,7 @@ impl Spooler {
 
     /// Ends `target`'s replay if it has no records (its state is dropped); returns whether
     /// it ended.
-    pub(crate) fn finish_if_empty(&self, target: &Target) -> bool {
+    pub(crate) fn finish_if_empty(&self, target: &Line) -> bool {
         let mut targets = self.lock();
         match targets.get(target) {
             Some(state) if state.pending > 0 => false,
@@ -452,14 +477,14 @@ impl Spooler {
     }
 
     /// `target`'s replay task stopped with the daemon; its records stay spooled.
-    pub(crate) fn stopped(&self, target: &Target) {
+    pub(crate) fn stopped(&self, target: &Line) {
         if let Some(state) = self.lock().get_mut(target) {
             state.replaying = false;
         }
     }
 
     /// Records that `count` records of `target` (of `bytes` bytes) left its queue.
-    fn settle(&self, target: &Target, stats: &SpoolStats, count: u64, bytes: u64) {
+    fn settle(&self, target: &Line, stats: &SpoolStats, count: u64, bytes: u64) {
         if let Some(state) = self.lock().get_mut(target) {
             state.pending = state.pending.saturating_sub(count);
         }
@@ -476,40 +501,12 @@ impl Spooler {
     }
 
     /// The counters of `target`.
-    pub(crate) fn stats_of(&self, target: &Target) -> Arc<SpoolStats> {
+    pub(crate) fn stats_of(&self, target: &Line) -> Arc<SpoolStats> {
         Arc::clone(&self.lock().entry(target.clone()).or_default().stats)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Target, TargetSpool>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Line, TargetSpool>> {
         self.targets.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// How a target is stored in the spool.
-pub fn destination_of(target: &Target) -> Destination {
-    match target {
-        Target::Kafka(t) => Destination {
-            kind: Kind::Kafka,
-            address: t.bootstrap_servers().to_owned(),
-            exchange: String::new(),
-        },
-        Target::Amqp(t) => Destination {
-            kind: Kind::Amqp,
-            address: t.url().to_owned(),
-            exchange: t.exchange().to_owned(),
-        },
-    }
-}
-
-/// The target of a stored destination, validated again.
-pub fn target_of(destination: &Destination) -> Option<Target> {
-    match destination.kind {
-        Kind::Kafka => KafkaTarget::try_new(destination.address.split(','), MAX_SPOOLED_BROKERS)
-            .ok()
-            .map(Target::Kafka),
-        Kind::Amqp => AmqpTarget::try_new(&destination.address, &destination.exchange)
-            .ok()
-            .map(Target::Amqp),
     }
 }
 

@@ -21,8 +21,8 @@ pub enum Selection {
     All,
     /// Those with these message ids.
     Ids(Vec<String>),
-    /// Those of one target: a Kafka bootstrap list (as `ferry spool` prints it) or an
-    /// AMQP exchange.
+    /// Those of one target: a Kafka bootstrap list (as `ferry spool` prints it), an AMQP
+    /// exchange, or a route's name.
     Target(String),
 }
 
@@ -36,7 +36,8 @@ impl Selection {
                 (format!("id IN ({marks})"), ids.clone())
             }
             Self::Target(target) => (
-                "((kind = 'kafka' AND address = ?) OR (kind = 'rabbitmq' AND exchange = ?))"
+                "((kind IN ('kafka', 'route') AND address = ?) \
+                 OR (kind = 'rabbitmq' AND exchange = ?))"
                     .to_owned(),
                 vec![target.clone(), target.clone()],
             ),

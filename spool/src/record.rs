@@ -9,6 +9,10 @@ pub enum Kind {
     Kafka,
     /// RabbitMQ: the address is the AMQP URL, with the exchange beside it.
     Amqp,
+    /// A named route of the daemon's config: the address is the route's name and the
+    /// exchange is empty. Replay looks the route up in the config in force, so no broker
+    /// address or password is stored.
+    Route,
 }
 
 impl Kind {
@@ -17,6 +21,7 @@ impl Kind {
         match self {
             Self::Kafka => "kafka",
             Self::Amqp => "rabbitmq",
+            Self::Route => "route",
         }
     }
 
@@ -25,18 +30,20 @@ impl Kind {
         match name {
             "kafka" => Some(Self::Kafka),
             "rabbitmq" => Some(Self::Amqp),
+            "route" => Some(Self::Route),
             _ => None,
         }
     }
 }
 
 /// Where a record goes, as stored: enough to rebuild the daemon's target after a restart.
-/// The AMQP URL may hold a password, so the spool's files are readable by their owner only.
+/// An AMQP URL a sender named itself may hold a password, so the spool's files are
+/// readable by their owner only; a record sent through a route stores the route's name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Destination {
     /// Kafka or RabbitMQ.
     pub kind: Kind,
-    /// The bootstrap list (Kafka) or the server URL (RabbitMQ).
+    /// The bootstrap list (Kafka), the server URL (RabbitMQ) or the route's name.
     pub address: String,
     /// The exchange (RabbitMQ); empty for Kafka.
     pub exchange: String,

@@ -462,7 +462,7 @@ pub fn render(report: &Report) -> String {
         ));
         for t in &spool.targets {
             out.push_str(&format!(
-                "  {:<8}  {}  spooled {} ({} bytes, oldest {:.1}s)  spooled_total {} replayed {} expired {} dead_lettered {}{}\n",
+                "  {:<8}  {}  spooled {} ({} bytes, oldest {:.1}s)  spooled_total {} replayed {} expired {} dead_lettered {}{}{}\n",
                 t.kind,
                 t.target,
                 t.spooled,
@@ -476,6 +476,11 @@ pub fn render(report: &Report) -> String {
                     String::new()
                 } else {
                     format!("  last error: {}", t.last_error)
+                },
+                if t.held.is_empty() {
+                    String::new()
+                } else {
+                    format!("  HELD: {}", t.held)
                 }
             ));
         }

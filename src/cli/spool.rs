@@ -3,6 +3,9 @@
 //!
 //! - `ferry spool --dir DIR`: records waiting per target, dead letters per target with
 //!   the last error of the newest, and the quarantine. Read-only: also while a daemon runs.
+//!   With `--config FILE` (the daemon's config; `--dir` then defaults to its `spool.dir`),
+//!   each line is also checked against that config: a route it no longer has, or a target
+//!   its allowlist no longer names, is shown as held, with what to change.
 //! - `ferry spool export --dir DIR`: the dead letters as JSON lines (payload base64), for
 //!   a person to read. Read-only.
 //! - `ferry spool requeue --dir DIR (--id ID… | --target T | --all)`: dead letters back
@@ -22,6 +25,8 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use ferry_spool::{DeadLetter, Destination, Kind, Selection, SpoolError, Store};
 
+use crate::config::{Config, Settings};
+
 /// Exit code when the spool is held by a running daemon (EX_TEMPFAIL).
 const EXIT_IN_USE: u8 = 75;
 /// Exit code when the spool cannot be read or written (EX_IOERR).
@@ -33,6 +38,10 @@ pub struct SpoolArgs {
     /// The spool directory (the daemon's `spool.dir`). Example: --dir /var/spool/ferry
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The daemon's config: lines it would hold (a route it lacks, a target its allowlist
+    /// does not name) are shown as held. Example: --config /etc/ferry/ferry.toml
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to do; without one, list what the spool holds.
     #[command(subcommand)]
     pub action: Option<SpoolAction>,
@@ -70,8 +79,8 @@ pub struct SelectArgs {
     /// Dead letters with this message id (repeatable).
     #[arg(long = "id", value_name = "ID", conflicts_with_all = ["target", "all"])]
     pub ids: Vec<String>,
-    /// Dead letters of this target: a Kafka bootstrap list as `ferry spool` prints it, or
-    /// an AMQP exchange.
+    /// Dead letters of this target: a Kafka bootstrap list as `ferry spool` prints it, an
+    /// AMQP exchange, or a route's name.
     #[arg(long, value_name = "TARGET", conflicts_with = "all")]
     pub target: Option<String>,
     /// Every dead letter.
@@ -107,17 +116,17 @@ impl SelectArgs {
 
 /// Runs `ferry spool`.
 pub fn run(args: SpoolArgs) -> ExitCode {
-    let result = match (args.action, args.dir) {
-        (Some(SpoolAction::Export(select)), _) => export(&select),
-        (Some(SpoolAction::Requeue(select)), _) => requeue(&select),
-        (Some(SpoolAction::Purge(select)), _) => purge(&select),
-        (Some(SpoolAction::Salvage(salvage)), _) => salvage_into(&salvage),
-        (None, Some(dir)) => list(&dir),
-        (None, None) => {
-            eprintln!(
-                "ferry: give --dir DIR, the daemon's spool.dir (or a subcommand; see ferry spool --help)"
-            );
-            return ExitCode::from(super::EXIT_USAGE);
+    let result = match args.action {
+        Some(SpoolAction::Export(select)) => export(&select),
+        Some(SpoolAction::Requeue(select)) => requeue(&select),
+        Some(SpoolAction::Purge(select)) => purge(&select),
+        Some(SpoolAction::Salvage(salvage)) => salvage_into(&salvage),
+        None => {
+            let (dir, settings) = match listing(args.dir, args.config.as_deref()) {
+                Ok(listing) => listing,
+                Err(code) => return code,
+            };
+            list(&dir, settings.as_ref())
         }
     };
     match result {
@@ -144,11 +153,56 @@ fn display(d: &Destination) -> String {
             ferry_actors::target::redact_url(&d.address),
             d.exchange
         ),
+        Kind::Route => d.address.clone(),
     }
 }
 
-/// Prints one line per target with its spooled messages, then its dead letters.
-fn list(dir: &Path) -> Result<(), SpoolError> {
+/// The directory to list and the config to check its lines against, from the flags; or
+/// the exit code after saying what is missing.
+fn listing(
+    dir: Option<PathBuf>,
+    config: Option<&Path>,
+) -> Result<(PathBuf, Option<Settings>), ExitCode> {
+    let settings = match config {
+        None => None,
+        Some(path) => match Config::from_file(path).and_then(Config::validate) {
+            Ok(settings) => Some(settings),
+            Err(error) => {
+                eprintln!("ferry: {error}");
+                return Err(ExitCode::from(super::EXIT_BAD_CONFIG));
+            }
+        },
+    };
+    let configured = settings.as_ref().and_then(|s| s.spool.as_ref());
+    match dir.or_else(|| configured.map(|spool| spool.dir.clone())) {
+        Some(dir) => Ok((dir, settings)),
+        None => {
+            eprintln!(
+                "ferry: give --dir DIR, the daemon's spool.dir, or --config FILE with a [spool] \
+                 section (or a subcommand; see ferry spool --help)"
+            );
+            Err(ExitCode::from(super::EXIT_USAGE))
+        }
+    }
+}
+
+/// Why `settings` would hold the records of `destination` ("" when it sends them), or
+/// "" without a config to ask.
+fn held(settings: Option<&Settings>, destination: &Destination) -> String {
+    let Some(settings) = settings else {
+        return String::new();
+    };
+    match ferry_actors::Line::of(destination) {
+        None => "does not validate as stored; this ferry cannot send it".to_owned(),
+        Some(line) => crate::daemon::live::resolve(&settings.routes, &settings.access, &line)
+            .err()
+            .unwrap_or_default(),
+    }
+}
+
+/// Prints one line per target with its spooled messages, then its dead letters; with
+/// `settings`, marks the lines that config holds.
+fn list(dir: &Path, settings: Option<&Settings>) -> Result<(), SpoolError> {
     let store = Store::open_read_only(dir)?;
     let inventory = store.inventory()?;
     let now = ferry_spool::spool::now_ms();
@@ -163,13 +217,19 @@ fn list(dir: &Path) -> Result<(), SpoolError> {
         inventory.quarantined
     );
     for s in &inventory.records {
+        let held = held(settings, &s.destination);
         println!(
-            "{:<8}  {}  messages {}  bytes {}  oldest {:.1}s",
+            "{:<8}  {}  messages {}  bytes {}  oldest {:.1}s{}",
             s.destination.kind.as_str(),
             display(&s.destination),
             s.count,
             s.bytes,
-            age(s.oldest_ms)
+            age(s.oldest_ms),
+            if held.is_empty() {
+                String::new()
+            } else {
+                format!("  HELD: {held}")
+            }
         );
     }
     if inventory.dead_letters.is_empty() {

@@ -193,7 +193,7 @@ impl Ingress {
         let outcome = match request {
             // A route's target is allowed by definition; any other is checked.
             Ok(request)
-                if !request.routed
+                if request.via.is_none()
                     && let Err(refusal) = self.live.check_access(&request.target) =>
             {
                 self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +205,7 @@ impl Ingress {
             Ok(request) => {
                 let forward = self.forwarder.forward(
                     &request.target,
+                    request.via.as_ref(),
                     request.route,
                     request.payload,
                     request.metadata,

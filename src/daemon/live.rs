@@ -9,6 +9,8 @@ use std::time::SystemTime;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::{Deserialize, Serialize};
 
+use ferry_actors::{Line, Resolve, Target};
+
 use crate::config::Settings;
 use crate::daemon::access::Access;
 use crate::daemon::routes::{RouteSummary, Routes};
@@ -127,6 +129,31 @@ impl Live {
         self.status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Spooled lines are replayed to where the config in force sends them: a route as it is
+/// now (a password rotated by a reload is used), a target only while the allowlist in
+/// force names it.
+impl Resolve for Live {
+    fn resolve(&self, line: &Line) -> Result<Target, String> {
+        resolve(&self.routes.load(), &self.access.load(), line)
+    }
+}
+
+/// Where a spooled `line` goes under `routes` and `access`, or why they hold it (a
+/// sentence saying what to change).
+pub fn resolve(routes: &Routes, access: &Access, line: &Line) -> Result<Target, String> {
+    match line {
+        Line::Route(name) => routes.get(name).map(|r| r.target.clone()).ok_or_else(|| {
+            format!(
+                "route {name} is not in the config in force; add it back and run ferry reload \
+                 to send these messages"
+            )
+        }),
+        Line::Target(target) => access.check(target).map(|()| target.clone()).map_err(|e| {
+            format!("{e}; allow it in [access] and run ferry reload to send these messages")
+        }),
     }
 }
 

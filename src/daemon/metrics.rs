@@ -279,7 +279,7 @@ fn encode_spool_targets(
     spool: &crate::daemon::report::SpoolReport,
 ) -> std::fmt::Result {
     type Value = fn(&crate::daemon::report::SpoolTarget) -> f64;
-    let gauges: [(&str, &str, Value); 3] = [
+    let gauges: [(&str, &str, Value); 4] = [
         (
             "spool_target_messages",
             "Messages of this target in the spool.",
@@ -294,6 +294,12 @@ fn encode_spool_targets(
             "spool_target_oldest_age_seconds",
             "Age of this target's oldest spooled message.",
             |t| t.oldest_age_s,
+        ),
+        (
+            "spool_target_held",
+            "1 while the config in force holds this target's spooled messages (a route \
+             removed, a target the allowlist no longer names), else 0.",
+            |t| f64::from(u8::from(!t.held.is_empty())),
         ),
     ];
     for (name, help, value) in gauges {

@@ -78,9 +78,9 @@ pub struct SpoolReport {
 /// The spool of one target.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SpoolTarget {
-    /// `kafka` or `rabbitmq`.
+    /// `kafka`, `rabbitmq`, or `route` for messages sent through a named route.
     pub kind: String,
-    /// The target (password as `***`).
+    /// The target (password as `***`), or the route's name.
     pub target: String,
     /// Messages in the spool now.
     pub spooled: u64,
@@ -103,6 +103,10 @@ pub struct SpoolTarget {
     /// removal the spool's disk failed.
     #[serde(default)]
     pub last_error: String,
+    /// Why the config in force holds these messages, neither sending nor deleting them
+    /// (a route removed, a target the allowlist no longer names); "" when it does not.
+    #[serde(default)]
+    pub held: String,
 }
 
 /// Counts since the daemon started.
@@ -282,6 +286,7 @@ impl Source {
                         dead_lettered_total: s.dead_lettered_total,
                         lost_total: s.lost_total,
                         last_error: s.last_error,
+                        held: s.held,
                     })
                     .collect(),
             }),

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_actors::target::{validate_routing_key, validate_topic};
@@ -70,6 +71,8 @@ pub struct RouteError {
 /// A validated route.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// Its name: what a spooled message sent through it is filed under.
+    pub name: Arc<str>,
     /// Where its messages go (for RabbitMQ, the URL with the password from its file).
     pub target: Target,
     /// The topic or routing key when the sender names none.
@@ -133,6 +136,7 @@ impl Routes {
                     validate_topic(topic).map_err(field_error)?;
                     check_patterns(allow_topic).map_err(|r| error("allow_topic", r))?;
                     Route {
+                        name: Arc::from(name.as_str()),
                         target: Target::Kafka(kafka),
                         subject: topic.clone(),
                         allow: allow_topic.clone(),
@@ -152,6 +156,7 @@ impl Routes {
                     validate_routing_key(routing_key).map_err(field_error)?;
                     check_patterns(allow_routing_key).map_err(|r| error("allow_routing_key", r))?;
                     Route {
+                        name: Arc::from(name.as_str()),
                         target: Target::Amqp(amqp),
                         subject: routing_key.clone(),
                         allow: allow_routing_key.clone(),

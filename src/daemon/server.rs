@@ -432,6 +432,7 @@ async fn serve(
                 Arc::clone(&registry),
                 settings.policy,
                 config.replay,
+                Arc::clone(&live) as Arc<dyn ferry_actors::Resolve>,
             );
             spooler.note_recovery(&opened.recovery);
             spooler.resume(&opened.summary);

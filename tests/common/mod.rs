@@ -222,3 +222,32 @@ where
     }
     calls
 }
+
+/// Waits until `done` holds for the spool report of the daemon whose ops endpoint is
+/// `ops`, or fails naming `what` with the last report.
+pub async fn wait_for_spool(
+    ops: impl std::fmt::Display,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&ferry::daemon::report::SpoolReport) -> bool,
+) -> ferry::daemon::report::SpoolReport {
+    let deadline = Instant::now() + within;
+    loop {
+        let spool = report(&ops).await.spool.expect("a spool");
+        if done(&spool) {
+            return spool;
+        }
+        assert!(Instant::now() < deadline, "{what}: {spool:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The distinct bodies of `received` (UTF-8), in arrival order: first copies only.
+pub fn first_copies(received: Vec<ferry_testkit::amqp::Received>) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    received
+        .into_iter()
+        .map(|m| String::from_utf8(m.data).expect("UTF-8 bodies"))
+        .filter(|b| seen.insert(b.clone()))
+        .collect()
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::process::{ferry, free_address, scratch_dir, serve_logged};
+use common::process::{ferry, free_address, scratch_dir, serve_config_only, serve_logged};
 use ferry::proto::ferry::v1::send_client::SendClient;
 use ferry::proto::ferry::v1::{SendReply, SendRequest, send_request};
 use ferry_testkit::{kafka, shared_kafka};
@@ -267,4 +267,92 @@ fn ferry_reload_refuses_a_pid_file_that_names_no_single_process() {
         assert!(String::from_utf8_lossy(&output.stderr).contains("holds no pid"));
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A raw Kafka request naming `brokers`; its `error_no`.
+async fn raw_kafka(address: &str, brokers: &str) -> i32 {
+    let mut client = common::client_at(address).await;
+    let request = common::kafka(brokers, "t", "probe");
+    common::send_kafka(&mut client, request).await.0.error_no
+}
+
+/// Runs `ferry reload` for `config` against the daemon at `ops`; its exit code and stdout.
+fn ferry_reload(config: &Path, ops: &str) -> (Option<i32>, String) {
+    let output = ferry(&[
+        "reload",
+        "--config",
+        &config.to_string_lossy(),
+        "--http",
+        ops,
+    ])
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), said)
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_listen_to_loopback_cannot_open_a_daemon_listening_everywhere() {
+    const TEST: &str =
+        "a_reload_that_moves_listen_to_loopback_cannot_open_a_daemon_listening_everywhere";
+    // The daemon listens on every interface: only inside a private network namespace.
+    if !common::process::in_private_network(TEST) {
+        return;
+    }
+    let dir = scratch_dir("reload-access");
+    let path = dir.join("ferry.toml");
+    let port = free_address().rsplit_once(':').unwrap().1.to_owned();
+    let (everywhere, loopback) = (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}"));
+    let ops_address = free_address();
+    let ops = format!(
+        "[ops]\nlisten = \"{ops_address}\"\npid_file = \"{}\"\n",
+        dir.join("ferry.pid").display()
+    );
+    let allowed = "[access]\nkafka_brokers = [\"127.0.0.1:19092\"]\n";
+    write(
+        &path,
+        &format!("[server]\nlisten = \"{everywhere}\"\n{ops}{allowed}"),
+    );
+    // No --listen: the file's address is the one in force.
+    let daemon = serve_config_only(&path, &loopback, &ops_address, &dir.join("log"));
+    let elsewhere = "127.0.0.1:1";
+    assert_eq!(raw_kafka(&loopback, elsewhere).await, 7);
+
+    // The file now says loopback and has no [access]: on loopback that would allow any
+    // target, but the daemon still listens everywhere. Refused whole; still 7.
+    write(&path, &format!("[server]\nlisten = \"{loopback}\"\n{ops}"));
+    let (code, said) = ferry_reload(&path, &daemon.ops_address);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("reload refused") && said.contains("beyond loopback"),
+        "{said}"
+    );
+    assert_eq!(raw_kafka(&loopback, elsewhere).await, 7, "access widened");
+
+    // With an allowlist of its own the rest applies; the listen address waits for a
+    // restart, and what the new list opens up is said.
+    let wider = "[access]\nkafka_brokers = [\"127.0.0.1:19092\", \"127.0.0.1:1\"]\n";
+    write(
+        &path,
+        &format!("[server]\nlisten = \"{loopback}\"\n{ops}{wider}"),
+    );
+    let (code, said) = ferry_reload(&path, &daemon.ops_address);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("needs a restart to apply: server.listen (still 0.0.0.0"),
+        "{said}"
+    );
+    assert!(
+        said.contains("widens access: [access]: Kafka broker 127.0.0.1:1 is now allowed"),
+        "{said}"
+    );
+    assert_ne!(
+        raw_kafka(&loopback, elsewhere).await,
+        7,
+        "the new list applies"
+    );
+    assert_eq!(raw_kafka(&loopback, "127.0.0.1:2").await, 7);
+    let (code, _) = daemon.terminate();
+    assert_eq!(code, Some(0));
 }

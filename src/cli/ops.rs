@@ -184,6 +184,9 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
                     )
                 }
             );
+            for widened in &now.widened {
+                println!("widens access: {widened}");
+            }
             return ExitCode::SUCCESS;
         }
     }

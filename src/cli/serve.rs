@@ -118,7 +118,14 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 /// Reads and validates the config (the file of `--config`, or the defaults) with the
 /// command line's overrides; returns it with the file's hash.
 fn load(args: &ServeArgs) -> Result<(Settings, String), ConfigError> {
-    let (config, hash) = match &args.config {
+    let (config, hash) = read(args)?;
+    Ok((config.validate()?, hash))
+}
+
+/// Reads the config (the file of `--config`, or the defaults) with the command line's
+/// overrides, not yet validated; returns it with the file's hash.
+fn read(args: &ServeArgs) -> Result<(Config, String), ConfigError> {
+    let (mut config, hash) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -128,14 +135,47 @@ fn load(args: &ServeArgs) -> Result<(Settings, String), ConfigError> {
         }
         None => (Config::default(), String::new()),
     };
-    let mut config = config;
     if let Some(listen) = &args.listen {
         config.server.listen.clone_from(listen);
     }
     if let Some(listen) = &args.ops_listen {
         config.ops.listen.clone_from(listen);
     }
-    Ok((config.validate()?, hash))
+    Ok((config, hash))
+}
+
+/// Reads the config again for a reload and validates it **for the addresses the daemon
+/// listens on**, not those the file names: access is decided for the sockets in use (a
+/// file that moves `server.listen` to loopback cannot open a daemon that still listens on
+/// every interface). Returns the settings, the file's hash and the listen fields the file
+/// changes, which apply only after a restart.
+fn load_for_reload(
+    args: &ServeArgs,
+    started_with: &Settings,
+) -> Result<(Settings, String, Vec<String>), ConfigError> {
+    let (mut config, hash) = read(args)?;
+    let mut moved = Vec::new();
+    let in_force = [
+        (
+            &mut config.server.listen,
+            started_with.listen,
+            "server.listen",
+        ),
+        (
+            &mut config.ops.listen,
+            started_with.ops_listen,
+            "ops.listen",
+        ),
+    ];
+    for (wanted, in_force, field) in in_force {
+        if wanted.parse::<std::net::SocketAddr>().ok() != Some(in_force) {
+            moved.push(format!(
+                "{field} (still {in_force} until a restart; access is decided for it)"
+            ));
+        }
+        *wanted = in_force.to_string();
+    }
+    Ok((config.validate()?, hash, moved))
 }
 
 /// Reloads the config at SIGHUP: applied whole, or refused whole (the old config keeps
@@ -146,14 +186,18 @@ fn reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
         log::warn!("Nothing to reload: the daemon runs on its built-in defaults (no --config)");
         return;
     }
-    match load(args) {
-        Ok((settings, hash)) => {
-            let needs_restart = live.apply(started_with, &settings, hash.clone());
+    match load_for_reload(args, started_with) {
+        Ok((settings, hash, moved)) => {
+            let applied = live.apply(started_with, &settings, hash.clone(), moved);
             log::info!(
-                "Config reloaded hash={hash} routes={} needs_restart={needs_restart:?} us={}",
+                "Config reloaded hash={hash} routes={} needs_restart={:?} us={}",
                 settings.routes.len(),
+                applied.needs_restart,
                 started.elapsed().as_micros()
             );
+            for widened in &applied.widened {
+                log::warn!("Config reload widens access: {widened}");
+            }
         }
         Err(error) => {
             log::error!("Config reload refused, the old config keeps serving error={error}");
@@ -188,5 +232,53 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::access::Access;
+    use ferry_actors::{KafkaTarget, Target};
+
+    /// `ServeArgs` for the config `text`, written to a file of its own.
+    fn args(name: &str, text: &str) -> ServeArgs {
+        let dir = std::env::temp_dir().join(format!("ferry-reload-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ferry.toml");
+        std::fs::write(&path, text).unwrap();
+        ServeArgs {
+            config: Some(path),
+            listen: None,
+            ops_listen: None,
+        }
+    }
+
+    #[test]
+    fn a_reload_decides_access_for_the_address_in_use_not_the_files() {
+        let everywhere = "[server]\nlisten = \"0.0.0.0:33383\"\n[access]\nkafka_brokers = [\"127.0.0.1:19092\"]\n";
+        let (started_with, _) = load(&args("started", everywhere)).unwrap();
+        let probe = Target::Kafka(KafkaTarget::try_new(["127.0.0.1:1"], 8).unwrap());
+        assert!(started_with.access.check(&probe).is_err());
+        // The file moves to loopback and drops [access]: on loopback that would allow any
+        // target, but the daemon still listens everywhere, so the file is refused whole.
+        let loopback = args("loopback", "[server]\nlisten = \"127.0.0.1:33383\"\n");
+        let refused = load_for_reload(&loopback, &started_with).unwrap_err();
+        assert!(refused.to_string().contains("beyond loopback"), "{refused}");
+        // With an allowlist of its own it applies, for the address in use, and says the
+        // listen address waits for a restart.
+        let listed = args(
+            "listed",
+            "[server]\nlisten = \"127.0.0.1:33383\"\n[access]\nkafka_brokers = [\"127.0.0.1:19093\"]\n",
+        );
+        let (settings, _, moved) = load_for_reload(&listed, &started_with).unwrap();
+        assert!(settings.access.check(&probe).is_err());
+        assert!(matches!(settings.access, Access::Only(_)));
+        assert_eq!(settings.listen, started_with.listen);
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        assert!(
+            moved[0].starts_with("server.listen (still 0.0.0.0:33383"),
+            "{moved:?}"
+        );
     }
 }

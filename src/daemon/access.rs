@@ -73,6 +73,48 @@ impl Access {
     }
 }
 
+impl Access {
+    /// What this access allows that `old` did not, one sentence each; empty when it allows
+    /// nothing more (a reload says these in `ferry reload`'s output and the log).
+    pub fn widened_from(&self, old: &Self) -> Vec<String> {
+        match (old, self) {
+            (Self::Any, _) => Vec::new(),
+            (Self::Only(_), Self::Any) => {
+                vec!["[access]: requests may now name any target".to_owned()]
+            }
+            (Self::Only(old), Self::Only(new)) => new.widened_from(old),
+        }
+    }
+}
+
+impl Allowlist {
+    /// What this list allows that `old` did not, one sentence each.
+    fn widened_from(&self, old: &Self) -> Vec<String> {
+        let mut widened: Vec<String> = self
+            .kafka_brokers
+            .difference(&old.kafka_brokers)
+            .map(|broker| format!("[access]: Kafka broker {broker} is now allowed"))
+            .collect();
+        for (server, exchanges) in &self.rabbitmq {
+            let more = match (old.rabbitmq.get(server), exchanges) {
+                (None, Exchanges::Any) => "now allowed, any exchange".to_owned(),
+                (None, Exchanges::Only(names)) => format!("now allowed, exchanges {names:?}"),
+                (Some(Exchanges::Any), _) => continue,
+                (Some(Exchanges::Only(_)), Exchanges::Any) => "now allows any exchange".to_owned(),
+                (Some(Exchanges::Only(was)), Exchanges::Only(names)) => {
+                    let added: BTreeSet<_> = names.difference(was).collect();
+                    if added.is_empty() {
+                        continue;
+                    }
+                    format!("now also allows exchanges {added:?}")
+                }
+            };
+            widened.push(format!("[access]: RabbitMQ server {server} {more}"));
+        }
+        widened
+    }
+}
+
 impl fmt::Display for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -165,6 +207,29 @@ mod tests {
 
     fn amqp(url: &str, exchange: &str) -> Target {
         Target::Amqp(AmqpTarget::try_new(url, exchange).unwrap())
+    }
+
+    #[test]
+    fn widening_is_named_and_narrowing_is_not() {
+        let old = list();
+        assert!(old.widened_from(&old).is_empty());
+        assert!(old.widened_from(&Access::Any).is_empty(), "narrower");
+        assert_eq!(Access::Any.widened_from(&old).len(), 1);
+        let Access::Only(mut wider) = old.clone() else {
+            unreachable!()
+        };
+        wider.kafka_brokers.insert("kafka3:9092".into());
+        wider.kafka_brokers.remove("kafka1:9092");
+        wider.rabbitmq.insert("mq1:5672".into(), Exchanges::Any);
+        wider.rabbitmq.insert("mq3:5672".into(), Exchanges::Any);
+        let said = Access::Only(wider).widened_from(&old);
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[0].contains("kafka3:9092"), "{said:?}");
+        assert!(
+            said[1].contains("mq1:5672 now allows any exchange"),
+            "{said:?}"
+        );
+        assert!(said[2].contains("mq3:5672 now allowed"), "{said:?}");
     }
 
     #[test]

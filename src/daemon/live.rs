@@ -42,6 +42,20 @@ pub struct ConfigStatus {
     pub last_error: String,
     /// Fields changed in the file that apply only after a restart.
     pub needs_restart: Vec<String>,
+    /// What the last reload allows that the config before it did not (routes added or
+    /// pointing elsewhere, targets the allowlist now names, the bearer token removed), one
+    /// sentence each; `ferry reload` prints them.
+    #[serde(default)]
+    pub widened: Vec<String>,
+}
+
+/// What a reload changed beyond the live parts it replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Fields changed in the file that apply only after a restart.
+    pub needs_restart: Vec<String>,
+    /// What the new config allows that the old one did not.
+    pub widened: Vec<String>,
 }
 
 impl Live {
@@ -98,9 +112,22 @@ impl Live {
         self.lock().clone()
     }
 
-    /// Applies the live parts of `new` (validated from a file with `hash`), given the
-    /// settings the daemon started with; records which other fields changed.
-    pub fn apply(&self, started_with: &Settings, new: &Settings, hash: String) -> Vec<String> {
+    /// Applies the live parts of `new` (validated from a file with `hash`, for the
+    /// listen addresses in force), given the settings the daemon started with and the
+    /// fields (`moved`) the file changes that were set aside for them; returns what needs
+    /// a restart and what the new config allows that the old one did not.
+    pub fn apply(
+        &self,
+        started_with: &Settings,
+        new: &Settings,
+        hash: String,
+        moved: Vec<String>,
+    ) -> Applied {
+        let mut widened = new.access.widened_from(&self.access.load());
+        widened.extend(new.routes.widened_from(&self.routes.load()));
+        if self.token.load().is_some() && new.token.is_none() {
+            widened.push("[access] token_file removed: calls no longer need a bearer token".into());
+        }
         self.routes.store(Arc::new(new.routes.clone()));
         self.access.store(Arc::new(new.access.clone()));
         self.token.store(
@@ -108,13 +135,18 @@ impl Live {
                 .as_ref()
                 .map(|token| Arc::new(token.clone().into_bytes())),
         );
-        let needs_restart = needs_restart(started_with, new);
+        let mut needs_restart = moved;
+        needs_restart.extend(needs_restart_of(started_with, new));
         let mut status = self.lock();
         status.loaded_at = now();
         status.hash = hash;
         status.reloads += 1;
         status.needs_restart.clone_from(&needs_restart);
-        needs_restart
+        status.widened.clone_from(&widened);
+        Applied {
+            needs_restart,
+            widened,
+        }
     }
 
     /// Records a refused reload.
@@ -159,7 +191,7 @@ pub fn resolve(routes: &Routes, access: &Access, line: &Line) -> Result<Target, 
 
 /// The fields of `new` that differ from those the daemon started with and do not change
 /// live (listeners, workers, bounds, policy, producers, spool), by config section.
-pub fn needs_restart(old: &Settings, new: &Settings) -> Vec<String> {
+pub fn needs_restart_of(old: &Settings, new: &Settings) -> Vec<String> {
     // Settings holds types without PartialEq (policy, TLS identity); their Debug forms are
     // complete for every field that matters here.
     macro_rules! changed {
@@ -226,8 +258,9 @@ mod tests {
             "[server]\nmax_in_flight = 7\n[routes.b]\nkind = \"kafka\"\nbrokers = [\"k:1\"]\n\
              topic = \"t\"\n",
         );
-        let restart = live.apply(&old, &new, hash(b"new"));
-        assert_eq!(restart, ["server.max_in_flight"]);
+        let applied = live.apply(&old, &new, hash(b"new"), Vec::new());
+        assert_eq!(applied.needs_restart, ["server.max_in_flight"]);
+        assert_eq!(applied.widened, ["route b added (kafka)"]);
         assert!(live.routes().get("a").is_none() && live.routes().get("b").is_some());
         let status = live.status();
         assert_eq!(
@@ -236,6 +269,6 @@ mod tests {
         );
         live.refused("invalid config: routes.c.topic: …".into());
         assert_eq!(live.status().reload_failures, 1);
-        assert!(needs_restart(&old, &old).is_empty());
+        assert!(needs_restart_of(&old, &old).is_empty());
     }
 }

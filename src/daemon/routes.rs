@@ -185,6 +185,37 @@ impl Routes {
             .collect()
     }
 
+    /// What these routes allow that `old` did not, one sentence each (no address or
+    /// credential in them): a route added, a route now pointing elsewhere, a route whose
+    /// senders may name more topics or routing keys. A rotated password is not a widening.
+    pub fn widened_from(&self, old: &Self) -> Vec<String> {
+        let mut widened = Vec::new();
+        for (name, route) in &self.by_name {
+            let Some(was) = old.by_name.get(name) else {
+                widened.push(format!("route {name} added ({})", route.target.kind()));
+                continue;
+            };
+            if route.target.kind() != was.target.kind()
+                || route.target.endpoint() != was.target.endpoint()
+            {
+                widened.push(format!(
+                    "route {name} now points to another server or exchange"
+                ));
+            }
+            let added: Vec<&String> = route
+                .allow
+                .iter()
+                .filter(|p| !was.allow.contains(p))
+                .collect();
+            if !added.is_empty() || route.subject != was.subject {
+                widened.push(format!(
+                    "route {name} lets senders name other topics or routing keys"
+                ));
+            }
+        }
+        widened
+    }
+
     /// How many routes there are.
     pub fn len(&self) -> usize {
         self.by_name.len()
@@ -331,6 +362,34 @@ mod tests {
             routes: BTreeMap<String, RouteConfig>,
         }
         toml::from_str::<File>(text).unwrap().routes
+    }
+
+    #[test]
+    fn a_reload_names_what_its_routes_open_up() {
+        let routes = |text: &str| Routes::from_config(&parse(text), 8).unwrap();
+        let kafka = |name: &str, brokers: &str, extra: &str| {
+            format!(
+                "[routes.{name}]\nkind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"t\"\n{extra}\n"
+            )
+        };
+        let old = routes(&(kafka("a", "k:1", "") + &kafka("b", "k:1", "allow_topic = [\"x\"]")));
+        assert!(old.widened_from(&old).is_empty());
+        let narrower = routes(&kafka("a", "k:1", ""));
+        assert!(narrower.widened_from(&old).is_empty(), "a route removed");
+        let wider = routes(
+            &(kafka("a", "k:2", "")
+                + &kafka("b", "k:1", "allow_topic = [\"x\", \"y*\"]")
+                + &kafka("c", "k:1", "")),
+        );
+        let said = wider.widened_from(&old);
+        assert_eq!(
+            said,
+            [
+                "route a now points to another server or exchange",
+                "route b lets senders name other topics or routing keys",
+                "route c added (kafka)"
+            ]
+        );
     }
 
     #[test]

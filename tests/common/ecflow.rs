@@ -11,20 +11,15 @@ use std::time::{Duration, Instant};
 pub const ECFLOW_SERVER: &str = "/usr/sbin/ecflow_server";
 /// The real ecflow_client.
 pub const ECFLOW_CLIENT: &str = "/usr/bin/ecflow_client";
-/// Set in the re-run test's environment: it is inside the private namespace.
-const INSIDE: &str = "FERRY_TEST_PRIVATE_NETWORK";
-
 /// The repository's `config/ecflow`.
 pub fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ecflow")
 }
 
-/// Whether this process is the re-run inside the private network namespace. Outside, it
-/// runs the test `test` of this binary again inside one (`unshare -n -u`, `lo` up, host
-/// name `localhost`), passes its output through, asserts that it passed, and returns
-/// false: the caller then returns, its work done by the re-run.
+/// Whether this process is the re-run inside the private network namespace (see
+/// [`super::process::in_private_network`]), once the ecFlow tools are known to be there.
 pub fn in_private_network(test: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
+    if super::process::inside_private_network() {
         return true;
     }
     for tool in [ECFLOW_SERVER, ECFLOW_CLIENT] {
@@ -33,36 +28,7 @@ pub fn in_private_network(test: &str) -> bool {
             "{tool} is missing: run scripts/brokers install (it installs ecflow-server and ecflow-client)"
         );
     }
-    let run_dir = super::process::scratch_dir(&format!("netns-{test}"));
-    let exe = std::env::current_exe().expect("the test binary");
-    let started = Instant::now();
-    let output = Command::new("unshare")
-        .args(["--net", "--uts", "--kill-child", "--", "sh", "-c"])
-        .arg("ip link set lo up && hostname localhost && exec \"$@\"")
-        .arg("sh")
-        .arg(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
-        .env("FERRY_TEST_RUN_DIR", &run_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("unshare runs (root, util-linux)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    println!(
-        "{test}: {:.1} s in a private network namespace",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "{test} failed inside its private network namespace (exit {:?})",
-        output.status.code()
-    );
-    let _ = std::fs::remove_dir_all(run_dir);
-    false
+    super::process::in_private_network(test)
 }
 
 /// An ecflow_server with its home in a scratch directory, running (not halted); halted,
@@ -80,7 +46,7 @@ impl EcflowServer {
     /// waits until it answers and schedules.
     pub fn start(home: &Path, env: &[(&str, String)]) -> Self {
         assert!(
-            std::env::var_os(INSIDE).is_some(),
+            super::process::inside_private_network(),
             "ecflow_server binds every interface: start it only inside in_private_network"
         );
         std::fs::create_dir_all(home).expect("ECF_HOME");

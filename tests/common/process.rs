@@ -1,5 +1,6 @@
 //! The real `ferry` binary as a child process: daemons to start and kill, clients to run.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -108,8 +109,23 @@ pub fn serve_logged(listen: &str, extra: &[&str], log: &std::path::Path) -> Serv
 /// Starts `ferry serve` and waits until it accepts connections.
 fn spawn_served(listen: &str, extra: &[&str], stderr: Stdio) -> Served {
     let ops_address = free_address();
-    let child = ferry(&["serve", "--listen", listen, "--ops-listen", &ops_address])
-        .args(extra)
+    let flags = [&["--listen", listen, "--ops-listen", &ops_address], extra].concat();
+    spawn(&flags, listen, &ops_address, stderr)
+}
+
+/// Starts `ferry serve --config CONFIG` with no address flags: the file's `server.listen`
+/// (`listen`) and `ops.listen` (`ops`) are the ones in force. Its log goes to `log`.
+pub fn serve_config_only(config: &Path, listen: &str, ops: &str, log: &Path) -> Served {
+    let file = std::fs::File::create(log).expect("log file");
+    let flags = ["--config", &config.to_string_lossy()];
+    spawn(&flags, listen, ops, Stdio::from(file))
+}
+
+/// Starts `ferry serve FLAGS` and waits until it accepts connections on `listen` and
+/// `ops_address`.
+fn spawn(flags: &[&str], listen: &str, ops_address: &str, stderr: Stdio) -> Served {
+    let child = ferry(&["serve"])
+        .args(flags)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -118,7 +134,7 @@ fn spawn_served(listen: &str, extra: &[&str], stderr: Stdio) -> Served {
     // Both listeners: a test's first look at /stats must not race the ops endpoint, and a
     // daemon that could not bind it (another test took the port) must fail here, saying so.
     let deadline = Instant::now() + Duration::from_secs(10);
-    for address in [listen, ops_address.as_str()] {
+    for address in [listen, ops_address] {
         while std::net::TcpStream::connect(address).is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -130,7 +146,7 @@ fn spawn_served(listen: &str, extra: &[&str], stderr: Stdio) -> Served {
     Served {
         child,
         address: listen.to_owned(),
-        ops_address,
+        ops_address: ops_address.to_owned(),
     }
 }
 
@@ -140,4 +156,55 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// Set in the re-run test's environment: it is inside the private namespace.
+const INSIDE: &str = "FERRY_TEST_PRIVATE_NETWORK";
+
+/// Whether this process runs inside the private network namespace of
+/// [`in_private_network`].
+pub fn inside_private_network() -> bool {
+    std::env::var_os(INSIDE).is_some()
+}
+
+/// Whether this process is the re-run inside a private network namespace, for a test that
+/// must listen on every interface (the guide: test servers listen on loopback only, so
+/// anything that binds `0.0.0.0` runs where the only interface is its own `lo`). Outside,
+/// it runs the test `test` of this binary again inside one (`unshare -n -u`, `lo` up, host
+/// name `localhost`), passes its output through, asserts that it passed, and returns
+/// false: the caller then returns, its work done by the re-run.
+pub fn in_private_network(test: &str) -> bool {
+    if inside_private_network() {
+        return true;
+    }
+    let run_dir = scratch_dir(&format!("netns-{test}"));
+    let exe = std::env::current_exe().expect("the test binary");
+    let started = Instant::now();
+    let output = Command::new("unshare")
+        .args(["--net", "--uts", "--kill-child", "--", "sh", "-c"])
+        .arg("ip link set lo up && hostname localhost && exec \"$@\"")
+        .arg("sh")
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .env("FERRY_TEST_RUN_DIR", &run_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("unshare runs (root, util-linux)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    println!(
+        "{test}: {:.1} s in a private network namespace",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{test} failed inside its private network namespace (exit {:?})",
+        output.status.code()
+    );
+    let _ = std::fs::remove_dir_all(run_dir);
+    false
 }

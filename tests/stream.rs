@@ -15,6 +15,7 @@ use ferry::proto::ferry::v1::ingest_client::IngestClient;
 use ferry::proto::ferry::v1::ingest_request::Message;
 use ferry::proto::ferry::v1::{IngestAck, IngestRequest};
 use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
+use futures_util::StreamExt;
 use tonic::transport::Channel;
 
 /// An `Ingest` client on a new connection to `daemon`.
@@ -340,4 +341,62 @@ async fn a_stream_that_cannot_be_read_further_ends_with_an_error_saying_where() 
         3,
         "nothing after the bad frame is forwarded"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_that_never_read_their_acks_cannot_take_the_daemons_places() {
+    const STREAMS: usize = 50;
+    let brokers = shared_kafka();
+    let topic = kafka::unique_topic("ferry.test.unread-acks");
+    kafka::create_topic(&brokers, &topic).await;
+    let mut config = config();
+    // 50 streams × 16 is twice the daemon's bound: pinned windows would take it all.
+    config.server.max_in_flight = 400;
+    config.server.max_in_flight_per_stream = 16;
+    config.server.max_connections = 256;
+    let daemon = start(config.validate().unwrap());
+    let mut unread = Vec::new();
+    for n in 0..STREAMS {
+        // A small HTTP/2 window: the acks this sender never reads soon fill it, and then
+        // the daemon cannot write more of them.
+        let channel = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+            .unwrap()
+            .initial_stream_window_size(Some(1024))
+            .connect()
+            .await
+            .unwrap();
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        let requests = tokio_stream::iter(0..10_000u64).map(move |id| {
+            let message = common::kafka(&brokers, &topic, format!("unread-{n}-{id}"));
+            request(id, Message::Kafka(message))
+        });
+        let acks = IngestClient::new(channel).stream(requests).await.unwrap();
+        unread.push(acks); // held open, never read
+    }
+    // Let every unread stream fill its window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pinned = daemon.forwarder().in_flight();
+    // A normal client at full rate: 16 in flight, 800 messages, none refused.
+    let client = client(&daemon).await;
+    let calls = (0..800).map(|i| {
+        let mut client = client.clone();
+        let request = common::kafka(&brokers, &topic, format!("normal-{i}"));
+        async move { send_kafka(&mut client, request).await.0 }
+    });
+    let answers: Vec<_> = futures_util::stream::iter(calls)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let refused: Vec<_> = answers.iter().filter(|a| a.error_no != 0).collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 800 not delivered while {STREAMS} streams left their acks unread \
+         ({pinned} in flight before), first: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    println!(
+        "{STREAMS} streams with unread acks held {pinned} of 400 places; 800 normal calls all delivered"
+    );
+    drop(unread);
 }

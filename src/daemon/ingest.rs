@@ -3,11 +3,22 @@
 //! answers each with an acknowledgement carrying its id.
 //!
 //! Each stream is driven by one task that reads requests while fewer than
-//! `max_in_flight_per_stream` of them are unanswered, forwards them concurrently, and writes
-//! the acks as they complete. When the window is full it stops reading, so HTTP/2 flow
-//! control holds the sender and no queue grows. Once the daemon's shutdown grace period is
-//! over it reads no more, answers what is in flight (error_no 6) and ends the stream.
+//! `max_in_flight_per_stream` of them are unanswered or unwritten, forwards them
+//! concurrently, and writes the acks as they complete. When the window is full it stops
+//! reading, so HTTP/2 flow control holds the sender and no queue grows.
+//!
+//! **A sender that does not read its acks holds only its own stream.** Writing an ack never
+//! blocks the task: acks wait in the stream's own queue (at most the window) while the
+//! forwards in flight keep being driven to their outcomes, so they release their places in
+//! the daemon-wide bounds (`max_in_flight`, `max_in_flight_bytes`, per target) as soon as
+//! their brokers answer. Reading stops once the window is taken by unwritten acks. So a
+//! stream holds at most `max_in_flight_per_stream` places, and only while its messages are
+//! with their brokers.
+//!
+//! Once the daemon's shutdown grace period is over it reads no more, answers what is in
+//! flight (error_no 6) and ends the stream.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -75,6 +86,9 @@ async fn drive(
 ) {
     let mut pending: FuturesUnordered<Pin<Box<dyn Future<Output = IngestAck> + Send + '_>>> =
         FuturesUnordered::new();
+    // Acks answered and not yet taken by the transport: together with `pending`, at most
+    // the window.
+    let mut unwritten: VecDeque<IngestAck> = VecDeque::new();
     let mut reading = true;
     let mut listening = true;
     // How many requests were read, the last one's id, and why reading stopped early.
@@ -89,15 +103,28 @@ async fn drive(
             // Answer first: it frees room in the window.
             biased;
             Some(ack) = pending.next(), if !pending.is_empty() => {
-                if listening && acks.send(Ok(ack)).await.is_err() {
+                if listening {
+                    unwritten.push_back(ack);
+                }
+            }
+            // Room in the transport's queue: never awaited inside another branch, so a
+            // sender that stops reading cannot stall the forwards above.
+            permit = acks.reserve(), if listening && !unwritten.is_empty() => match permit {
+                Ok(permit) => {
+                    if let Some(ack) = unwritten.pop_front() {
+                        permit.send(Ok(ack));
+                    }
+                }
+                Err(_) => {
                     // The sender is gone. What it sent is still forwarded to the end (within
                     // the policy's budget), so it is counted and never half-sent.
                     log::info!("Stream closed by its sender unanswered={}", pending.len());
+                    unwritten.clear();
                     listening = false;
                     reading = false;
                 }
-            }
-            next = requests.message(), if reading && pending.len() < window => match next {
+            },
+            next = requests.message(), if reading && pending.len() + unwritten.len() < window => match next {
                 Ok(Some(request)) => {
                     read += 1;
                     last_id = Some(request.id);

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     /// How long a unary call's request may take to arrive, in milliseconds; a call is cut
     /// off after this plus the policy's total budget.
     pub request_body_timeout_ms: u64,
+    /// How long one message of a `ferry.v1.Ingest` stream may take to arrive once its
+    /// first byte has, in milliseconds; a stream that trickles is ended.
+    pub stream_message_timeout_ms: u64,
     /// PEM certificate chain for TLS on the gRPC ingress ("" = plain TCP).
     pub tls_cert_file: String,
     /// PEM private key of that certificate.
@@ -157,6 +160,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 5_000,
             idle_connection_timeout_ms: 60_000,
             request_body_timeout_ms: 4_000,
+            stream_message_timeout_ms: 10_000,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
         }
@@ -507,6 +511,8 @@ pub struct Settings {
     pub idle_connection_timeout: Duration,
     /// The longest a unary call may take, request included.
     pub request_timeout: Duration,
+    /// The longest one streamed message may take to arrive once begun.
+    pub stream_message_timeout: Duration,
     /// Most bootstrap addresses one Kafka target may name.
     pub max_brokers_per_target: usize,
     /// The TLS identity of the gRPC ingress, if it speaks TLS.
@@ -621,6 +627,10 @@ impl Config {
         positive(
             "server.request_body_timeout_ms",
             self.server.request_body_timeout_ms,
+        )?;
+        positive(
+            "server.stream_message_timeout_ms",
+            self.server.stream_message_timeout_ms,
         )?;
         let tls = tls_identity(&self.server.tls_cert_file, &self.server.tls_key_file)?;
         let ops_listen = self.ops.listen.parse().map_err(|_| {
@@ -739,6 +749,7 @@ impl Config {
             handshake_timeout: Duration::from_millis(self.server.handshake_timeout_ms),
             idle_connection_timeout,
             request_timeout: budget + Duration::from_millis(self.server.request_body_timeout_ms),
+            stream_message_timeout: Duration::from_millis(self.server.stream_message_timeout_ms),
             max_brokers_per_target: self.kafka.max_brokers_per_target,
             tls,
             ops_listen,

@@ -239,7 +239,23 @@ async fn stalled_call(
     announced: u32,
     sent: usize,
 ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let request = http::Request::post("/messagebroker.MessageBroker/SendKafkaMessage")
+    stalled_at(
+        send,
+        "/messagebroker.MessageBroker/SendKafkaMessage",
+        announced,
+        sent,
+    )
+    .await
+}
+
+/// [`stalled_call`] to the gRPC method at `path`.
+async fn stalled_at(
+    send: &mut h2::client::SendRequest<Bytes>,
+    path: &str,
+    announced: u32,
+    sent: usize,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let request = http::Request::post(path)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
@@ -255,16 +271,54 @@ async fn stalled_call(
 
 /// The grpc-status of a finished response (headers-only or in the trailers).
 async fn grpc_status(response: h2::client::ResponseFuture) -> String {
+    grpc_outcome(response).await.0
+}
+
+/// `text` with its `%XX` escapes decoded (grpc-message is percent-encoded).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The grpc-status and grpc-message of a finished response (headers-only or in the
+/// trailers).
+async fn grpc_outcome(response: h2::client::ResponseFuture) -> (String, String) {
+    let field = |map: &http::HeaderMap, name| {
+        map.get(name)
+            .map_or("none".to_owned(), |v| percent_decoded(v.to_str().unwrap()))
+    };
     let response = response.await.unwrap();
-    if let Some(status) = response.headers().get("grpc-status") {
-        return status.to_str().unwrap().to_owned();
+    if response.headers().contains_key("grpc-status") {
+        let headers = response.headers();
+        return (
+            field(headers, "grpc-status"),
+            field(headers, "grpc-message"),
+        );
     }
     let mut body = response.into_body();
     while body.data().await.is_some() {}
     let trailers = body.trailers().await.unwrap().unwrap_or_default();
-    trailers
-        .get("grpc-status")
-        .map_or("none".to_owned(), |s| s.to_str().unwrap().to_owned())
+    (
+        field(&trailers, "grpc-status"),
+        field(&trailers, "grpc-message"),
+    )
 }
 
 #[tokio::test]
@@ -330,6 +384,110 @@ async fn memory_pinned_by_stalled_4_mb_requests_is_released_in_time() {
     println!(
         "64 stalled 4 MB requests (1 MiB sent each): RSS {before} KiB before, {stalled} KiB while stalled, \
          {after} KiB after all were cut off at {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_trickles_a_message_is_ended_and_its_memory_released() {
+    const STREAMS: usize = 32;
+    let daemon = serve_configured(
+        "trickle",
+        "[server]\nstream_message_timeout_ms = 2000\nidle_connection_timeout_ms = 60000\n",
+    );
+    let pid = daemon.pid();
+    let before = rss_kib(pid);
+    let mut send = h2_client(daemon.address.parse().unwrap()).await;
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let (response, mut body) = stalled_at(
+            &mut send,
+            "/ferry.v1.Ingest/Stream",
+            3 * 1024 * 1024,
+            1024 * 1024,
+        )
+        .await;
+        // One byte every 500 ms: well within the connection's idle timeout, forever.
+        let trickle = tokio::spawn(async move {
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                body.reserve_capacity(1);
+                if body.send_data(Bytes::from_static(b"x"), false).is_err() {
+                    return;
+                }
+            }
+        });
+        streams.push((response, trickle));
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let trickling = rss_kib(pid);
+    let mut outcomes = Vec::new();
+    for (response, trickle) in streams {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), grpc_outcome(response))
+            .await
+            .expect("a trickling stream is ended");
+        outcomes.push(outcome);
+        trickle.abort();
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    for (status, message) in &outcomes {
+        assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
+        assert!(message.contains("stream_message_timeout_ms"), "{message}");
+    }
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    // The partial messages (32 MiB received) are freed with their streams.
+    assert!(
+        trickling > before + 16 * 1024 && after < trickling - 16 * 1024,
+        "RSS {before} KiB before, {trickling} KiB trickling, {after} KiB after"
+    );
+    println!(
+        "{STREAMS} streams trickling a 3 MiB message (1 MiB sent, then a byte every 500 ms): \
+         all ended DEADLINE_EXCEEDED by {took:?}; RSS {before} KiB before, {trickling} KiB \
+         while trickling, {after} KiB after"
+    );
+}
+
+#[tokio::test]
+async fn a_unary_body_with_two_messages_is_refused_and_neither_is_forwarded() {
+    let brokers = shared_kafka();
+    let topic = kafka::unique_topic("ferry.test.two-in-one");
+    kafka::create_topic(&brokers, &topic).await;
+    let daemon = start(config().validate().unwrap());
+    let mut send = h2_client(daemon.local_addr()).await;
+    let request = http::Request::post("/messagebroker.MessageBroker/SendKafkaMessage")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    let mut frames = Vec::new();
+    for data in ["first", "second"] {
+        let message = prost::Message::encode_to_vec(&common::kafka(&brokers, &topic, data));
+        frames.push(0u8);
+        frames.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frames.extend_from_slice(&message);
+    }
+    body.reserve_capacity(frames.len());
+    body.send_data(Bytes::from(frames), true).unwrap();
+    let (status, message) = grpc_outcome(response).await;
+    assert_eq!(status, "3", "INVALID_ARGUMENT: {message}");
+    assert!(message.contains("more than one message"), "{message}");
+    let arrived = kafka::drain_topic(
+        &brokers,
+        &topic,
+        Duration::from_millis(500),
+        Duration::from_secs(3),
+    );
+    assert!(arrived.is_empty(), "forwarded: {arrived:?}");
+    assert_eq!(
+        daemon
+            .forwarder()
+            .totals()
+            .sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
 }
 

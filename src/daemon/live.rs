@@ -218,6 +218,7 @@ pub fn needs_restart_of(old: &Settings, new: &Settings) -> Vec<String> {
         handshake_timeout => "server.handshake_timeout_ms",
         idle_connection_timeout => "server.idle_connection_timeout_ms",
         request_timeout => "server.request_body_timeout_ms",
+        stream_message_timeout => "server.stream_message_timeout_ms",
         max_brokers_per_target => "kafka.max_brokers_per_target",
         tls => "server.tls",
         ops_listen => "ops.listen",

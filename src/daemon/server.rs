@@ -22,6 +22,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::Settings;
 use crate::daemon::access::TokenCheck;
 use crate::daemon::connections::ConnectionLimit;
+use crate::daemon::framing::{Checks, Framed};
 use crate::daemon::ingest::IngestService;
 use crate::daemon::ingress::{Ingress, Refused};
 use crate::daemon::live::Live;
@@ -505,23 +506,32 @@ async fn serve(
             abort_rx.clone(),
         ));
         let max_request_bytes = settings.max_message_bytes + REQUEST_OVERHEAD_BYTES;
-        let service = InterceptedService::new(
-            MessageBrokerServer::from_arc(ingress.clone())
-                .max_decoding_message_size(max_request_bytes),
-            token_check.clone(),
+        let service = Framed::new(
+            InterceptedService::new(
+                MessageBrokerServer::from_arc(ingress.clone())
+                    .max_decoding_message_size(max_request_bytes),
+                token_check.clone(),
+            ),
+            Checks::OneMessage,
         );
-        let send = InterceptedService::new(
-            SendServer::new(SendService::new(ingress.clone()))
-                .max_decoding_message_size(max_request_bytes),
-            token_check.clone(),
+        let send = Framed::new(
+            InterceptedService::new(
+                SendServer::new(SendService::new(ingress.clone()))
+                    .max_decoding_message_size(max_request_bytes),
+                token_check.clone(),
+            ),
+            Checks::OneMessage,
         );
-        let ingest = InterceptedService::new(
-            IngestServer::new(IngestService::new(
-                ingress,
-                settings.max_in_flight_per_stream,
-            ))
-            .max_decoding_message_size(max_request_bytes),
-            token_check.clone(),
+        let ingest = Framed::new(
+            InterceptedService::new(
+                IngestServer::new(IngestService::new(
+                    ingress,
+                    settings.max_in_flight_per_stream,
+                ))
+                .max_decoding_message_size(max_request_bytes),
+                token_check.clone(),
+            ),
+            Checks::MessageDeadline(settings.stream_message_timeout),
         );
         let reflection = || {
             tonic_reflection::server::Builder::configure()

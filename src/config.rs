@@ -14,7 +14,7 @@ use ferry_actors::{
 };
 use serde::Deserialize;
 
-use crate::daemon::access::{Access, Allowlist, Exchanges};
+use crate::daemon::access::{Access, Allowlist, Names, ServerAccess};
 use crate::daemon::routes::{RouteConfig, RouteError, Routes};
 
 /// The address the daemon listens on when no config says otherwise.
@@ -213,6 +213,12 @@ pub struct RabbitMqAccess {
     pub server: String,
     /// Exchanges allowed on it; `"*"` allows any.
     pub exchanges: Vec<String>,
+    /// Virtual hosts allowed on it (decoded, e.g. `"/"`); left out or `"*"`: any.
+    #[serde(default)]
+    pub vhosts: Vec<String>,
+    /// Users a URL may log in as; left out or `"*"`: any.
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 /// `[policy]`: attempt n may take n × `timeout_step_ms`; at most `max_attempts` attempts.
@@ -878,12 +884,19 @@ impl AccessConfig {
                     format!("{server}: list the exchanges allowed, or \"*\" for any"),
                 ));
             }
-            let exchanges = if entry.exchanges.iter().any(|e| e == "*") {
-                Exchanges::Any
-            } else {
-                Exchanges::Only(entry.exchanges.iter().cloned().collect())
+            let names = |given: &[String]| {
+                if given.is_empty() || given.iter().any(|e| e == "*") {
+                    Names::Any
+                } else {
+                    Names::Only(given.iter().cloned().collect())
+                }
             };
-            list.rabbitmq.insert(server, exchanges);
+            let allowed = ServerAccess {
+                exchanges: names(&entry.exchanges),
+                vhosts: names(&entry.vhosts),
+                users: names(&entry.users),
+            };
+            list.rabbitmq.insert(server, allowed);
         }
         Ok(Access::Only(list))
     }
@@ -1174,7 +1187,7 @@ mod tests {
             panic!("an allowlist")
         };
         assert!(list.kafka_brokers.contains("k:9092"));
-        assert_eq!(list.rabbitmq.get("mq:5672"), Some(&Exchanges::Any));
+        assert_eq!(list.rabbitmq.get("mq:5672"), Some(&ServerAccess::ANY));
         assert_eq!(parse("").unwrap().access, Access::Any, "loopback");
     }
 

@@ -34,6 +34,8 @@ async fn targets_outside_the_allowlist_are_refused_and_nothing_is_connected() {
     config.access.rabbitmq = vec![ferry::config::RabbitMqAccess {
         server: amqp_server.to_owned(),
         exchanges: vec![allowed_exchange.clone()],
+        vhosts: vec!["/".to_owned()],
+        users: vec!["guest".to_owned()],
     }];
     let daemon = start(config.validate().unwrap());
     let mut grpc = client(&daemon).await;
@@ -58,6 +60,22 @@ async fn targets_outside_the_allowlist_are_refused_and_nothing_is_connected() {
     let other_exchange = rabbitmq(&url, "ferry.test.not.listed", "k", "x");
     let (answer, _) = send_rabbitmq(&mut grpc, other_exchange).await;
     assert_eq!(answer.error_no, NOT_ALLOWED, "{}", answer.error_message);
+    // The allowed server and exchange, but a vhost or a user the entry does not name.
+    let other_vhost = url.replace("/%2f", "/other");
+    let other_user = url.replace("guest:guest@", "admin:x@");
+    for (url, what) in [
+        (other_vhost, "vhost \"other\""),
+        (other_user, "user \"admin\""),
+    ] {
+        let request = rabbitmq(&url, &allowed_exchange, "k", "x");
+        let (answer, _) = send_rabbitmq(&mut grpc, request).await;
+        assert_eq!(answer.error_no, NOT_ALLOWED, "{}", answer.error_message);
+        assert!(
+            answer.error_message.contains(what),
+            "{}",
+            answer.error_message
+        );
+    }
     let other_server = rabbitmq(
         &format!("amqp://{}", hole.address()),
         &allowed_exchange,

@@ -22,17 +22,74 @@ pub enum Access {
 pub struct Allowlist {
     /// Normalised `host:port` Kafka bootstrap addresses.
     pub kafka_brokers: BTreeSet<String>,
-    /// Normalised RabbitMQ `host:port` → the exchanges allowed there.
-    pub rabbitmq: BTreeMap<String, Exchanges>,
+    /// Normalised RabbitMQ `host:port` → what is allowed there.
+    pub rabbitmq: BTreeMap<String, ServerAccess>,
 }
 
-/// The exchanges allowed on one RabbitMQ server.
+/// What one RabbitMQ server of the allowlist may be used with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exchanges {
-    /// Any exchange (`"*"`).
+pub struct ServerAccess {
+    /// The exchanges.
+    pub exchanges: Names,
+    /// The virtual hosts (any unless `vhosts` is given).
+    pub vhosts: Names,
+    /// The users a URL may log in as (any unless `users` is given).
+    pub users: Names,
+}
+
+impl ServerAccess {
+    /// Any exchange, vhost and user.
+    pub const ANY: Self = Self {
+        exchanges: Names::Any,
+        vhosts: Names::Any,
+        users: Names::Any,
+    };
+
+    /// What this entry allows that `old` did not, as phrases ("any exchange", "vhosts …").
+    fn widened_from(&self, old: &Self) -> Vec<String> {
+        let fields = [
+            ("exchange", &self.exchanges, &old.exchanges),
+            ("vhost", &self.vhosts, &old.vhosts),
+            ("user", &self.users, &old.users),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(what, new, old)| {
+                new.widened_from(old).map(|more| format!("{what}s {more}"))
+            })
+            .collect()
+    }
+}
+
+/// Names allowed for one part of a target: any, or only these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Names {
+    /// Any (`"*"`, or the field left out).
     Any,
     /// Only these.
     Only(BTreeSet<String>),
+}
+
+impl Names {
+    /// Whether `name` is allowed.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(names) => names.contains(name),
+        }
+    }
+
+    /// What this allows that `old` did not (`any`, or the names added), if anything.
+    fn widened_from(&self, old: &Self) -> Option<String> {
+        match (old, self) {
+            (Self::Any, _) => None,
+            (Self::Only(_), Self::Any) => Some("any".to_owned()),
+            (Self::Only(was), Self::Only(names)) => {
+                let added: BTreeSet<_> = names.difference(was).collect();
+                (!added.is_empty()).then(|| format!("{added:?}"))
+            }
+        }
+    }
 }
 
 /// A request named a target outside the allowlist; answered `error_no` 7.
@@ -55,20 +112,30 @@ impl Access {
                     None => Ok(()),
                 }
             }
-            Target::Amqp(amqp) => match list.rabbitmq.get(amqp.server()) {
-                None => Err(NotAllowed(format!(
-                    "RabbitMQ server {} is not in [access] rabbitmq",
-                    amqp.server()
-                ))),
-                Some(Exchanges::Only(names)) if !names.contains(amqp.exchange()) => {
-                    Err(NotAllowed(format!(
-                        "exchange {:?} is not allowed on {}",
-                        amqp.exchange(),
-                        amqp.server()
-                    )))
+            Target::Amqp(amqp) => {
+                let server = amqp.server();
+                let Some(allowed) = list.rabbitmq.get(server) else {
+                    return Err(NotAllowed(format!(
+                        "RabbitMQ server {server} is not in [access] rabbitmq"
+                    )));
+                };
+                let uri = amqp.uri();
+                let parts = [
+                    ("exchange", amqp.exchange(), &allowed.exchanges),
+                    ("vhost", uri.vhost.as_str(), &allowed.vhosts),
+                    (
+                        "user",
+                        uri.authority.userinfo.username.as_str(),
+                        &allowed.users,
+                    ),
+                ];
+                match parts.iter().find(|(_, name, names)| !names.allows(name)) {
+                    Some((what, name, _)) => Err(NotAllowed(format!(
+                        "{what} {name:?} is not allowed on {server}"
+                    ))),
+                    None => Ok(()),
                 }
-                Some(_) => Ok(()),
-            },
+            }
         }
     }
 }
@@ -95,21 +162,19 @@ impl Allowlist {
             .difference(&old.kafka_brokers)
             .map(|broker| format!("[access]: Kafka broker {broker} is now allowed"))
             .collect();
-        for (server, exchanges) in &self.rabbitmq {
-            let more = match (old.rabbitmq.get(server), exchanges) {
-                (None, Exchanges::Any) => "now allowed, any exchange".to_owned(),
-                (None, Exchanges::Only(names)) => format!("now allowed, exchanges {names:?}"),
-                (Some(Exchanges::Any), _) => continue,
-                (Some(Exchanges::Only(_)), Exchanges::Any) => "now allows any exchange".to_owned(),
-                (Some(Exchanges::Only(was)), Exchanges::Only(names)) => {
-                    let added: BTreeSet<_> = names.difference(was).collect();
-                    if added.is_empty() {
-                        continue;
-                    }
-                    format!("now also allows exchanges {added:?}")
-                }
+        for (server, allowed) in &self.rabbitmq {
+            let more = match old.rabbitmq.get(server) {
+                None => vec!["now allowed".to_owned()],
+                Some(was) => allowed
+                    .widened_from(was)
+                    .into_iter()
+                    .map(|more| format!("now allows {more}"))
+                    .collect(),
             };
-            widened.push(format!("[access]: RabbitMQ server {server} {more}"));
+            widened.extend(
+                more.into_iter()
+                    .map(|more| format!("[access]: RabbitMQ server {server} {more}")),
+            );
         }
         widened
     }
@@ -195,9 +260,20 @@ mod tests {
         list.kafka_brokers.insert("kafka2:9092".into());
         list.rabbitmq.insert(
             "mq1:5672".into(),
-            Exchanges::Only(["nwpc.operation.workflow".to_owned()].into()),
+            ServerAccess {
+                exchanges: Names::Only(["nwpc.operation.workflow".to_owned()].into()),
+                ..ServerAccess::ANY
+            },
         );
-        list.rabbitmq.insert("mq2:5673".into(), Exchanges::Any);
+        list.rabbitmq.insert("mq2:5673".into(), ServerAccess::ANY);
+        list.rabbitmq.insert(
+            "mq4:5672".into(),
+            ServerAccess {
+                vhosts: Names::Only(["nwp".to_owned()].into()),
+                users: Names::Only(["ferry".to_owned()].into()),
+                ..ServerAccess::ANY
+            },
+        );
         Access::Only(list)
     }
 
@@ -220,16 +296,26 @@ mod tests {
         };
         wider.kafka_brokers.insert("kafka3:9092".into());
         wider.kafka_brokers.remove("kafka1:9092");
-        wider.rabbitmq.insert("mq1:5672".into(), Exchanges::Any);
-        wider.rabbitmq.insert("mq3:5672".into(), Exchanges::Any);
-        let said = Access::Only(wider).widened_from(&old);
-        assert_eq!(said.len(), 3, "{said:?}");
-        assert!(said[0].contains("kafka3:9092"), "{said:?}");
-        assert!(
-            said[1].contains("mq1:5672 now allows any exchange"),
-            "{said:?}"
+        wider.rabbitmq.insert("mq1:5672".into(), ServerAccess::ANY);
+        wider.rabbitmq.insert("mq3:5672".into(), ServerAccess::ANY);
+        wider.rabbitmq.insert(
+            "mq4:5672".into(),
+            ServerAccess {
+                vhosts: Names::Only(["nwp".to_owned(), "other".to_owned()].into()),
+                users: Names::Only(["ferry".to_owned()].into()),
+                ..ServerAccess::ANY
+            },
         );
-        assert!(said[2].contains("mq3:5672 now allowed"), "{said:?}");
+        let said = Access::Only(wider).widened_from(&old);
+        assert_eq!(
+            said,
+            [
+                "[access]: Kafka broker kafka3:9092 is now allowed",
+                "[access]: RabbitMQ server mq1:5672 now allows exchanges any",
+                "[access]: RabbitMQ server mq3:5672 now allowed",
+                "[access]: RabbitMQ server mq4:5672 now allows vhosts {\"other\"}",
+            ]
+        );
     }
 
     #[test]
@@ -254,6 +340,13 @@ mod tests {
         assert!(access.check(&amqp("amqp://mq1:5673", workflow)).is_err());
         assert!(access.check(&amqp("amqp://mq2:5673", "anything")).is_ok());
         assert!(access.check(&amqp("amqp://mq3", workflow)).is_err());
+        // Vhost and user, where the entry names them.
+        assert!(access.check(&amqp("amqp://ferry:p@mq4/nwp", "x")).is_ok());
+        let vhost = access.check(&amqp("amqp://ferry:p@mq4/other", "x"));
+        assert!(vhost.unwrap_err().to_string().contains("vhost \"other\""));
+        let user = access.check(&amqp("amqp://admin:p@mq4/nwp", "x"));
+        assert!(user.unwrap_err().to_string().contains("user \"admin\""));
+        assert!(access.check(&amqp("amqp://ferry:p@mq4/%2f", "x")).is_err());
         assert!(Access::Any.check(&kafka(&["intranet:22"])).is_ok());
     }
 

@@ -160,7 +160,7 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 5_000,
             idle_connection_timeout_ms: 60_000,
             request_body_timeout_ms: 4_000,
-            stream_message_timeout_ms: 10_000,
+            stream_message_timeout_ms: 30_000,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
         }
@@ -655,6 +655,17 @@ impl Config {
         })?;
 
         let budget = policy.total_budget();
+        if Duration::from_millis(self.server.stream_message_timeout_ms) <= budget {
+            return Err(ConfigError::Invalid {
+                field: "server.stream_message_timeout_ms",
+                reason: format!(
+                    "must be longer than the policy's total budget ({} ms): a stream's window \
+                     can be full of messages waiting for their brokers that long, and its \
+                     next message waits meanwhile",
+                    budget.as_millis()
+                ),
+            });
+        }
         let idle_connection_timeout = Duration::from_millis(self.server.idle_connection_timeout_ms);
         if idle_connection_timeout <= budget {
             return Err(ConfigError::Invalid {
@@ -860,46 +871,59 @@ impl AccessConfig {
                 ),
             ));
         }
-        let mut list = Allowlist::default();
-        for broker in &self.kafka_brokers {
-            let broker = normalise_host_port(broker)
-                .map_err(|e| invalid("access.kafka_brokers", e.reason))?;
-            list.kafka_brokers.insert(broker);
-        }
-        for entry in &self.rabbitmq {
-            let server = if entry
-                .server
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            {
-                entry.server.clone()
-            } else {
-                format!("{}:5672", entry.server)
-            };
-            let server = normalise_host_port(&server)
-                .map_err(|e| invalid("access.rabbitmq.server", e.reason))?;
-            if entry.exchanges.is_empty() {
-                return Err(invalid(
-                    "access.rabbitmq.exchanges",
-                    format!("{server}: list the exchanges allowed, or \"*\" for any"),
-                ));
-            }
-            let names = |given: &[String]| {
-                if given.is_empty() || given.iter().any(|e| e == "*") {
-                    Names::Any
-                } else {
-                    Names::Only(given.iter().cloned().collect())
-                }
-            };
-            let allowed = ServerAccess {
-                exchanges: names(&entry.exchanges),
-                vhosts: names(&entry.vhosts),
-                users: names(&entry.users),
-            };
-            list.rabbitmq.insert(server, allowed);
-        }
-        Ok(Access::Only(list))
+        allowlist(&self.kafka_brokers, &self.rabbitmq, &ACCESS_FIELDS).map(Access::Only)
     }
+}
+
+/// The config fields an allowlist's errors name: Kafka brokers, RabbitMQ servers, and
+/// their exchanges.
+pub struct AllowlistFields(pub &'static str, pub &'static str, pub &'static str);
+
+/// The fields of `[access]`'s own list.
+const ACCESS_FIELDS: AllowlistFields = AllowlistFields(
+    "access.kafka_brokers",
+    "access.rabbitmq.server",
+    "access.rabbitmq.exchanges",
+);
+
+/// The allowlist of `kafka_brokers` and `rabbitmq` entries, normalised; errors name
+/// `fields`.
+pub fn allowlist(
+    kafka_brokers: &[String],
+    rabbitmq: &[RabbitMqAccess],
+    fields: &AllowlistFields,
+) -> Result<Allowlist, ConfigError> {
+    let invalid = |field, reason: String| ConfigError::Invalid { field, reason };
+    let mut list = Allowlist::default();
+    for broker in kafka_brokers {
+        let broker = normalise_host_port(broker).map_err(|e| invalid(fields.0, e.reason))?;
+        list.kafka_brokers.insert(broker);
+    }
+    for entry in rabbitmq {
+        let server = if entry
+            .server
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            entry.server.clone()
+        } else {
+            format!("{}:5672", entry.server)
+        };
+        let server = normalise_host_port(&server).map_err(|e| invalid(fields.1, e.reason))?;
+        if entry.exchanges.is_empty() {
+            return Err(invalid(
+                fields.2,
+                format!("{server}: list the exchanges allowed, or \"*\" for any"),
+            ));
+        }
+        let allowed = ServerAccess {
+            exchanges: Names::of(&entry.exchanges),
+            vhosts: Names::of(&entry.vhosts),
+            users: Names::of(&entry.users),
+        };
+        list.rabbitmq.insert(server, allowed);
+    }
+    Ok(list)
 }
 
 /// The automatic `server.max_in_flight_bytes`: a sixteenth of the machine's memory, at most

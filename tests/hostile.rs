@@ -392,7 +392,8 @@ async fn a_stream_that_trickles_a_message_is_ended_and_its_memory_released() {
     const STREAMS: usize = 32;
     let daemon = serve_configured(
         "trickle",
-        "[server]\nstream_message_timeout_ms = 2000\nidle_connection_timeout_ms = 60000\n",
+        "[server]\nstream_message_timeout_ms = 2000\nidle_connection_timeout_ms = 60000\n\
+         [policy]\ntimeout_step_ms = 500\nmax_attempts = 1\n",
     );
     let pid = daemon.pid();
     let before = rss_kib(pid);

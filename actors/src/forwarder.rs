@@ -296,7 +296,10 @@ fn new_id() -> Arc<str> {
 /// The spool line of a message to `target`, sent through the route `via` if any.
 fn line_of(target: &Target, via: Option<&Arc<str>>) -> Line {
     match via {
-        Some(name) => Line::Route(Arc::clone(name)),
+        Some(name) => Line::Route {
+            name: Arc::clone(name),
+            kind: target.kind(),
+        },
         None => Line::Target(target.clone()),
     }
 }

@@ -27,17 +27,20 @@ const MAX_SPOOLED_BROKERS: usize = 64;
 /// Longest route name read back from the spool (the config allows 64 bytes).
 const MAX_SPOOLED_ROUTE_NAME: usize = 255;
 
-/// What a spooled message is filed under; each line is replayed in order by one task.
+/// What a spooled message is filed under; each line is replayed in order by one task. A
+/// route's messages and the same target named outright are two lines, each in order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a line is a map key, one per spooling target; it is built only to spool a message"
-)]
 pub enum Line {
     /// A target its sender named (for RabbitMQ, the URL as sent, password included).
     Target(Target),
-    /// A named route of the daemon's config, resolved again at replay.
-    Route(Arc<str>),
+    /// A named route of the daemon's config, resolved again at replay; `kind` is the
+    /// kind of target (`kafka` or `rabbitmq`) it had when its messages were accepted.
+    Route {
+        /// The route's name.
+        name: Arc<str>,
+        /// `kafka` or `rabbitmq`.
+        kind: &'static str,
+    },
 }
 
 impl Line {
@@ -45,7 +48,7 @@ impl Line {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Target(target) => target.kind(),
-            Self::Route(_) => "route",
+            Self::Route { .. } => "route",
         }
     }
 
@@ -53,7 +56,7 @@ impl Line {
     pub fn endpoint(&self) -> String {
         match self {
             Self::Target(target) => target.endpoint(),
-            Self::Route(name) => name.to_string(),
+            Self::Route { name, .. } => name.to_string(),
         }
     }
 
@@ -70,10 +73,10 @@ impl Line {
                 address: t.url().to_owned(),
                 exchange: t.exchange().to_owned(),
             },
-            Self::Route(name) => Destination {
+            Self::Route { name, kind } => Destination {
                 kind: Kind::Route,
                 address: name.to_string(),
-                exchange: String::new(),
+                exchange: (*kind).to_owned(),
             },
         }
     }
@@ -92,8 +95,15 @@ impl Line {
                 .map(|t| Self::Target(Target::Amqp(t))),
             Kind::Route => {
                 let name = &destination.address;
-                (!name.is_empty() && name.len() <= MAX_SPOOLED_ROUTE_NAME)
-                    .then(|| Self::Route(Arc::from(name.as_str())))
+                let kind = match destination.exchange.as_str() {
+                    "kafka" => "kafka",
+                    "rabbitmq" => "rabbitmq",
+                    _ => return None,
+                };
+                (!name.is_empty() && name.len() <= MAX_SPOOLED_ROUTE_NAME).then(|| Self::Route {
+                    name: Arc::from(name.as_str()),
+                    kind,
+                })
             }
         }?;
         (line.destination() == *destination).then_some(line)
@@ -105,7 +115,7 @@ impl fmt::Display for Line {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Target(target) => target.fmt(f),
-            Self::Route(name) => write!(f, "route {name}"),
+            Self::Route { name, .. } => write!(f, "route {name}"),
         }
     }
 }
@@ -127,7 +137,7 @@ impl Resolve for AsStored {
     fn resolve(&self, line: &Line) -> Result<Target, String> {
         match line {
             Line::Target(target) => Ok(target.clone()),
-            Line::Route(name) => Err(format!("no config to resolve route {name} with")),
+            Line::Route { name, .. } => Err(format!("no config to resolve route {name} with")),
         }
     }
 }
@@ -144,11 +154,15 @@ mod tests {
         let amqp = Line::Target(Target::Amqp(
             AmqpTarget::try_new("amqp://u:secret@mq:5672/%2f", "ex").unwrap(),
         ));
-        let route = Line::Route(Arc::from("events"));
+        let route = Line::Route {
+            name: Arc::from("events"),
+            kind: "rabbitmq",
+        };
         for line in [&kafka, &amqp, &route] {
             assert_eq!(Line::of(&line.destination()).as_ref(), Some(line));
         }
         assert_eq!(route.destination().address, "events");
+        assert_eq!(route.destination().exchange, "rabbitmq");
         assert!(!amqp.to_string().contains("secret"), "{amqp}");
         let empty = Destination {
             kind: Kind::Route,

@@ -223,6 +223,12 @@ impl Replay {
                     self.stats.set_held(&reason);
                 }
                 if self.window.is_empty() {
+                    if self.confirmed.is_empty() {
+                        // Records read ahead are read again once released, so that expiry
+                        // (which skips what may be in flight) sees them meanwhile.
+                        self.ahead.clear();
+                        self.cursor = 0;
+                    }
                     let _ = tokio::time::timeout(HELD_RECHECK, self.appended.notified()).await;
                 }
                 None

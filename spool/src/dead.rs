@@ -22,7 +22,7 @@ pub enum Selection {
     /// Those with these message ids.
     Ids(Vec<String>),
     /// Those of one target: a Kafka bootstrap list (as `ferry spool` prints it), an AMQP
-    /// exchange, or a route's name.
+    /// exchange, or `route:NAME` for a route's.
     Target(String),
 }
 
@@ -35,12 +35,19 @@ impl Selection {
                 let marks = vec!["?"; ids.len()].join(", ");
                 (format!("id IN ({marks})"), ids.clone())
             }
-            Self::Target(target) => (
-                "((kind IN ('kafka', 'route') AND address = ?) \
-                 OR (kind = 'rabbitmq' AND exchange = ?))"
-                    .to_owned(),
-                vec![target.clone(), target.clone()],
-            ),
+            // A route is named `route:NAME`, so that a route and an exchange of the same
+            // name are never taken together.
+            Self::Target(target) => match target.strip_prefix("route:") {
+                Some(route) => (
+                    "(kind = 'route' AND address = ?)".to_owned(),
+                    vec![route.to_owned()],
+                ),
+                None => (
+                    "((kind = 'kafka' AND address = ?) OR (kind = 'rabbitmq' AND exchange = ?))"
+                        .to_owned(),
+                    vec![target.clone(), target.clone()],
+                ),
+            },
         }
     }
 }
@@ -379,6 +386,12 @@ mod tests {
             "max_age_s counts from the requeue"
         );
         assert_eq!(store.requeue(&Selection::Target("y".into()), 9).unwrap(), 0);
+        let route_x = Selection::Target("route:x".into());
+        assert_eq!(
+            store.requeue(&route_x, 9).unwrap(),
+            0,
+            "exchange x is no route"
+        );
         assert_eq!(store.requeue(&Selection::Target("x".into()), 9).unwrap(), 1);
         assert_eq!(ids(&mut store, "x"), ["a", "b", "c", "d"]);
         assert!(store.dead_summary().unwrap().is_empty());

@@ -151,8 +151,15 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
         );
     }
     let Some(before) = before else {
-        println!("sent SIGHUP to {pid:?}; {http} does not answer, so the outcome is unknown");
-        return ExitCode::SUCCESS;
+        // The reload may have been refused, or have widened access: not knowing is a failure.
+        return fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "sent SIGHUP to {pid:?}, but {http} does not answer, so the outcome is unknown: \
+                 give --http with the daemon's ops address (ops.listen when it started) and \
+                 look at config in ferry stats"
+            ),
+        );
     };
     let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
     while Instant::now() < deadline {

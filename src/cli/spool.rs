@@ -80,7 +80,7 @@ pub struct SelectArgs {
     #[arg(long = "id", value_name = "ID", conflicts_with_all = ["target", "all"])]
     pub ids: Vec<String>,
     /// Dead letters of this target: a Kafka bootstrap list as `ferry spool` prints it, an
-    /// AMQP exchange, or a route's name.
+    /// AMQP exchange, or route:NAME for a route's.
     #[arg(long, value_name = "TARGET", conflicts_with = "all")]
     pub target: Option<String>,
     /// Every dead letter.
@@ -153,7 +153,7 @@ fn display(d: &Destination) -> String {
             ferry_actors::target::redact_url(&d.address),
             d.exchange
         ),
-        Kind::Route => d.address.clone(),
+        Kind::Route => format!("route:{}", d.address),
     }
 }
 

@@ -71,6 +71,15 @@ pub enum Names {
 }
 
 impl Names {
+    /// The names a config lists: any when none is given or one is `"*"`.
+    pub fn of(given: &[String]) -> Self {
+        if given.is_empty() || given.iter().any(|e| e == "*") {
+            Self::Any
+        } else {
+            Self::Only(given.iter().cloned().collect())
+        }
+    }
+
     /// Whether `name` is allowed.
     pub fn allows(&self, name: &str) -> bool {
         match self {

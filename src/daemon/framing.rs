@@ -90,8 +90,11 @@ pub struct Checked<B> {
     checks: Checks,
     /// Where the body is in the gRPC framing.
     framing: Framing,
-    /// Armed while a message is partly received (with a deadline).
+    /// The deadline's timer (made at the first message, reset for each one after).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The message the timer is armed for (its number in `framing.begun`); 0 when none is
+    /// partly received.
+    armed_for: u64,
 }
 
 impl<B> Checked<B> {
@@ -102,6 +105,7 @@ impl<B> Checked<B> {
             checks,
             framing: Framing::default(),
             timer: None,
+            armed_for: 0,
         }
     }
 
@@ -118,10 +122,17 @@ impl<B> Checked<B> {
             }
             Checks::OneMessage => Ok(()),
             Checks::MessageDeadline(limit) => {
+                // Armed for the message partly received now, from its first byte: a chunk
+                // that ends one message and begins the next re-arms it.
                 if !self.framing.within_message() {
-                    self.timer = None;
-                } else if self.timer.is_none() {
-                    self.timer = Some(Box::pin(tokio::time::sleep(limit)));
+                    self.armed_for = 0;
+                } else if self.armed_for != self.framing.begun {
+                    self.armed_for = self.framing.begun;
+                    let at = tokio::time::Instant::now() + limit;
+                    match &mut self.timer {
+                        Some(timer) => timer.as_mut().reset(at),
+                        None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
                 }
                 Ok(())
             }
@@ -167,12 +178,14 @@ where
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let expired = self
-                    .timer
-                    .as_mut()
-                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                let armed = self.armed_for != 0;
+                let expired = armed
+                    && self
+                        .timer
+                        .as_mut()
+                        .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
                 if expired {
-                    self.timer = None;
+                    self.armed_for = 0;
                     return Poll::Ready(Some(Err(self.late())));
                 }
                 Poll::Pending
@@ -336,6 +349,26 @@ mod tests {
             status.message().contains("stream_message_timeout_ms"),
             "{status}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_that_straddle_chunks_each_get_their_own_deadline() {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = Checked::new(Chunks(rx), Checks::MessageDeadline(Duration::from_secs(5)));
+        // 30 messages of 100 bytes in 64-byte chunks, one chunk a second: each message
+        // arrives within 2 s of its first byte, though a chunk always holds a part of one.
+        let all: Vec<u8> = (0..30).flat_map(|_| message(95)).collect();
+        tokio::spawn(async move {
+            for chunk in all.chunks(64) {
+                // The body waits (Pending) between chunks, its timer polled.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tx.send(Bytes::copy_from_slice(chunk)).unwrap();
+            }
+        });
+        while let Some(frame) = body.frame().await {
+            assert!(frame.is_ok(), "a message late: {:?}", frame.err());
+        }
     }
 
     #[tokio::test]

@@ -175,17 +175,38 @@ impl Resolve for Live {
 
 /// Where a spooled `line` goes under `routes` and `access`, or why they hold it (a
 /// sentence saying what to change).
+///
+/// A route's line goes where the route points now, if it is still of the kind its
+/// messages were accepted for. A target's line goes to that target while the allowlist
+/// names it, or where a route now serves the same endpoint (records an older ferry
+/// spooled for a route stored its target: they stay sendable under a routes-only
+/// allowlist, with the route's current password).
 pub fn resolve(routes: &Routes, access: &Access, line: &Line) -> Result<Target, String> {
     match line {
-        Line::Route(name) => routes.get(name).map(|r| r.target.clone()).ok_or_else(|| {
-            format!(
+        Line::Route { name, kind } => match routes.get(name) {
+            Some(route) if route.target.kind() == *kind => Ok(route.target.clone()),
+            Some(route) => Err(format!(
+                "route {name} is now a {} route and these messages were accepted for a {kind} \
+                 one; give it back its kind and run ferry reload to send them",
+                route.target.kind()
+            )),
+            None => Err(format!(
                 "route {name} is not in the config in force; add it back and run ferry reload \
                  to send these messages"
-            )
-        }),
-        Line::Target(target) => access.check(target).map(|()| target.clone()).map_err(|e| {
-            format!("{e}; allow it in [access] and run ferry reload to send these messages")
-        }),
+            )),
+        },
+        Line::Target(target) => match access.check(target) {
+            Ok(()) => Ok(target.clone()),
+            Err(refusal) => routes
+                .serving(target)
+                .map(|route| route.target.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "{refusal}; allow it in [access] and run ferry reload to send these \
+                         messages"
+                    )
+                }),
+        },
     }
 }
 
@@ -271,5 +292,44 @@ mod tests {
         live.refused("invalid config: routes.c.topic: …".into());
         assert_eq!(live.status().reload_failures, 1);
         assert!(needs_restart_of(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn spooled_lines_resolve_under_the_config_in_force() {
+        let dir = std::env::temp_dir().join(format!("ferry-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("mq.password");
+        std::fs::write(&password, "new-secret").unwrap();
+        let config = settings(&format!(
+            "[server]\nlisten = \"0.0.0.0:1\"\n[routes.events]\nkind = \"rabbitmq\"\n\
+             server = \"amqp://ferry@mq1/%2f\"\npassword_file = {password:?}\n\
+             exchange = \"x\"\n"
+        ));
+        let resolve = |line: &Line| resolve(&config.routes, &config.access, line);
+        let route = |kind| Line::Route {
+            name: std::sync::Arc::from("events"),
+            kind,
+        };
+        let Target::Amqp(now) = resolve(&route("rabbitmq")).unwrap() else {
+            panic!("an AMQP route")
+        };
+        assert!(now.url().contains("new-secret"), "the password in force");
+        let held = resolve(&route("kafka")).unwrap_err();
+        assert!(held.contains("now a rabbitmq route"), "{held}");
+        // A record an older ferry spooled for the route stored its target, with the old
+        // password: routes-only access refuses the target, the route still serves it.
+        let stored = Target::Amqp(
+            ferry_actors::AmqpTarget::try_new("amqp://ferry:old@mq1/%2f", "x").unwrap(),
+        );
+        assert!(config.access.check(&stored).is_err());
+        let Target::Amqp(now) = resolve(&Line::Target(stored)).unwrap() else {
+            panic!("an AMQP target")
+        };
+        assert!(now.url().contains("new-secret"));
+        let elsewhere = Target::Amqp(
+            ferry_actors::AmqpTarget::try_new("amqp://ferry:old@mq2/%2f", "x").unwrap(),
+        );
+        assert!(resolve(&Line::Target(elsewhere)).is_err(), "held");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -216,6 +216,14 @@ impl Routes {
         widened
     }
 
+    /// A route whose target is `target`'s endpoint (same kind, brokers or server, user,
+    /// vhost and exchange; the password may differ).
+    pub fn serving(&self, target: &Target) -> Option<&Route> {
+        self.by_name.values().find(|route| {
+            route.target.kind() == target.kind() && route.target.endpoint() == target.endpoint()
+        })
+    }
+
     /// How many routes there are.
     pub fn len(&self) -> usize {
         self.by_name.len()

@@ -350,6 +350,13 @@ impl Spooler {
         let mut snapshot: Vec<_> = self
             .lock()
             .iter()
+            // A line whose only append was refused (spool full) keeps its state until its
+            // replay task sees it empty, a moment later; it never held a record.
+            .filter(|(_, state)| {
+                let s = &state.stats;
+                s.spooled_now.load(Ordering::Relaxed) > 0
+                    || s.spooled_total.load(Ordering::Relaxed) > 0
+            })
             .map(|(line, state)| {
                 let s = &state.stats;
                 let oldest = s.oldest_ms.load(Ordering::Relaxed);

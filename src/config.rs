@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_actors::policy::PolicyError;
@@ -15,6 +16,7 @@ use ferry_actors::{
 use serde::Deserialize;
 
 use crate::daemon::access::{Access, Allowlist, Names, ServerAccess};
+use crate::daemon::clients::Clients;
 use crate::daemon::routes::{RouteConfig, RouteError, Routes};
 
 /// The address the daemon listens on when no config says otherwise.
@@ -143,6 +145,9 @@ pub struct ServerConfig {
     pub tls_cert_file: String,
     /// PEM private key of that certificate.
     pub tls_key_file: String,
+    /// PEM CA whose client certificates the ingress accepts (mTLS; "" = none): a caller
+    /// presenting one is identified by its subject (`[[access.clients]]`).
+    pub tls_client_ca_file: String,
 }
 
 impl Default for ServerConfig {
@@ -163,6 +168,7 @@ impl Default for ServerConfig {
             stream_message_timeout_ms: 30_000,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
         }
     }
 }
@@ -203,10 +209,13 @@ pub struct AccessConfig {
     pub rabbitmq: Vec<RabbitMqAccess>,
     /// File holding the bearer token clients must send ("" = no token).
     pub token_file: String,
+    /// Callers by name, each with its own credential, routes, targets and limits
+    /// (`[[access.clients]]`); none by default (access decided per daemon).
+    pub clients: Vec<crate::daemon::clients::ClientConfig>,
 }
 
 /// One `[[access.rabbitmq]]` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqAccess {
     /// `host:port` of the server (port 5672 if omitted).
@@ -531,6 +540,8 @@ pub struct Settings {
     pub access: Access,
     /// The bearer token clients must send, if any.
     pub token: Option<String>,
+    /// The callers by name (`[[access.clients]]`).
+    pub clients: Arc<Clients>,
     /// The retry policy.
     pub policy: RetryPolicy,
     /// Producer settings.
@@ -543,21 +554,28 @@ pub struct Settings {
     pub routes: Routes,
 }
 
-/// A certificate chain and its private key, PEM.
+/// A certificate chain and its private key, PEM; and the CA of client certificates.
 #[derive(Clone)]
 pub struct TlsIdentity {
     /// The certificate chain.
     pub cert: Vec<u8>,
     /// The private key.
     pub key: Vec<u8>,
+    /// The CA whose client certificates are accepted (mTLS), if any.
+    pub client_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the key.
+        // Never the key (nor a checksum of it); the certificates' checksums, so that a
+        // reload that changes one is seen (needs_restart compares Debug forms).
         f.debug_struct("TlsIdentity")
-            .field("cert_bytes", &self.cert.len())
-            .finish_non_exhaustive()
+            .field("cert_crc", &crc32fast::hash(&self.cert))
+            .field(
+                "client_ca_crc",
+                &self.client_ca.as_deref().map(crc32fast::hash),
+            )
+            .finish()
     }
 }
 
@@ -638,7 +656,19 @@ impl Config {
             "server.stream_message_timeout_ms",
             self.server.stream_message_timeout_ms,
         )?;
-        let tls = tls_identity(&self.server.tls_cert_file, &self.server.tls_key_file)?;
+        let mut tls = tls_identity(&self.server.tls_cert_file, &self.server.tls_key_file)?;
+        if !self.server.tls_client_ca_file.is_empty() {
+            let Some(tls) = tls.as_mut() else {
+                return Err(invalid(
+                    "server.tls_client_ca_file",
+                    "needs TLS on the ingress: set tls_cert_file and tls_key_file too",
+                ));
+            };
+            tls.client_ca = Some(read_pem(
+                "server.tls_client_ca_file",
+                &self.server.tls_client_ca_file,
+            )?);
+        }
         let ops_listen = self.ops.listen.parse().map_err(|_| {
             invalid(
                 "ops.listen",
@@ -683,7 +713,7 @@ impl Config {
 
         let spool = self.spool.validate()?;
         let access = self.access.validate(listen, !self.routes.is_empty())?;
-        let token = read_token(&self.access.token_file)?;
+        let token = read_token("access.token_file", &self.access.token_file)?;
 
         let p = &self.producers;
         positive("producers.max_targets", p.max_targets)?;
@@ -753,6 +783,17 @@ impl Config {
             reason,
         })?;
         let routes = Routes::from_config(&self.routes, self.kafka.max_brokers_per_target)?;
+        let clients = Arc::new(Clients::from_config(
+            &self.access.clients,
+            &routes,
+            tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        )?);
+        if token.is_some() && !clients.is_empty() {
+            return Err(invalid(
+                "access.token_file",
+                "with [[access.clients]], give each client its own token_file instead",
+            ));
+        }
         Ok(Settings {
             listen,
             workers,
@@ -773,6 +814,7 @@ impl Config {
             pid_file: (!self.ops.pid_file.is_empty()).then(|| PathBuf::from(self.ops.pid_file)),
             access,
             token,
+            clients,
             policy,
             producer: ProducerSettings {
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
@@ -978,6 +1020,7 @@ fn tls_identity(cert: &str, key: &str) -> Result<Option<TlsIdentity>, ConfigErro
         (false, false) => Ok(Some(TlsIdentity {
             cert: read_pem("server.tls_cert_file", cert)?,
             key: read_pem("server.tls_key_file", key)?,
+            client_ca: None,
         })),
         _ => Err(ConfigError::Invalid {
             field: "server.tls_key_file",
@@ -1015,8 +1058,8 @@ fn amqp_tls(ca: &str, cert: &str, key: &str) -> Result<AmqpTls, ConfigError> {
     Ok(AmqpTls { ca_pem, identity })
 }
 
-/// Reads the bearer token from `path` ("" = no token).
-fn read_token(path: &str) -> Result<Option<String>, ConfigError> {
+/// Reads the bearer token from `path` ("" = no token); errors name `field`.
+pub fn read_token(field: &'static str, path: &str) -> Result<Option<String>, ConfigError> {
     if path.is_empty() {
         return Ok(None);
     }
@@ -1025,7 +1068,7 @@ fn read_token(path: &str) -> Result<Option<String>, ConfigError> {
     let token = text.trim();
     if !(16..=4096).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::Invalid {
-            field: "access.token_file",
+            field,
             reason: format!("{path}: the token must be 16 to 4096 printable characters"),
         });
     }

@@ -460,6 +460,12 @@ pub fn render(report: &Report) -> String {
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
     }
+    for c in &report.clients {
+        out.push_str(&format!(
+            "client {}: {} messages, {} over its limits (5), {} not allowed (7), {} in flight\n",
+            c.name, c.requests, c.rate_limited, c.not_allowed, c.in_flight
+        ));
+    }
     if let Some(spool) = &report.spool {
         out.push_str(&format!(
             "spool: {} bytes, {} spooled since start, {} replayed, {} dead letters held ({} moved since start), {} lost\n",

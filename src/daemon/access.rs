@@ -8,6 +8,8 @@ use ferry_actors::Target;
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
+use crate::daemon::clients::Caller;
+
 /// The targets requests may name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
@@ -231,8 +233,26 @@ impl TokenCheck {
 }
 
 impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = self.live.token() else {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let auth = self.live.auth();
+        if !auth.clients.is_empty() {
+            // Per-client access: the call must identify as one client.
+            let identified = peer_subject(&request).and_then(|subject| {
+                auth.clients
+                    .identify(subject.as_deref(), bearer(&request).map(str::as_bytes))
+            });
+            return match identified {
+                Ok(client) => {
+                    request.extensions_mut().insert(Caller(client));
+                    Ok(request)
+                }
+                Err(why) => {
+                    self.refused(&why);
+                    Err(Status::unauthenticated(why))
+                }
+            };
+        }
+        let Some(expected) = auth.token.as_ref() else {
             return Ok(request);
         };
         let expected = expected.as_slice();
@@ -255,6 +275,46 @@ impl tonic::service::Interceptor for TokenCheck {
             }
         }
     }
+}
+
+/// The bearer token a call carries, if any.
+fn bearer(request: &Request<()>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+}
+
+/// The subject of the client certificate a call's connection presented (verified by the
+/// TLS handshake against `server.tls_client_ca_file`), as x509-parser prints it, e.g.
+/// `CN=nwp-jobs, O=Weather`; `None` without one. A subject that would not print
+/// unambiguously — a value holding `,` `+` `=` `"` `\` `<` `>` `;` or a control character,
+/// an attribute that is not a string, a multi-valued RDN, or one that does not parse — is
+/// refused: another subject could print the same.
+fn peer_subject(request: &Request<()>) -> Result<Option<String>, String> {
+    let Some(der) = request
+        .peer_certs()
+        .and_then(|certs| certs.first().cloned())
+    else {
+        return Ok(None);
+    };
+    let refused = || "this client certificate's subject cannot be matched unambiguously".to_owned();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|_| refused())?;
+    let subject = cert.subject();
+    for rdn in subject.iter() {
+        let mut attributes = rdn.iter();
+        let (Some(attribute), None) = (attributes.next(), attributes.next()) else {
+            return Err(refused());
+        };
+        let value = attribute.as_str().map_err(|_| refused())?;
+        let unsafe_char =
+            |c: char| c.is_control() || matches!(c, ',' | '+' | '=' | '"' | '\\' | '<' | '>' | ';');
+        if value.is_empty() || value.chars().any(unsafe_char) {
+            return Err(refused());
+        }
+    }
+    Ok(Some(subject.to_string()))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::daemon::clients::Caller;
 use crate::daemon::ingress::Ingress;
 use crate::proto::ferry::v1::ingest_request::Message;
 use crate::proto::ferry::v1::ingest_server::Ingest;
@@ -63,12 +64,14 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        // Identified once, at the stream's start; each message is admitted on its own.
+        let caller = request.extensions().get::<Caller>().cloned();
         let requests = request.into_inner();
         // Acks waiting to be written are bounded by the window too.
         let (acks, ack_stream) = mpsc::channel(self.window);
         tokio::spawn(drive(
             Arc::clone(&self.ingress),
-            self.window,
+            (self.window, caller),
             requests,
             acks,
         ));
@@ -80,7 +83,7 @@ impl Ingest for IngestService {
 /// (or went away) and every message it sent has an outcome.
 async fn drive(
     ingress: Arc<Ingress>,
-    window: usize,
+    (window, caller): (usize, Option<Caller>),
     mut requests: Streaming<IngestRequest>,
     acks: mpsc::Sender<Result<IngestAck, Status>>,
 ) {
@@ -128,7 +131,7 @@ async fn drive(
                 Ok(Some(request)) => {
                     read += 1;
                     last_id = Some(request.id);
-                    pending.push(Box::pin(answer(&ingress, request)));
+                    pending.push(Box::pin(answer(&ingress, request, caller.as_ref())));
                 }
                 Ok(None) => reading = false,
                 Err(status) => {
@@ -178,14 +181,14 @@ fn unreadable(cause: &Status, read: u64, last_id: Option<u64>) -> Status {
 }
 
 /// Forwards one streamed message and builds its ack.
-async fn answer(ingress: &Ingress, request: IngestRequest) -> IngestAck {
+async fn answer(ingress: &Ingress, request: IngestRequest, caller: Option<&Caller>) -> IngestAck {
     let max = ingress.limits();
     let validated = match request.message {
         Some(Message::Kafka(message)) => wire::kafka_request(message, max),
         Some(Message::Rabbitmq(message)) => wire::rabbitmq_request(message, max),
         Some(Message::Send(message)) => {
             let validated = wire::send_request(message, max, &ingress.routes());
-            let reply = ingress.send_v1(validated).await;
+            let reply = ingress.send_v1(validated, caller).await;
             // `response` too, for a reader of the first version of the ack.
             let response = crate::proto::Response {
                 error_no: reply.error_no,
@@ -203,7 +206,7 @@ async fn answer(ingress: &Ingress, request: IngestRequest) -> IngestAck {
     };
     IngestAck {
         id: request.id,
-        response: Some(ingress.send(validated).await),
+        response: Some(ingress.send(validated, caller).await),
         reply: None,
     }
 }

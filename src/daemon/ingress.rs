@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use ferry_actors::stats::InFlightGuard;
 use ferry_actors::{ForwardError, Forwarder, ProduceError};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::daemon::access::NotAllowed;
+use crate::daemon::clients::Caller;
 use crate::daemon::live::Live;
 use crate::daemon::routes::Routes;
 use crate::proto::message_broker_server::MessageBroker;
@@ -144,15 +147,17 @@ impl Ingress {
         aborted(self.abort.clone()).await;
     }
 
-    /// Answers one unary call. The message is forwarded in a task of its own, so a caller
-    /// that hangs up (its own timeout, a killed job) does not cut a message off half-sent:
-    /// it still gets its outcome, counted in the stats, within the policy's budget.
+    /// Answers one unary call from `caller`. The message is forwarded in a task of its
+    /// own, so a caller that hangs up (its own timeout, a killed job) does not cut a
+    /// message off half-sent: it still gets its outcome, counted in the stats, within the
+    /// policy's budget.
     async fn answer(
         &self,
         request: Result<SendRequest, ferry_actors::InvalidRequest>,
+        caller: Option<Caller>,
     ) -> Result<Response<proto::Response>, Status> {
         let ingress = self.clone();
-        tokio::spawn(async move { ingress.send(request).await })
+        tokio::spawn(async move { ingress.send(request, caller.as_ref()).await })
             .await
             .map(Response::new)
             .map_err(|error| {
@@ -161,13 +166,14 @@ impl Ingress {
             })
     }
 
-    /// Forwards a validated request (or reports why it is invalid) and logs a failure once;
-    /// shared by the unary service and the streaming one.
+    /// Forwards a validated request from `caller` (or reports why it is invalid) and logs
+    /// a failure once; shared by the unary service and the streaming one.
     pub async fn send(
         &self,
         request: Result<SendRequest, ferry_actors::InvalidRequest>,
+        caller: Option<&Caller>,
     ) -> proto::Response {
-        let (outcome, spooled_to) = self.outcome(request).await;
+        let (outcome, spooled_to) = self.outcome(request, caller).await;
         wire::response(&outcome, spooled_to.as_ref())
     }
 
@@ -175,8 +181,9 @@ impl Ingress {
     pub async fn send_v1(
         &self,
         request: Result<SendRequest, ferry_actors::InvalidRequest>,
+        caller: Option<&Caller>,
     ) -> crate::proto::ferry::v1::SendReply {
-        let (outcome, spooled_to) = self.outcome(request).await;
+        let (outcome, spooled_to) = self.outcome(request, caller).await;
         wire::reply(&outcome, spooled_to.as_ref())
     }
 
@@ -184,73 +191,150 @@ impl Ingress {
     async fn outcome(
         &self,
         request: Result<SendRequest, ferry_actors::InvalidRequest>,
+        caller: Option<&Caller>,
     ) -> (
         Result<ferry_actors::Accepted, Failure>,
         Option<ferry_actors::Target>,
     ) {
-        let started = Instant::now();
-        let mut spooled_to = None;
-        let outcome = match request {
-            // A route's target is allowed by definition; any other is checked.
-            Ok(request)
-                if request.via.is_none()
-                    && let Err(refusal) = self.live.check_access(&request.target) =>
-            {
-                self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
-                self.log_limited(|suppressed| {
-                    log::warn!("Request refused error={refusal} suppressed_before={suppressed}");
-                });
-                Err(Failure::NotAllowed(refusal))
-            }
-            Ok(request) => {
-                let forward = self.forwarder.forward(
-                    &request.target,
-                    request.via.as_ref(),
-                    request.route,
-                    request.payload,
-                    request.metadata,
-                );
-                let result = tokio::select! {
-                    result = forward => result.map_err(Failure::from),
-                    () = aborted(self.abort.clone()) => {
-                        // The forward was dropped before it counted its outcome.
-                        self.forwarder.totals().failed.fetch_add(1, Ordering::Relaxed);
-                        Err(Failure::Forward(ForwardError::refused(ProduceError::ShuttingDown)))
-                    }
-                };
-                match &result {
-                    Err(failure) => self.log_limited(|suppressed| {
-                        log::warn!(
-                            "Message not delivered target={} error_no={} error={failure} ms={} suppressed_before={suppressed}",
-                            request.target,
-                            failure.error_no() as i32,
-                            started.elapsed().as_millis()
-                        );
-                    }),
-                    Ok(accepted) if accepted.spooled.is_some() => {
-                        self.log_limited(|suppressed| {
-                            log::info!(
-                                "Message spooled target={} id={} ms={} suppressed_before={suppressed}",
-                                request.target,
-                                accepted.id,
-                                started.elapsed().as_millis()
-                            );
-                        });
-                        spooled_to = Some(request.target);
-                    }
-                    Ok(_) => {}
-                }
-                result
-            }
+        let request = match request {
+            Ok(request) => request,
             Err(invalid) => {
                 self.refused.invalid.fetch_add(1, Ordering::Relaxed);
                 self.log_limited(|suppressed| {
                     log::info!("Request refused error={invalid} suppressed_before={suppressed}");
                 });
-                Err(Failure::Invalid(invalid))
+                return (Err(Failure::Invalid(invalid)), None);
             }
         };
-        (outcome, spooled_to)
+        // Held until the message has its outcome: the caller's in-flight place.
+        let _admitted = match self.admit(&request, caller) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.log_limited(|suppressed| {
+                    log::warn!("Request refused error={refusal} suppressed_before={suppressed}");
+                });
+                return (Err(refusal), None);
+            }
+        };
+        self.forward(request).await
+    }
+
+    /// Whether `request` may go: the caller as the config in force knows it, the daemon's
+    /// allowlist for a target named outright, then the caller's routes, targets, in-flight
+    /// bound and rate. Returns the caller's in-flight place, or the refusal (7, or 5 over a
+    /// client's limit), counted.
+    fn admit(
+        &self,
+        request: &SendRequest,
+        caller: Option<&Caller>,
+    ) -> Result<Option<InFlightGuard>, Failure> {
+        let not_allowed = |refusal| {
+            self.refused.not_allowed.fetch_add(1, Ordering::Relaxed);
+            Failure::NotAllowed(refusal)
+        };
+        let client = self.current_client(caller).map_err(not_allowed)?;
+        if let Some(client) = &client {
+            client.note_request();
+        }
+        // A route's target is allowed by definition; any other is checked.
+        if request.via.is_none()
+            && let Err(refusal) = self.live.check_access(&request.target)
+        {
+            if let Some(client) = &client {
+                client.note_not_allowed();
+            }
+            return Err(not_allowed(refusal));
+        }
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        match &request.via {
+            Some(route) => client.check_route(route),
+            None => client.check_target(&request.target),
+        }
+        .map_err(not_allowed)?;
+        client.admit().map_err(|over| {
+            self.forwarder
+                .totals()
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
+            Failure::Forward(ForwardError::refused(ProduceError::Overloaded(over)))
+        })
+    }
+
+    /// The client `caller` is under the config in force: a stream opened before a reload
+    /// is held to the clients as they are now, so a removed client, a rotated credential,
+    /// or clients configured since the call began, refuse its next message.
+    fn current_client(
+        &self,
+        caller: Option<&Caller>,
+    ) -> Result<Option<std::sync::Arc<crate::daemon::clients::Client>>, NotAllowed> {
+        let clients = self.live.clients();
+        match caller {
+            None if clients.is_empty() => Ok(None),
+            None => Err(NotAllowed(
+                "this call identified as no client, and the daemon now decides access per \
+                 client: open a new call with a client's credential"
+                    .into(),
+            )),
+            Some(Caller(client)) => clients.current(client).map(Some).ok_or_else(|| {
+                NotAllowed(format!(
+                    "client {} is no longer configured as it was when this call began: open \
+                     a new call",
+                    client.name
+                ))
+            }),
+        }
+    }
+
+    /// Forwards an admitted request; its outcome, and the target it was spooled for.
+    async fn forward(
+        &self,
+        request: SendRequest,
+    ) -> (
+        Result<ferry_actors::Accepted, Failure>,
+        Option<ferry_actors::Target>,
+    ) {
+        let started = Instant::now();
+        let forward = self.forwarder.forward(
+            &request.target,
+            request.via.as_ref(),
+            request.route,
+            request.payload,
+            request.metadata,
+        );
+        let result = tokio::select! {
+            result = forward => result.map_err(Failure::from),
+            () = aborted(self.abort.clone()) => {
+                // The forward was dropped before it counted its outcome.
+                self.forwarder.totals().failed.fetch_add(1, Ordering::Relaxed);
+                Err(Failure::Forward(ForwardError::refused(ProduceError::ShuttingDown)))
+            }
+        };
+        let mut spooled_to = None;
+        match &result {
+            Err(failure) => self.log_limited(|suppressed| {
+                log::warn!(
+                    "Message not delivered target={} error_no={} error={failure} ms={} suppressed_before={suppressed}",
+                    request.target,
+                    failure.error_no() as i32,
+                    started.elapsed().as_millis()
+                );
+            }),
+            Ok(accepted) if accepted.spooled.is_some() => {
+                self.log_limited(|suppressed| {
+                    log::info!(
+                        "Message spooled target={} id={} ms={} suppressed_before={suppressed}",
+                        request.target,
+                        accepted.id,
+                        started.elapsed().as_millis()
+                    );
+                });
+                spooled_to = Some(request.target);
+            }
+            Ok(_) => {}
+        }
+        (result, spooled_to)
     }
 }
 
@@ -267,16 +351,18 @@ impl MessageBroker for Ingress {
         &self,
         request: Request<RabbitMqMessage>,
     ) -> Result<Response<proto::Response>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = wire::rabbitmq_request(request.into_inner(), self.limits);
-        self.answer(request).await
+        self.answer(request, caller).await
     }
 
     async fn send_kafka_message(
         &self,
         request: Request<KafkaMessage>,
     ) -> Result<Response<proto::Response>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = wire::kafka_request(request.into_inner(), self.limits);
-        self.answer(request).await
+        self.answer(request, caller).await
     }
 }
 

@@ -6,13 +6,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use ferry_actors::{Line, Resolve, Target};
 
 use crate::config::Settings;
 use crate::daemon::access::Access;
+use crate::daemon::clients::Clients;
 use crate::daemon::routes::{RouteSummary, Routes};
 
 /// The live parts of the config and the config's history.
@@ -21,8 +22,9 @@ pub struct Live {
     routes: ArcSwap<Routes>,
     /// Which targets requests may name.
     access: ArcSwap<Access>,
-    /// The bearer token every call must carry, if any.
-    token: ArcSwapOption<Vec<u8>>,
+    /// Who may call: the bearer token, or the clients by name; swapped as one, so a call
+    /// never sees the old token gone and the new clients not yet there.
+    auth: ArcSwap<Auth>,
     /// Load time, hash, counts.
     status: Mutex<ConfigStatus>,
 }
@@ -49,6 +51,26 @@ pub struct ConfigStatus {
     pub widened: Vec<String>,
 }
 
+/// Who may call: one bearer token for every caller, or each client by its own credential
+/// (never both: the config refuses a `token_file` beside `[[access.clients]]`).
+#[derive(Debug, Default)]
+pub struct Auth {
+    /// The bearer token every call must carry, if any.
+    pub token: Option<Vec<u8>>,
+    /// The callers by name (empty: access is decided per daemon).
+    pub clients: Arc<Clients>,
+}
+
+impl Auth {
+    /// The token and clients of `settings`.
+    fn of(settings: &Settings) -> Self {
+        Self {
+            token: settings.token.as_ref().map(|t| t.clone().into_bytes()),
+            clients: Arc::clone(&settings.clients),
+        }
+    }
+}
+
 /// What a reload changed beyond the live parts it replaced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -64,12 +86,7 @@ impl Live {
         Self {
             routes: ArcSwap::from_pointee(settings.routes.clone()),
             access: ArcSwap::from_pointee(settings.access.clone()),
-            token: ArcSwapOption::new(
-                settings
-                    .token
-                    .as_ref()
-                    .map(|token| Arc::new(token.clone().into_bytes())),
-            ),
+            auth: ArcSwap::from_pointee(Auth::of(settings)),
             status: Mutex::new(ConfigStatus {
                 loaded_at: now(),
                 hash,
@@ -92,9 +109,14 @@ impl Live {
         self.access.load().check(target)
     }
 
-    /// The bearer token now.
-    pub fn token(&self) -> Option<Arc<Vec<u8>>> {
-        self.token.load_full()
+    /// Who may call now: the bearer token, or the clients.
+    pub fn auth(&self) -> Arc<Auth> {
+        self.auth.load_full()
+    }
+
+    /// The callers by name now (empty: access is decided per daemon).
+    pub fn clients(&self) -> Arc<Clients> {
+        Arc::clone(&self.auth.load().clients)
     }
 
     /// Route names and kinds, for `/stats`.
@@ -125,16 +147,21 @@ impl Live {
     ) -> Applied {
         let mut widened = new.access.widened_from(&self.access.load());
         widened.extend(new.routes.widened_from(&self.routes.load()));
-        if self.token.load().is_some() && new.token.is_none() {
+        let old = self.auth.load_full();
+        if old.token.is_some() && new.token.is_none() && new.clients.is_empty() {
             widened.push("[access] token_file removed: calls no longer need a bearer token".into());
         }
+        if !old.clients.is_empty() && new.clients.is_empty() {
+            widened.push("[[access.clients]] removed: access is decided per daemon again".into());
+        }
+        widened.extend(new.clients.widened_from(&old.clients));
+        let mut auth = Auth::of(new);
+        let mut clients = Clients::clone(&auth.clients);
+        clients.carry_state_from(&old.clients);
+        auth.clients = Arc::new(clients);
         self.routes.store(Arc::new(new.routes.clone()));
         self.access.store(Arc::new(new.access.clone()));
-        self.token.store(
-            new.token
-                .as_ref()
-                .map(|token| Arc::new(token.clone().into_bytes())),
-        );
+        self.auth.store(Arc::new(auth));
         let mut needs_restart = moved;
         needs_restart.extend(needs_restart_of(started_with, new));
         let mut status = self.lock();

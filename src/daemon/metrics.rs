@@ -156,6 +156,7 @@ impl Collector for Snapshot {
         if let Some(spool) = &report.spool {
             encode_spool(&mut encoder, spool)?;
         }
+        encode_clients(&mut encoder, &report.clients)?;
         for (name, help, value) in PRODUCER_COUNTERS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for producer in &report.producers {
@@ -215,6 +216,49 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// Per-client counters and in-flight gauge, labelled by the client's name.
+fn encode_clients(
+    encoder: &mut DescriptorEncoder<'_>,
+    clients: &[crate::daemon::clients::ClientReport],
+) -> std::fmt::Result {
+    type Count = fn(&crate::daemon::clients::ClientReport) -> u64;
+    let counters: [(&str, &str, Count); 3] = [
+        (
+            "client_requests",
+            "Messages this client sent (calls and streamed messages).",
+            |c| c.requests,
+        ),
+        (
+            "client_rate_limited",
+            "Messages of this client refused over its max_rate or max_in_flight (5).",
+            |c| c.rate_limited,
+        ),
+        (
+            "client_not_allowed",
+            "Messages of this client naming a route or target not given to it (7).",
+            |c| c.not_allowed,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for client in clients {
+            let labels = [("client", client.name.as_str())];
+            ConstCounter::new(value(client)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "client_in_flight",
+        "Messages of this client in flight.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for client in clients {
+        let labels = [("client", client.name.as_str())];
+        ConstGauge::new(client.in_flight as i64).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// The spool's gauges and counters, overall and per target with spooled messages.

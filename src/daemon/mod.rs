@@ -10,6 +10,7 @@
 //! SIGTERM, SIGINT and SIGHUP into the drain.
 
 pub mod access;
+pub mod clients;
 pub mod connections;
 pub mod framing;
 pub mod http;

@@ -41,6 +41,10 @@ pub struct Report {
     /// The config now serving and its reloads.
     #[serde(default)]
     pub config: crate::daemon::live::ConfigStatus,
+    /// Per-client counts, when access is decided per client (`[[access.clients]]`): by
+    /// name, never by credential.
+    #[serde(default)]
+    pub clients: Vec<crate::daemon::clients::ClientReport>,
 }
 
 /// The durable spool.
@@ -292,6 +296,7 @@ impl Source {
             }),
             routes: self.live.route_summaries(),
             config: self.live.status(),
+            clients: self.live.clients().report(),
         }
     }
 }

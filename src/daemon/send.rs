@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::daemon::clients::Caller;
 use crate::daemon::ingress::Ingress;
 use crate::proto::ferry::v1::send_server::Send;
 use crate::proto::ferry::v1::{SendReply, SendRequest};
@@ -30,10 +31,11 @@ impl Send for SendService {
         let ingress = Arc::clone(&self.ingress);
         // In a task of its own, as the legacy calls: a caller that hangs up does not cut
         // its message off half-sent.
+        let caller = request.extensions().get::<Caller>().cloned();
         tokio::spawn(async move {
             let validated =
                 wire::send_request(request.into_inner(), ingress.limits(), &ingress.routes());
-            ingress.send_v1(validated).await
+            ingress.send_v1(validated, caller.as_ref()).await
         })
         .await
         .map(Response::new)

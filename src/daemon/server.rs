@@ -33,6 +33,20 @@ use crate::proto::ferry::v1::send_server::SendServer;
 use crate::proto::message_broker_server::MessageBrokerServer;
 use crate::wire::RequestLimits;
 
+/// The ingress's TLS: its identity, and with a client CA, client certificates verified
+/// against it (optional: a caller without one identifies by bearer token).
+fn server_tls(tls: &crate::config::TlsIdentity, handshake: Duration) -> ServerTlsConfig {
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert, &tls.key))
+        .timeout(handshake);
+    match &tls.client_ca {
+        Some(ca) => config
+            .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+            .client_auth_optional(true),
+        None => config,
+    }
+}
+
 /// Pending connections each listener queues before the kernel refuses more.
 const LISTEN_BACKLOG: i32 = 1024;
 /// Room for the gRPC request's own fields around the payload.
@@ -473,11 +487,7 @@ async fn serve(
     let builders = arbiters
         .iter()
         .map(|_| match &settings.tls {
-            Some(tls) => Server::builder().tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&tls.cert, &tls.key))
-                    .timeout(settings.handshake_timeout),
-            ),
+            Some(tls) => Server::builder().tls_config(server_tls(tls, settings.handshake_timeout)),
             None => Ok(Server::builder()),
         })
         .map(|builder| {

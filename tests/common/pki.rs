@@ -1,5 +1,5 @@
-//! Test certificates: a CA, a server and a client certificate it signed, and a CA that
-//! signed nothing here, as PEM files.
+//! Test certificates: a CA, a server and a client certificate it signed, and another CA
+//! with a client certificate of its own, as PEM files.
 
 #![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
@@ -11,7 +11,8 @@ pub struct Pki {
 
 impl Pki {
     /// Writes `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1), `client.pem`/`client.key`
-    /// (signed by the CA) and `other-ca.pem` (a CA that signed nothing here) under `dir`.
+    /// (signed by the CA), `other-ca.pem` (another CA) and `stranger.pem`/`stranger.key` (a
+    /// client certificate with the same subject, signed by the other CA) under `dir`.
     pub fn generate(dir: std::path::PathBuf) -> Self {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
@@ -41,6 +42,13 @@ impl Pki {
                 .unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
+        // A client certificate the other CA signed: a stranger to a daemon trusting `ca`.
+        let key = KeyPair::generate().unwrap();
+        let stranger = params(vec!["ferry".to_owned()], "client")
+            .signed_by(&key, &other)
+            .unwrap();
+        std::fs::write(dir.join("stranger.pem"), stranger.pem()).unwrap();
+        std::fs::write(dir.join("stranger.key"), key.serialize_pem()).unwrap();
         for (name, names) in [
             ("server", vec!["127.0.0.1".to_owned()]),
             ("client", vec!["ferry".to_owned()]),

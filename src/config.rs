@@ -230,6 +230,57 @@ pub struct RabbitMqAccess {
     pub users: Vec<String>,
 }
 
+impl ServerConfig {
+    /// The ingress's TLS identity, with the CA of client certificates (mTLS) if one is
+    /// given; `None` for plain TCP.
+    fn tls(&self) -> Result<Option<TlsIdentity>, ConfigError> {
+        let mut tls = tls_identity(&self.tls_cert_file, &self.tls_key_file)?;
+        if !self.tls_client_ca_file.is_empty() {
+            let Some(tls) = tls.as_mut() else {
+                return Err(ConfigError::Invalid {
+                    field: "server.tls_client_ca_file",
+                    reason: "needs TLS on the ingress: set tls_cert_file and tls_key_file too"
+                        .into(),
+                });
+            };
+            tls.client_ca = Some(read_pem(
+                "server.tls_client_ca_file",
+                &self.tls_client_ca_file,
+            )?);
+        }
+        Ok(tls)
+    }
+
+    /// Checks the timeouts that must outlast the policy's total `budget`; returns the idle
+    /// connection timeout.
+    fn check_against(&self, budget: Duration) -> Result<Duration, ConfigError> {
+        let longer = |field, value: u64, why: &str| {
+            if Duration::from_millis(value) > budget {
+                return Ok(());
+            }
+            Err(ConfigError::Invalid {
+                field,
+                reason: format!(
+                    "must be longer than the policy's total budget ({} ms){why}",
+                    budget.as_millis()
+                ),
+            })
+        };
+        longer(
+            "server.stream_message_timeout_ms",
+            self.stream_message_timeout_ms,
+            ": a stream's window can be full of messages waiting for their brokers that \
+             long, and its next message waits meanwhile",
+        )?;
+        longer(
+            "server.idle_connection_timeout_ms",
+            self.idle_connection_timeout_ms,
+            ", or a call waiting for its broker would lose its connection",
+        )?;
+        Ok(Duration::from_millis(self.idle_connection_timeout_ms))
+    }
+}
+
 /// `[policy]`: attempt n may take n × `timeout_step_ms`; at most `max_attempts` attempts.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -656,19 +707,7 @@ impl Config {
             "server.stream_message_timeout_ms",
             self.server.stream_message_timeout_ms,
         )?;
-        let mut tls = tls_identity(&self.server.tls_cert_file, &self.server.tls_key_file)?;
-        if !self.server.tls_client_ca_file.is_empty() {
-            let Some(tls) = tls.as_mut() else {
-                return Err(invalid(
-                    "server.tls_client_ca_file",
-                    "needs TLS on the ingress: set tls_cert_file and tls_key_file too",
-                ));
-            };
-            tls.client_ca = Some(read_pem(
-                "server.tls_client_ca_file",
-                &self.server.tls_client_ca_file,
-            )?);
-        }
+        let tls = self.server.tls()?;
         let ops_listen = self.ops.listen.parse().map_err(|_| {
             invalid(
                 "ops.listen",
@@ -685,28 +724,7 @@ impl Config {
         })?;
 
         let budget = policy.total_budget();
-        if Duration::from_millis(self.server.stream_message_timeout_ms) <= budget {
-            return Err(ConfigError::Invalid {
-                field: "server.stream_message_timeout_ms",
-                reason: format!(
-                    "must be longer than the policy's total budget ({} ms): a stream's window \
-                     can be full of messages waiting for their brokers that long, and its \
-                     next message waits meanwhile",
-                    budget.as_millis()
-                ),
-            });
-        }
-        let idle_connection_timeout = Duration::from_millis(self.server.idle_connection_timeout_ms);
-        if idle_connection_timeout <= budget {
-            return Err(ConfigError::Invalid {
-                field: "server.idle_connection_timeout_ms",
-                reason: format!(
-                    "must be longer than the policy's total budget ({} ms), or a call waiting \
-                     for its broker would lose its connection",
-                    budget.as_millis()
-                ),
-            });
-        }
+        let idle_connection_timeout = self.server.check_against(budget)?;
         if !(1..=64).contains(&self.kafka.max_brokers_per_target) {
             return Err(invalid("kafka.max_brokers_per_target", "must be 1 to 64"));
         }
@@ -783,17 +801,8 @@ impl Config {
             reason,
         })?;
         let routes = Routes::from_config(&self.routes, self.kafka.max_brokers_per_target)?;
-        let clients = Arc::new(Clients::from_config(
-            &self.access.clients,
-            &routes,
-            tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
-        )?);
-        if token.is_some() && !clients.is_empty() {
-            return Err(invalid(
-                "access.token_file",
-                "with [[access.clients]], give each client its own token_file instead",
-            ));
-        }
+        let mtls = tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+        let clients = Arc::new(self.access.clients(&routes, mtls, token.is_some())?);
         Ok(Settings {
             listen,
             workers,
@@ -882,6 +891,25 @@ impl SpoolConfig {
 }
 
 impl AccessConfig {
+    /// The `[[access.clients]]` of a config with `routes`, with or without mTLS on the
+    /// ingress; refused beside a daemon-wide token (`has_token`).
+    fn clients(
+        &self,
+        routes: &Routes,
+        mtls: bool,
+        has_token: bool,
+    ) -> Result<Clients, ConfigError> {
+        let clients = Clients::from_config(&self.clients, routes, mtls)?;
+        if has_token && !clients.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "access.token_file",
+                reason: "with [[access.clients]], give each client its own token_file instead"
+                    .into(),
+            });
+        }
+        Ok(clients)
+    }
+
     /// The access rule: the allowlist if one is given; any target on loopback; beyond
     /// loopback, routes only when there are routes (`has_routes`), and otherwise refused
     /// unless `allow_any_target` says so.

@@ -14,7 +14,7 @@ use crate::policy::RetryPolicy;
 use crate::producer::{Delivery, Outgoing};
 use crate::registry::Registry;
 use crate::spooler::Spooler;
-use crate::stats::InFlight;
+use crate::stats::{InFlight, InFlightGuard};
 use crate::target::Target;
 
 /// A message the daemon took responsibility for.
@@ -131,31 +131,8 @@ impl Forwarder {
         payload: Bytes,
         metadata: Option<Arc<Metadata>>,
     ) -> Result<Accepted, ForwardError> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(ForwardError::refused(ProduceError::ShuttingDown));
-        }
-        let _admitted = self
-            .in_flight
-            .try_enter(self.max_in_flight)
-            .ok_or_else(|| {
-                ForwardError::refused(ProduceError::Overloaded(format!(
-                    "{} messages in flight (max_in_flight)",
-                    self.max_in_flight
-                )))
-            })?;
-        let _admitted_bytes = self
-            .in_flight_bytes
-            .try_add(
-                (payload.len() + metadata.as_deref().map_or(0, Metadata::bytes)) as u64,
-                self.max_in_flight_bytes,
-            )
-            .ok_or_else(|| {
-                ForwardError::refused(ProduceError::Overloaded(format!(
-                    "{} payload bytes in flight (max_in_flight_bytes {})",
-                    self.in_flight_bytes.get(),
-                    self.max_in_flight_bytes
-                )))
-            })?;
+        let _admitted =
+            self.admit((payload.len() + metadata.as_deref().map_or(0, Metadata::bytes)) as u64)?;
         let id = new_id();
         if let Some(spooler) = &self.spooler
             && spooler.has_lines()
@@ -239,6 +216,35 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// Takes a message's places under the daemon-wide bounds (messages and `bytes` of
+    /// payload in flight), held until it has its outcome; or refuses it (shutting down,
+    /// or a bound reached).
+    fn admit(&self, bytes: u64) -> Result<(InFlightGuard, InFlightGuard), ForwardError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(ForwardError::refused(ProduceError::ShuttingDown));
+        }
+        let message = self
+            .in_flight
+            .try_enter(self.max_in_flight)
+            .ok_or_else(|| {
+                ForwardError::refused(ProduceError::Overloaded(format!(
+                    "{} messages in flight (max_in_flight)",
+                    self.max_in_flight
+                )))
+            })?;
+        let bytes = self
+            .in_flight_bytes
+            .try_add(bytes, self.max_in_flight_bytes)
+            .ok_or_else(|| {
+                ForwardError::refused(ProduceError::Overloaded(format!(
+                    "{} payload bytes in flight (max_in_flight_bytes {})",
+                    self.in_flight_bytes.get(),
+                    self.max_in_flight_bytes
+                )))
+            })?;
+        Ok((message, bytes))
     }
 
     /// Refuses new messages from now on (those in flight go on); spool replay stops.

@@ -122,12 +122,7 @@ impl Client {
         mtls: bool,
     ) -> Result<Self, ConfigError> {
         let name = &config.name;
-        let fine = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(fine) {
-            return Err(invalid(format!(
-                "{name:?}: a client name is 1 to 64 ASCII letters, digits, '.', '_' or '-'"
-            )));
-        }
+        crate::daemon::routes::check_name("client", name).map_err(invalid)?;
         let credential = match (
             config.token_file.as_str(),
             config.certificate_subject.as_str(),

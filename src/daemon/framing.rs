@@ -138,19 +138,15 @@ impl<B> Checked<B> {
             }
         }
     }
+}
 
-    /// The error that ends a body whose message is late.
-    fn late(&self) -> StdError {
-        let limit = match self.checks {
-            Checks::MessageDeadline(limit) => limit,
-            Checks::OneMessage => Duration::ZERO,
-        };
-        Box::new(tonic::Status::deadline_exceeded(format!(
-            "a message took longer than {} ms to arrive (server.stream_message_timeout_ms): \
-             send each message whole",
-            limit.as_millis()
-        )))
-    }
+/// The error that ends a body whose message took longer than `limit` to arrive.
+fn late(limit: Duration) -> StdError {
+    Box::new(tonic::Status::deadline_exceeded(format!(
+        "a message took longer than {} ms to arrive (server.stream_message_timeout_ms): \
+         send each message whole",
+        limit.as_millis()
+    )))
 }
 
 impl<B> Body for Checked<B>
@@ -178,15 +174,17 @@ where
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let armed = self.armed_for != 0;
-                let expired = armed
+                let Checks::MessageDeadline(limit) = self.checks else {
+                    return Poll::Pending;
+                };
+                let expired = self.armed_for != 0
                     && self
                         .timer
                         .as_mut()
                         .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
                 if expired {
                     self.armed_for = 0;
-                    return Poll::Ready(Some(Err(self.late())));
+                    return Poll::Ready(Some(Err(late(limit))));
                 }
                 Poll::Pending
             }

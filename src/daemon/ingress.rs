@@ -269,7 +269,8 @@ impl Ingress {
         &self,
         caller: Option<&Caller>,
     ) -> Result<Option<std::sync::Arc<crate::daemon::clients::Client>>, NotAllowed> {
-        let clients = self.live.clients();
+        let auth = self.live.auth();
+        let clients = &auth.clients;
         match caller {
             None if clients.is_empty() => Ok(None),
             None => Err(NotAllowed(

@@ -109,9 +109,10 @@ impl Live {
         self.access.load().check(target)
     }
 
-    /// Who may call now: the bearer token, or the clients.
-    pub fn auth(&self) -> Arc<Auth> {
-        self.auth.load_full()
+    /// Who may call now: the bearer token, or the clients (a guard, without touching a
+    /// reference count: this runs for every call and every message).
+    pub fn auth(&self) -> arc_swap::Guard<Arc<Auth>> {
+        self.auth.load()
     }
 
     /// The callers by name now (empty: access is decided per daemon).

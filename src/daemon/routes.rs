@@ -123,7 +123,7 @@ impl Routes {
                 field,
                 reason,
             };
-            check_name(name).map_err(|reason| error("name", reason))?;
+            check_name("route", name).map_err(|reason| error("name", reason))?;
             let field_error = |e: InvalidRequest| error(e.field, e.reason);
             let route = match route {
                 RouteConfig::Kafka {
@@ -265,12 +265,13 @@ impl Route {
     }
 }
 
-/// A route name: 1 to [`MAX_ROUTE_NAME_BYTES`] of ASCII letters, digits, `.`, `_`, `-`.
-fn check_name(name: &str) -> Result<(), String> {
+/// A name a config gives (a route's, a client's; `what` says which): 1 to
+/// [`MAX_ROUTE_NAME_BYTES`] of ASCII letters, digits, `.`, `_`, `-`.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     let fine = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
     if name.is_empty() || name.len() > MAX_ROUTE_NAME_BYTES || !name.bytes().all(fine) {
         return Err(format!(
-            "{name:?}: a route name is 1 to {MAX_ROUTE_NAME_BYTES} ASCII letters, digits, '.', '_' or '-'"
+            "{name:?}: a {what} name is 1 to {MAX_ROUTE_NAME_BYTES} ASCII letters, digits, '.', '_' or '-'"
         ));
     }
     Ok(())

@@ -9,19 +9,16 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::error::{SpoolError, is_corruption};
-use crate::store::{DB_FILE, SCHEMA, Store};
+use crate::store::{BUSY_TIMEOUT, DB_FILE, SCHEMA, Store};
 
 /// Databases up to this size are checked (`PRAGMA quick_check`) before the daemon serves;
 /// a larger one is checked by a background thread after it started, since the check reads
 /// every page (a 1 GiB spool took 23-29 s from a cold cache).
 pub const CHECK_AT_OPEN_MAX_BYTES: u64 = 64 << 20;
-/// How long an open waits for another connection's lock before refusing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The lock file in the spool directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -313,7 +310,7 @@ fn wal_has_torn_tail(wal: &Path) -> Result<bool, SpoolError> {
 
 /// Moves the database files of `dir` into a new `corrupt-<ms>` folder beside them.
 fn move_aside(dir: &Path) -> Result<PathBuf, SpoolError> {
-    let aside = dir.join(format!("corrupt-{}", crate::spool::now_ms()));
+    let aside = dir.join(format!("corrupt-{}", crate::record::now_ms()));
     fs::DirBuilder::new().mode(0o700).create(&aside)?;
     for suffix in ["", "-wal", "-shm"] {
         let name = format!("{DB_FILE}{suffix}");

@@ -1,6 +1,16 @@
 //! What a spooled record holds and where it goes.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
+
+/// Milliseconds since the Unix epoch: the clock of `created_ms`, `max_age_s` and
+/// dead letters' `dead_ms`.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// The kind of middleware a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

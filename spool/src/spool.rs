@@ -9,13 +9,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dead::{Burial, Moved};
 use crate::error::SpoolError;
 use crate::open::{Recovery, lock, prepare_dir};
+pub use crate::record::now_ms;
 use crate::record::{Destination, NewRecord, Record};
 use crate::store::{Store, Summary};
 
@@ -224,13 +224,6 @@ impl Spool {
             .map_err(|_| SpoolError::Closed)?;
         answer.await.map_err(|_| SpoolError::Closed)
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The writer thread's state.

@@ -16,6 +16,8 @@ use crate::record::{Destination, Kind, NewRecord, Record};
 
 /// The database file in the spool directory.
 pub const DB_FILE: &str = "spool.db";
+/// How long a connection waits for another connection's lock before refusing.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The tables. `seq` is AUTOINCREMENT so a position is never reused, even after removals;
 /// a dead letter keeps its seq, so a requeued record goes back to its place in line.
@@ -391,7 +393,7 @@ impl Store {
             .map_err(|e| {
             SpoolError::Unusable(format!("cannot read {}: {e}", path.display()))
         })?;
-        conn.busy_timeout(crate::open::BUSY_TIMEOUT)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Self { conn })
     }
 }

@@ -10,7 +10,7 @@ use ferry_actors::{
     Accepted, AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, Metadata, ProduceError, Target,
 };
 
-use crate::daemon::routes::Routes;
+use crate::config::routes::Routes;
 use crate::proto;
 use crate::proto::ferry::v1;
 
@@ -99,7 +99,7 @@ pub enum Failure {
     Invalid(#[from] InvalidRequest),
     /// The target is not in the allowlist; nothing was connected.
     #[error(transparent)]
-    NotAllowed(#[from] crate::daemon::access::NotAllowed),
+    NotAllowed(#[from] crate::config::allowlist::NotAllowed),
     /// Forwarded and not delivered.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -159,7 +159,7 @@ pub fn rabbitmq_request(
 /// Validates a `ferry.v1.SendRequest`: its route (looked up in `routes`) or explicit target,
 /// the topic or routing key it asks for, and its metadata.
 pub fn send_request(
-    request: v1::SendRequest,
+    mut request: v1::SendRequest,
     limits: RequestLimits,
     routes: &Routes,
 ) -> Result<SendRequest, InvalidRequest> {
@@ -174,44 +174,10 @@ pub fn send_request(
             ),
         ));
     }
-    let (target, route, via, default_key) = match request.target {
+    let (target, route, via, default_key) = match request.target.take() {
         Some(Wire::Route(name)) => {
-            let route = routes.get(&name).ok_or_else(|| {
-                InvalidRequest::new(
-                    "route",
-                    format!("{name:?} is not a route of this daemon (ferry routes lists them)"),
-                )
-            })?;
-            let subject = match &route.target {
-                Target::Kafka(_) => {
-                    if request.routing_key.is_some() {
-                        return Err(InvalidRequest::new(
-                            "routing_key",
-                            "this is a Kafka route: name a topic, not a routing key",
-                        ));
-                    }
-                    let topic = route.subject(request.topic.as_deref(), "topic")?;
-                    validate_topic(&topic)?;
-                    topic
-                }
-                Target::Amqp(_) => {
-                    if request.topic.is_some() {
-                        return Err(InvalidRequest::new(
-                            "topic",
-                            "this is a RabbitMQ route: name a routing key, not a topic",
-                        ));
-                    }
-                    let key = route.subject(request.routing_key.as_deref(), "routing_key")?;
-                    validate_routing_key(&key)?;
-                    key
-                }
-            };
-            (
-                route.target.clone(),
-                subject,
-                Some(Arc::clone(&route.name)),
-                route.default_key.clone(),
-            )
+            let (target, subject, name, default_key) = through_route(&request, &name, routes)?;
+            (target, subject, Some(name), default_key)
         }
         Some(Wire::Kafka(target)) => {
             let kafka = KafkaTarget::try_new(&target.brokers, limits.max_brokers_per_target)?;
@@ -254,6 +220,52 @@ pub fn send_request(
         metadata: metadata.map(Arc::new),
         via,
     })
+}
+
+/// What a request through the route `name` resolves to: the route's target, the topic or
+/// routing key (the request's, within what the route allows, or the route's own), the
+/// route's name and its default Kafka key.
+fn through_route(
+    request: &v1::SendRequest,
+    name: &str,
+    routes: &Routes,
+) -> Result<(Target, String, Arc<str>, Option<Bytes>), InvalidRequest> {
+    let route = routes.get(name).ok_or_else(|| {
+        InvalidRequest::new(
+            "route",
+            format!("{name:?} is not a route of this daemon (ferry routes lists them)"),
+        )
+    })?;
+    let subject = match &route.target {
+        Target::Kafka(_) => {
+            if request.routing_key.is_some() {
+                return Err(InvalidRequest::new(
+                    "routing_key",
+                    "this is a Kafka route: name a topic, not a routing key",
+                ));
+            }
+            let topic = route.subject(request.topic.as_deref(), "topic")?;
+            validate_topic(&topic)?;
+            topic
+        }
+        Target::Amqp(_) => {
+            if request.topic.is_some() {
+                return Err(InvalidRequest::new(
+                    "topic",
+                    "this is a RabbitMQ route: name a routing key, not a topic",
+                ));
+            }
+            let key = route.subject(request.routing_key.as_deref(), "routing_key")?;
+            validate_routing_key(&key)?;
+            key
+        }
+    };
+    Ok((
+        route.target.clone(),
+        subject,
+        Arc::clone(&route.name),
+        route.default_key.clone(),
+    ))
 }
 
 /// The metadata of a request, for `target`'s kind: metadata for the other kind is an
@@ -300,58 +312,66 @@ fn metadata(
             if amqp.is_none() && headers.is_empty() {
                 return Ok(None);
             }
-            let amqp = amqp.unwrap_or_default();
-            let priority = amqp
-                .priority
-                .map(|p| {
-                    u8::try_from(p).map_err(|_| {
-                        InvalidRequest::new("priority", format!("{p}: a priority is 0 to 255"))
-                    })
-                })
-                .transpose()?;
-            let mut table = std::collections::BTreeMap::new();
-            for (name, value) in amqp.headers {
-                use v1::amqp_header_value::Value;
-                let value = match value.value {
-                    Some(Value::Text(text)) => HeaderValue::Text(text),
-                    Some(Value::Int(n)) => HeaderValue::Int(n),
-                    Some(Value::Bool(b)) => HeaderValue::Bool(b),
-                    None => {
-                        return Err(InvalidRequest::new(
-                            "headers",
-                            format!("header {name:?} has no value"),
-                        ));
-                    }
-                };
-                table.insert(name, value);
-            }
-            for header in headers {
-                let text = String::from_utf8(header.value.to_vec()).map_err(|_| {
-                    InvalidRequest::new(
-                        "headers",
-                        format!(
-                            "header {:?}: an AMQP text header must be UTF-8",
-                            header.name
-                        ),
-                    )
-                })?;
-                table.insert(header.name, HeaderValue::Text(text));
-            }
-            Metadata::Amqp(AmqpMetadata {
-                headers: table,
-                expiration_ms: amqp.expiration_ms,
-                content_type: amqp.content_type,
-                content_encoding: amqp.content_encoding,
-                correlation_id: amqp.correlation_id,
-                message_id: amqp.message_id,
-                kind: amqp.r#type,
-                app_id: amqp.app_id,
-                priority,
-            })
+            amqp_metadata(amqp.unwrap_or_default(), headers)?
         }
     };
     metadata.check()?;
     Ok(Some(metadata))
+}
+
+/// AMQP metadata from the request's `amqp` fields and its generic `headers` (text, so
+/// UTF-8 only).
+fn amqp_metadata(
+    amqp: v1::AmqpMetadata,
+    headers: Vec<v1::KafkaHeader>,
+) -> Result<Metadata, InvalidRequest> {
+    let priority = amqp
+        .priority
+        .map(|p| {
+            u8::try_from(p).map_err(|_| {
+                InvalidRequest::new("priority", format!("{p}: a priority is 0 to 255"))
+            })
+        })
+        .transpose()?;
+    let mut table = std::collections::BTreeMap::new();
+    for (name, value) in amqp.headers {
+        use v1::amqp_header_value::Value;
+        let value = match value.value {
+            Some(Value::Text(text)) => HeaderValue::Text(text),
+            Some(Value::Int(n)) => HeaderValue::Int(n),
+            Some(Value::Bool(b)) => HeaderValue::Bool(b),
+            None => {
+                return Err(InvalidRequest::new(
+                    "headers",
+                    format!("header {name:?} has no value"),
+                ));
+            }
+        };
+        table.insert(name, value);
+    }
+    for header in headers {
+        let text = String::from_utf8(header.value.to_vec()).map_err(|_| {
+            InvalidRequest::new(
+                "headers",
+                format!(
+                    "header {:?}: an AMQP text header must be UTF-8",
+                    header.name
+                ),
+            )
+        })?;
+        table.insert(header.name, HeaderValue::Text(text));
+    }
+    Ok(Metadata::Amqp(AmqpMetadata {
+        headers: table,
+        expiration_ms: amqp.expiration_ms,
+        content_type: amqp.content_type,
+        content_encoding: amqp.content_encoding,
+        correlation_id: amqp.correlation_id,
+        message_id: amqp.message_id,
+        kind: amqp.r#type,
+        app_id: amqp.app_id,
+        priority,
+    }))
 }
 
 /// The `ferry.v1.SendReply` for an outcome: the same answer as [`response`], plus where a
@@ -543,7 +563,7 @@ mod tests {
         assert_eq!(code(forward(ProduceError::Unavailable("x".into()))), 4);
         assert_eq!(code(forward(ProduceError::Overloaded("x".into()))), 5);
         assert_eq!(code(forward(ProduceError::ShuttingDown)), 6);
-        let not_allowed = crate::daemon::access::NotAllowed("x".into());
+        let not_allowed = crate::config::allowlist::NotAllowed("x".into());
         assert_eq!(code(Err(not_allowed.into())), 7);
         for value in 0..=7 {
             assert_eq!(ErrorNo::from_wire(value).map(|c| c as i32), Some(value));
@@ -558,7 +578,7 @@ mod tests {
     }
 
     fn routes() -> Routes {
-        let config: std::collections::BTreeMap<String, crate::daemon::routes::RouteConfig> =
+        let config: std::collections::BTreeMap<String, crate::config::routes::RouteConfig> =
             toml::from_str(
                 "[events]\nkind = \"kafka\"\nbrokers = [\"k1:9092\"]\ntopic = \"nwp.events\"\n\
                  key = \"default\"\nallow_topic = [\"nwp.*\"]\n\

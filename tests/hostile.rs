@@ -574,7 +574,7 @@ async fn kafka_broker_lists_and_kafka_targets_are_bounded() {
 /// allows over `seconds` (plus one window); returns how many.
 fn logged_within_budget(log: &str, line: &str, seconds: u64) -> u64 {
     let lines = log.matches(line).count() as u64;
-    let bound = ferry::daemon::ingress::LOG_LINES_PER_SECOND * (seconds + 1);
+    let bound = ferry::daemon::log_budget::LOG_LINES_PER_SECOND * (seconds + 1);
     assert!(
         (1..=bound).contains(&lines),
         "{lines} \"{line}\" lines in {seconds} s (bound {bound})"

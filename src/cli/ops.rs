@@ -17,8 +17,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, block_on, fail};
 use crate::config::{DEFAULT_LISTEN, DEFAULT_OPS_LISTEN};
+use crate::daemon::grpc::HEALTH_SERVICE;
+use crate::daemon::live::ConfigStatus;
 use crate::daemon::report::{Producer, Report};
-use crate::daemon::server::HEALTH_SERVICE;
 
 /// Flags of `ferry check`.
 #[derive(Debug, Args)]
@@ -114,25 +115,9 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
             "no pid file: give --pid-file, or --config with ops.pid_file set",
         );
     };
-    let pid = match std::fs::read_to_string(&pid_file) {
-        // A positive pid other than init's: "-1" or "0" would signal a whole group (and
-        // rustix asserts on a negative one).
-        Ok(text) => match text
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|pid| *pid > 1)
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            Some(pid) => pid,
-            None => return fail(EXIT_USAGE, format!("{} holds no pid", pid_file.display())),
-        },
-        Err(e) => {
-            return fail(
-                EXIT_USAGE,
-                format!("cannot read {}: {e}", pid_file.display()),
-            );
-        }
+    let pid = match read_pid(&pid_file) {
+        Ok(pid) => pid,
+        Err(error) => return fail(EXIT_USAGE, error),
     };
     let http = args
         .http
@@ -161,49 +146,82 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
             ),
         );
     };
-    let deadline = Instant::now() + Duration::from_millis(args.timeout_ms);
+    match await_reload(&uri, &before, args.timeout_ms) {
+        Some(Ok(report)) => {
+            print_reloaded(&report);
+            ExitCode::SUCCESS
+        }
+        Some(Err(last_error)) => fail(
+            EXIT_NOT_DELIVERED,
+            format!("reload refused, the old config keeps serving: {last_error}"),
+        ),
+        None => fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "sent SIGHUP to {pid:?}, and {http} showed no reload within {} ms",
+                args.timeout_ms
+            ),
+        ),
+    }
+}
+
+/// The pid in `pid_file`: a positive pid other than init's ("-1" or "0" would signal a
+/// whole group, and rustix asserts on a negative one).
+fn read_pid(pid_file: &std::path::Path) -> Result<rustix::process::Pid, String> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|pid| *pid > 1)
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("{} holds no pid", pid_file.display()))
+}
+
+/// Polls `/stats` at `uri` for `timeout_ms` until the daemon counts a reload beyond
+/// `before`: the report once one is applied, the reason once one is refused, `None` if
+/// neither happened in time.
+fn await_reload(
+    uri: &Uri,
+    before: &ConfigStatus,
+    timeout_ms: u64,
+) -> Option<Result<Report, String>> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        let Ok(report) = read_report(&uri, args.timeout_ms) else {
+        let Ok(report) = read_report(uri, timeout_ms) else {
             continue;
         };
-        let now = report.config;
-        if now.reload_failures > before.reload_failures {
-            return fail(
-                EXIT_NOT_DELIVERED,
-                format!(
-                    "reload refused, the old config keeps serving: {}",
-                    now.last_error
-                ),
-            );
+        if report.config.reload_failures > before.reload_failures {
+            return Some(Err(report.config.last_error));
         }
-        if now.reloads > before.reloads {
-            println!(
-                "reloaded: config {} with {} routes{}",
-                now.hash,
-                report.routes.len(),
-                if now.needs_restart.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; needs a restart to apply: {}",
-                        now.needs_restart.join(", ")
-                    )
-                }
-            );
-            for widened in &now.widened {
-                println!("widens access: {widened}");
-            }
-            return ExitCode::SUCCESS;
+        if report.config.reloads > before.reloads {
+            return Some(Ok(report));
         }
     }
-    fail(
-        EXIT_NOT_DELIVERED,
+    None
+}
+
+/// What `ferry reload` prints of an applied reload: the config's hash, its routes, the
+/// fields that need a restart and what it widens.
+fn print_reloaded(report: &Report) {
+    let config = &report.config;
+    let restart = if config.needs_restart.is_empty() {
+        String::new()
+    } else {
         format!(
-            "sent SIGHUP to {pid:?}, and {http} showed no reload within {} ms",
-            args.timeout_ms
-        ),
-    )
+            "; needs a restart to apply: {}",
+            config.needs_restart.join(", ")
+        )
+    };
+    println!(
+        "reloaded: config {} with {} routes{restart}",
+        config.hash,
+        report.routes.len()
+    );
+    for widened in &config.widened {
+        println!("widens access: {widened}");
+    }
 }
 
 /// What `ferry reload` needs of a config file.
@@ -399,8 +417,39 @@ pub async fn fetch(uri: Uri) -> Result<Bytes, String> {
 
 /// The report as a summary line and a table with aligned columns.
 pub fn render(report: &Report) -> String {
+    let mut out = summary(report);
+    let header = [
+        "KIND",
+        "TARGET",
+        "STATE",
+        "SENT",
+        "FAILED",
+        "RETRIED",
+        "RESTARTS",
+        "IN_FLIGHT",
+        "P50_MS",
+        "P99_MS",
+        "LAST_USED",
+        "LAST_ERROR",
+    ];
+    let rows: Vec<Vec<String>> = report.producers.iter().map(|p| row(p).to_vec()).collect();
+    out.push_str(&table(&header, &rows, 3..10));
+    for c in &report.clients {
+        out.push_str(&format!(
+            "client {}: {} messages, {} over its limits (5), {} not allowed (7), {} in flight\n",
+            c.name, c.requests, c.rate_limited, c.not_allowed, c.in_flight
+        ));
+    }
+    if let Some(spool) = &report.spool {
+        out.push_str(&spool_lines(spool));
+    }
+    out
+}
+
+/// The first line of `ferry stats`: the daemon's state and totals.
+fn summary(report: &Report) -> String {
     let t = &report.totals;
-    let mut out = format!(
+    format!(
         "ferry {} up {}s, {}; in flight {}; sent {} failed {} invalid {} not allowed {} retried {}; \
          producers {} evictions {}\n",
         report.version,
@@ -418,36 +467,27 @@ pub fn render(report: &Report) -> String {
         t.retried,
         t.producers,
         t.evictions
-    );
-    let header = [
-        "KIND",
-        "TARGET",
-        "STATE",
-        "SENT",
-        "FAILED",
-        "RETRIED",
-        "RESTARTS",
-        "IN_FLIGHT",
-        "P50_MS",
-        "P99_MS",
-        "LAST_USED",
-        "LAST_ERROR",
-    ];
-    let rows: Vec<[String; 12]> = report.producers.iter().map(row).collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    )
+}
+
+/// Rows under `header` in aligned columns: the columns `numeric` right-aligned, the others
+/// left-aligned, the last one unpadded.
+fn table(header: &[&str], rows: &[Vec<String>], numeric: std::ops::Range<usize>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let mut line = |cells: Vec<&str>| {
+    let mut out = String::new();
+    let header = header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+    for cells in std::iter::once(&header).chain(rows) {
         let last = cells.len() - 1;
         let mut text = String::new();
-        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-            // Numbers right-aligned, text left-aligned, the last column unpadded.
+        for (i, (cell, &width)) in cells.iter().zip(&widths).enumerate() {
             if i == last {
                 text.push_str(cell);
-            } else if (3..10).contains(&i) {
+            } else if numeric.contains(&i) {
                 text.push_str(&format!("{cell:>width$}  "));
             } else {
                 text.push_str(&format!("{cell:<width$}  "));
@@ -455,51 +495,45 @@ pub fn render(report: &Report) -> String {
         }
         out.push_str(text.trim_end());
         out.push('\n');
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
     }
-    for c in &report.clients {
+    out
+}
+
+/// The spool's totals, then one line per spooled target.
+fn spool_lines(spool: &crate::daemon::report::SpoolReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "spool: {} bytes, {} spooled since start, {} replayed, {} dead letters held ({} moved since start), {} lost\n",
+        spool.bytes,
+        spool.spooled_total,
+        spool.replayed_total,
+        spool.dead_letters,
+        spool.dead_lettered_total,
+        spool.lost_total
+    ));
+    for t in &spool.targets {
         out.push_str(&format!(
-            "client {}: {} messages, {} over its limits (5), {} not allowed (7), {} in flight\n",
-            c.name, c.requests, c.rate_limited, c.not_allowed, c.in_flight
+            "  {:<8}  {}  spooled {} ({} bytes, oldest {:.1}s)  spooled_total {} replayed {} expired {} dead_lettered {}{}{}\n",
+            t.kind,
+            t.target,
+            t.spooled,
+            t.bytes,
+            t.oldest_age_s,
+            t.spooled_total,
+            t.replayed_total,
+            t.expired_total,
+            t.dead_lettered_total,
+            if t.last_error.is_empty() {
+                String::new()
+            } else {
+                format!("  last error: {}", t.last_error)
+            },
+            if t.held.is_empty() {
+                String::new()
+            } else {
+                format!("  HELD: {}", t.held)
+            }
         ));
-    }
-    if let Some(spool) = &report.spool {
-        out.push_str(&format!(
-            "spool: {} bytes, {} spooled since start, {} replayed, {} dead letters held ({} moved since start), {} lost\n",
-            spool.bytes,
-            spool.spooled_total,
-            spool.replayed_total,
-            spool.dead_letters,
-            spool.dead_lettered_total,
-            spool.lost_total
-        ));
-        for t in &spool.targets {
-            out.push_str(&format!(
-                "  {:<8}  {}  spooled {} ({} bytes, oldest {:.1}s)  spooled_total {} replayed {} expired {} dead_lettered {}{}{}\n",
-                t.kind,
-                t.target,
-                t.spooled,
-                t.bytes,
-                t.oldest_age_s,
-                t.spooled_total,
-                t.replayed_total,
-                t.expired_total,
-                t.dead_lettered_total,
-                if t.last_error.is_empty() {
-                    String::new()
-                } else {
-                    format!("  last error: {}", t.last_error)
-                },
-                if t.held.is_empty() {
-                    String::new()
-                } else {
-                    format!("  HELD: {}", t.held)
-                }
-            ));
-        }
     }
     out
 }

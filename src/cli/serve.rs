@@ -57,7 +57,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let _pid_file = match &settings.pid_file {
+    let _pid_file = match &settings.ops.pid_file {
         Some(path) => match PidFile::create(path) {
             Ok(pid_file) => Some(pid_file),
             Err(error) => {
@@ -158,12 +158,12 @@ fn load_for_reload(
     let in_force = [
         (
             &mut config.server.listen,
-            started_with.listen,
+            started_with.server.listen,
             "server.listen",
         ),
         (
             &mut config.ops.listen,
-            started_with.ops_listen,
+            started_with.ops.listen,
             "ops.listen",
         ),
     ];
@@ -238,7 +238,7 @@ impl Drop for PidFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::access::Access;
+    use crate::config::allowlist::Access;
     use ferry_actors::{KafkaTarget, Target};
 
     /// `ServeArgs` for the config `text`, written to a file of its own.
@@ -274,7 +274,7 @@ mod tests {
         let (settings, _, moved) = load_for_reload(&listed, &started_with).unwrap();
         assert!(settings.access.check(&probe).is_err());
         assert!(matches!(settings.access, Access::Only(_)));
-        assert_eq!(settings.listen, started_with.listen);
+        assert_eq!(settings.server.listen, started_with.server.listen);
         assert_eq!(moved.len(), 1, "{moved:?}");
         assert!(
             moved[0].starts_with("server.listen (still 0.0.0.0:33383"),

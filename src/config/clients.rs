@@ -27,9 +27,12 @@ use ferry_actors::stats::{InFlight, InFlightGuard};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AllowlistFields, ConfigError, RabbitMqAccess, allowlist, read_token};
-use crate::daemon::access::{Access, Names, NotAllowed};
-use crate::daemon::routes::Routes;
+use crate::config::ConfigError;
+use crate::config::allowlist::{
+    Access, AllowlistFields, Names, NotAllowed, RabbitMqAccess, allowlist,
+};
+use crate::config::files::read_token;
+use crate::config::routes::{Routes, check_name};
 
 /// Most client entries one config may hold.
 pub const MAX_CLIENTS: usize = 1024;
@@ -122,7 +125,7 @@ impl Client {
         mtls: bool,
     ) -> Result<Self, ConfigError> {
         let name = &config.name;
-        crate::daemon::routes::check_name("client", name).map_err(invalid)?;
+        check_name("client", name).map_err(invalid)?;
         let credential = match (
             config.token_file.as_str(),
             config.certificate_subject.as_str(),
@@ -483,11 +486,6 @@ impl Clients {
             .collect()
     }
 }
-
-/// The client a call was identified as, carried in the request's extensions from the
-/// interceptor to the service.
-#[derive(Debug, Clone)]
-pub struct Caller(pub Arc<Client>);
 
 #[cfg(test)]
 mod tests {

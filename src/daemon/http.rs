@@ -1,6 +1,7 @@
 //! The operations endpoint (HTTP, on its own address): `/stats` (JSON), `/metrics`
 //! (OpenMetrics text for Prometheus) and `/healthz` (200 while serving, 503 otherwise).
 
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -9,9 +10,48 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use tokio::sync::oneshot;
 
+use crate::daemon::error::ServeError;
 use crate::daemon::metrics;
 use crate::daemon::report::Source;
+
+/// The operations endpoint, serving on an arbiter until stopped.
+pub struct OpsEndpoint {
+    /// Tells it to stop (once the requests it is answering are answered).
+    stop: oneshot::Sender<()>,
+    /// Its result when it ends.
+    done: oneshot::Receiver<Result<(), ServeError>>,
+}
+
+impl OpsEndpoint {
+    /// Serves `router` on `listener` from `arbiter`.
+    pub fn spawn(arbiter: &actix_rt::Arbiter, listener: TcpListener, router: Router) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel();
+        arbiter.spawn(async move {
+            let served = async move {
+                let addr = listener.local_addr().map_err(ServeError::Http)?;
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .map_err(|source| ServeError::Bind { addr, source })?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .map_err(ServeError::Http)
+            };
+            let _ = done_tx.send(served.await);
+        });
+        Self { stop, done }
+    }
+
+    /// Stops it and waits until it has ended; its result.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        self.done.await.unwrap_or(Ok(()))
+    }
+}
 
 /// What the handlers read.
 #[derive(Clone)]

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::daemon::clients::Caller;
+use crate::daemon::access::Caller;
 use crate::daemon::ingress::Ingress;
 use crate::proto::ferry::v1::ingest_request::Message;
 use crate::proto::ferry::v1::ingest_server::Ingest;

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use ferry_actors::{Line, Resolve, Target};
 
 use crate::config::Settings;
-use crate::daemon::access::Access;
-use crate::daemon::clients::Clients;
-use crate::daemon::routes::{RouteSummary, Routes};
+use crate::config::allowlist::Access;
+use crate::config::clients::Clients;
+use crate::config::routes::{RouteSummary, Routes};
 
 /// The live parts of the config and the config's history.
 pub struct Live {
@@ -105,7 +105,7 @@ impl Live {
     pub fn check_access(
         &self,
         target: &ferry_actors::Target,
-    ) -> Result<(), crate::daemon::access::NotAllowed> {
+    ) -> Result<(), crate::config::allowlist::NotAllowed> {
         self.access.load().check(target)
     }
 
@@ -244,10 +244,10 @@ pub fn needs_restart_of(old: &Settings, new: &Settings) -> Vec<String> {
     // Settings holds types without PartialEq (policy, TLS identity); their Debug forms are
     // complete for every field that matters here.
     macro_rules! changed {
-        ($($field:ident => $name:literal),* $(,)?) => {{
+        ($($($field:ident).+ => $name:literal),* $(,)?) => {{
             let mut changed = Vec::new();
             $(
-                if format!("{:?}", old.$field) != format!("{:?}", new.$field) {
+                if format!("{:?}", old.$($field).+) != format!("{:?}", new.$($field).+) {
                     changed.push($name.to_owned());
                 }
             )*
@@ -255,23 +255,23 @@ pub fn needs_restart_of(old: &Settings, new: &Settings) -> Vec<String> {
         }};
     }
     changed!(
-        listen => "server.listen",
-        workers => "server.workers",
-        max_message_bytes => "server.max_message_bytes",
-        max_in_flight => "server.max_in_flight",
-        max_in_flight_per_stream => "server.max_in_flight_per_stream",
-        shutdown_grace => "server.shutdown_grace_ms",
-        max_connections => "server.max_connections",
-        max_in_flight_bytes => "server.max_in_flight_bytes",
-        max_streams_per_connection => "server.max_streams_per_connection",
-        handshake_timeout => "server.handshake_timeout_ms",
-        idle_connection_timeout => "server.idle_connection_timeout_ms",
-        request_timeout => "server.request_body_timeout_ms",
-        stream_message_timeout => "server.stream_message_timeout_ms",
+        server.listen => "server.listen",
+        server.workers => "server.workers",
+        server.max_message_bytes => "server.max_message_bytes",
+        server.max_in_flight => "server.max_in_flight",
+        server.max_in_flight_per_stream => "server.max_in_flight_per_stream",
+        server.shutdown_grace => "server.shutdown_grace_ms",
+        server.max_connections => "server.max_connections",
+        server.max_in_flight_bytes => "server.max_in_flight_bytes",
+        server.max_streams_per_connection => "server.max_streams_per_connection",
+        server.handshake_timeout => "server.handshake_timeout_ms",
+        server.idle_connection_timeout => "server.idle_connection_timeout_ms",
+        server.request_timeout => "server.request_body_timeout_ms",
+        server.stream_message_timeout => "server.stream_message_timeout_ms",
         max_brokers_per_target => "kafka.max_brokers_per_target",
-        tls => "server.tls",
-        ops_listen => "ops.listen",
-        pid_file => "ops.pid_file",
+        server.tls => "server.tls",
+        ops.listen => "ops.listen",
+        ops.pid_file => "ops.pid_file",
         policy => "policy",
         producer => "producers / kafka / rabbitmq",
         registry => "producers",

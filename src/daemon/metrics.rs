@@ -61,169 +61,194 @@ const PRODUCER_COUNTERS: [ProducerCounter; 5] = [
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let report = &self.0;
-        let totals = &report.totals;
-        for (name, help, value) in [
-            (
-                "messages_sent",
-                "Messages delivered since start.",
-                totals.sent,
-            ),
-            (
-                "messages_failed",
-                "Messages not delivered since start.",
-                totals.failed,
-            ),
-            (
-                "requests_invalid",
-                "Requests refused as invalid since start.",
-                totals.invalid,
-            ),
-            (
-                "requests_not_allowed",
-                "Requests naming a target outside the allowlist since start.",
-                totals.not_allowed,
-            ),
-            (
-                "attempts_retried",
-                "Attempts beyond the first since start.",
-                totals.retried,
-            ),
-            (
-                "connections_refused",
-                "Client connections closed at once because max_connections was reached.",
-                totals.connections_refused,
-            ),
-            (
-                "connections_timed_out",
-                "Client connections closed for sending nothing or for idleness.",
-                totals.connections_timed_out,
-            ),
-            (
-                "producer_evictions",
-                "Producers evicted to make room.",
-                totals.evictions,
-            ),
-            (
-                "config_reloads",
-                "Config reloads applied (SIGHUP, ferry reload).",
-                report.config.reloads,
-            ),
-            (
-                "config_reload_failures",
-                "Config reloads refused (the old config kept serving).",
-                report.config.reload_failures,
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        for (name, help, value) in [
-            (
-                "in_flight",
-                "Messages accepted and not yet answered.",
-                report.in_flight as i64,
-            ),
-            (
-                "in_flight_bytes",
-                "Payload bytes of the messages accepted and not yet answered.",
-                report.in_flight_bytes as i64,
-            ),
-            (
-                "producers",
-                "Producer actors cached now.",
-                totals.producers as i64,
-            ),
-            (
-                "serving",
-                "1 while the daemon accepts messages.",
-                i64::from(report.serving),
-            ),
-            (
-                "uptime_seconds",
-                "Seconds since start.",
-                report.uptime_s as i64,
-            ),
-        ] {
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
-        }
-
+        encode_daemon(&mut encoder, report)?;
         if let Some(spool) = &report.spool {
             encode_spool(&mut encoder, spool)?;
         }
         encode_clients(&mut encoder, &report.clients)?;
-        for (name, help, value) in PRODUCER_COUNTERS {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for producer in &report.producers {
-                let labels = labels(producer);
-                ConstCounter::new(value(producer)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "producer_in_flight",
-            "Messages in flight to this target.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for producer in &report.producers {
-            let labels = labels(producer);
-            ConstGauge::new(producer.in_flight as i64).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "producer_ready",
-            "1 while this target's producer is connected.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for producer in &report.producers {
-            let labels = labels(producer);
-            let ready = i64::from(producer.state == "ready");
-            ConstGauge::new(ready).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "producer_delivery_seconds",
-            "Time from a message's arrival to the broker's confirmation.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for producer in &report.producers {
-            let labels = labels(producer);
-            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
-                .iter()
-                .zip(&producer.latency.buckets)
-                .map(|(bound, count)| {
-                    let bound = if *bound == u64::MAX {
-                        f64::MAX
-                    } else {
-                        *bound as f64 / 1e6
-                    };
-                    (bound, *count)
-                })
-                .collect();
-            family
-                .encode_family(&labels)?
-                .encode_histogram::<NoLabelSet>(
-                    producer.latency.sum_us as f64 / 1e6,
-                    producer.latency.count(),
-                    &buckets,
-                    None,
-                )?;
-        }
-        Ok(())
+        encode_producers(&mut encoder, &report.producers)?;
+        encode_latency(&mut encoder, &report.producers)
     }
+}
+
+/// The daemon-wide counters and gauges.
+fn encode_daemon(encoder: &mut DescriptorEncoder<'_>, report: &Report) -> std::fmt::Result {
+    for (name, help, value) in daemon_counters(report) {
+        let counter = ConstCounter::new(value);
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    for (name, help, value) in daemon_gauges(report) {
+        let gauge = ConstGauge::new(value);
+        gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+    }
+    Ok(())
+}
+
+/// The daemon-wide counters: name, help, value.
+fn daemon_counters(report: &Report) -> [(&'static str, &'static str, u64); 10] {
+    let totals = &report.totals;
+    [
+        (
+            "messages_sent",
+            "Messages delivered since start.",
+            totals.sent,
+        ),
+        (
+            "messages_failed",
+            "Messages not delivered since start.",
+            totals.failed,
+        ),
+        (
+            "requests_invalid",
+            "Requests refused as invalid since start.",
+            totals.invalid,
+        ),
+        (
+            "requests_not_allowed",
+            "Requests naming a target outside the allowlist since start.",
+            totals.not_allowed,
+        ),
+        (
+            "attempts_retried",
+            "Attempts beyond the first since start.",
+            totals.retried,
+        ),
+        (
+            "connections_refused",
+            "Client connections closed at once because max_connections was reached.",
+            totals.connections_refused,
+        ),
+        (
+            "connections_timed_out",
+            "Client connections closed for sending nothing or for idleness.",
+            totals.connections_timed_out,
+        ),
+        (
+            "producer_evictions",
+            "Producers evicted to make room.",
+            totals.evictions,
+        ),
+        (
+            "config_reloads",
+            "Config reloads applied (SIGHUP, ferry reload).",
+            report.config.reloads,
+        ),
+        (
+            "config_reload_failures",
+            "Config reloads refused (the old config kept serving).",
+            report.config.reload_failures,
+        ),
+    ]
+}
+
+/// The daemon-wide gauges: name, help, value.
+fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 5] {
+    let totals = &report.totals;
+    [
+        (
+            "in_flight",
+            "Messages accepted and not yet answered.",
+            report.in_flight as i64,
+        ),
+        (
+            "in_flight_bytes",
+            "Payload bytes of the messages accepted and not yet answered.",
+            report.in_flight_bytes as i64,
+        ),
+        (
+            "producers",
+            "Producer actors cached now.",
+            totals.producers as i64,
+        ),
+        (
+            "serving",
+            "1 while the daemon accepts messages.",
+            i64::from(report.serving),
+        ),
+        (
+            "uptime_seconds",
+            "Seconds since start.",
+            report.uptime_s as i64,
+        ),
+    ]
+}
+
+/// Per-producer counters and gauges, labelled by kind and target.
+fn encode_producers(
+    encoder: &mut DescriptorEncoder<'_>,
+    producers: &[Producer],
+) -> std::fmt::Result {
+    for (name, help, value) in PRODUCER_COUNTERS {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for producer in producers {
+            let labels = labels(producer);
+            ConstCounter::new(value(producer)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "producer_in_flight",
+        "Messages in flight to this target.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for producer in producers {
+        let labels = labels(producer);
+        ConstGauge::new(producer.in_flight as i64).encode(family.encode_family(&labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "producer_ready",
+        "1 while this target's producer is connected.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for producer in producers {
+        let labels = labels(producer);
+        let ready = i64::from(producer.state == "ready");
+        ConstGauge::new(ready).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Per-producer histograms of the time from a message's arrival to its confirmation.
+fn encode_latency(encoder: &mut DescriptorEncoder<'_>, producers: &[Producer]) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "producer_delivery_seconds",
+        "Time from a message's arrival to the broker's confirmation.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for producer in producers {
+        let labels = labels(producer);
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+            .iter()
+            .zip(&producer.latency.buckets)
+            .map(|(bound, count)| {
+                let bound = if *bound == u64::MAX {
+                    f64::MAX
+                } else {
+                    *bound as f64 / 1e6
+                };
+                (bound, *count)
+            })
+            .collect();
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(
+                producer.latency.sum_us as f64 / 1e6,
+                producer.latency.count(),
+                &buckets,
+                None,
+            )?;
+    }
+    Ok(())
 }
 
 /// Per-client counters and in-flight gauge, labelled by the client's name.
 fn encode_clients(
     encoder: &mut DescriptorEncoder<'_>,
-    clients: &[crate::daemon::clients::ClientReport],
+    clients: &[crate::config::clients::ClientReport],
 ) -> std::fmt::Result {
-    type Count = fn(&crate::daemon::clients::ClientReport) -> u64;
+    type Count = fn(&crate::config::clients::ClientReport) -> u64;
     let counters: [(&str, &str, Count); 3] = [
         (
             "client_requests",

@@ -37,14 +37,14 @@ pub struct Report {
     /// The named routes the daemon serves: names and kinds only, never an address or a
     /// credential.
     #[serde(default)]
-    pub routes: Vec<crate::daemon::routes::RouteSummary>,
+    pub routes: Vec<crate::config::routes::RouteSummary>,
     /// The config now serving and its reloads.
     #[serde(default)]
     pub config: crate::daemon::live::ConfigStatus,
     /// Per-client counts, when access is decided per client (`[[access.clients]]`): by
     /// name, never by credential.
     #[serde(default)]
-    pub clients: Vec<crate::daemon::clients::ClientReport>,
+    pub clients: Vec<crate::config::clients::ClientReport>,
 }
 
 /// The durable spool.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::daemon::clients::Caller;
+use crate::daemon::access::Caller;
 use crate::daemon::ingress::Ingress;
 use crate::proto::ferry::v1::send_server::Send;
 use crate::proto::ferry::v1::{SendReply, SendRequest};

@@ -1,0 +1,193 @@
+//! The daemon's configuration: a TOML file (every field optional, unknown fields refused),
+//! validated into typed [`Settings`] before anything starts.
+//!
+//! One file per table of the file, each with its `…Config` (the table as written, with its
+//! defaults) and its `validate` (the typed settings, or a [`ConfigError`] naming the field):
+//! [`server`] (the gRPC ingress), [`ops`] (the HTTP endpoint, the pid file), [`producers`]
+//! (`[policy]` and `[producers]`), [`kafka`], [`rabbitmq`], [`spool`], [`access`] (the
+//! allowlist and the token), [`clients`] (`[[access.clients]]`) and [`routes`];
+//! [`allowlist`] is the rule requests are checked against, built from either. [`files`] reads the files a config names (tokens,
+//! certificates, secrets), each bounded in size. This module imports nothing from the
+//! daemon: the daemon reads what it validated.
+
+pub mod access;
+pub mod allowlist;
+pub mod clients;
+pub mod files;
+pub mod kafka;
+pub mod ops;
+pub mod producers;
+pub mod rabbitmq;
+pub mod routes;
+pub mod server;
+pub mod spool;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_actors::{ProducerSettings, RegistrySettings, RetryPolicy};
+use serde::Deserialize;
+
+pub use access::AccessConfig;
+pub use allowlist::{AllowlistFields, RabbitMqAccess, allowlist};
+pub use files::read_token;
+pub use kafka::{KafkaClusterConfig, KafkaConfig};
+pub use ops::{DEFAULT_OPS_LISTEN, OpsConfig, OpsSettings};
+pub use producers::{PolicyConfig, ProducersConfig};
+pub use rabbitmq::{RabbitMqConfig, RabbitMqServerTls};
+pub use server::{DEFAULT_LISTEN, ServerConfig, ServerSettings, TlsIdentity};
+pub use spool::{SpoolConfig, SpoolSettings};
+
+use self::allowlist::Access;
+use self::clients::Clients;
+use self::routes::{RouteConfig, RouteError, Routes};
+
+/// The configuration file as written. See `config/ferry.toml` for every field documented.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The gRPC ingress.
+    pub server: ServerConfig,
+    /// The timeout and retry policy applied to every message.
+    pub policy: PolicyConfig,
+    /// The producer actors and their cache.
+    pub producers: ProducersConfig,
+    /// Kafka producer tuning.
+    pub kafka: KafkaConfig,
+    /// RabbitMQ producer settings.
+    pub rabbitmq: RabbitMqConfig,
+    /// The operations endpoint and process housekeeping.
+    pub ops: OpsConfig,
+    /// Which targets requests may name, and the bearer token.
+    pub access: AccessConfig,
+    /// The durable spool.
+    pub spool: SpoolConfig,
+    /// Named routes (`[routes.NAME]`): targets a job names without knowing them.
+    pub routes: std::collections::BTreeMap<String, RouteConfig>,
+}
+
+/// A configuration that cannot be used; the daemon refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown field, wrong type, …).
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        source: Box<toml::de::Error>,
+    },
+    /// A route cannot be used.
+    #[error("invalid config: {0}")]
+    Route(#[from] RouteError),
+    /// A field has a value that cannot work.
+    #[error("invalid config: {field}: {reason}")]
+    Invalid {
+        /// The field, as `section.name`.
+        field: &'static str,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The gRPC ingress: its address, bounds, timeouts and TLS.
+    pub server: ServerSettings,
+    /// The operations endpoint and the pid file.
+    pub ops: OpsSettings,
+    /// Most bootstrap addresses one Kafka target may name.
+    pub max_brokers_per_target: usize,
+    /// Which targets requests may name.
+    pub access: Access,
+    /// The bearer token clients must send, if any.
+    pub token: Option<String>,
+    /// The callers by name (`[[access.clients]]`).
+    pub clients: Arc<Clients>,
+    /// The retry policy.
+    pub policy: RetryPolicy,
+    /// How producers connect, restart and publish, per backend.
+    pub producer: ProducerSettings,
+    /// Bounds of the producer cache.
+    pub registry: RegistrySettings,
+    /// The durable spool, if one is configured.
+    pub spool: Option<SpoolSettings>,
+    /// The named routes.
+    pub routes: Routes,
+}
+
+impl Config {
+    /// Reads and parses a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_text(path, &text)
+    }
+
+    /// Parses `text`, read from `path` (named in errors).
+    pub fn from_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every field and builds the typed settings, table by table. The policy comes
+    /// first: the server's timeouts and Kafka's message timeout are checked against its
+    /// total budget.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let policy = self.policy.validate()?;
+        let server = self.server.validate(policy.total_budget())?;
+        let ops = self.ops.validate()?;
+        let spool = self.spool.validate()?;
+        let access = self
+            .access
+            .validate(server.listen, !self.routes.is_empty())?;
+        let token = read_token("access.token_file", &self.access.token_file)?;
+        let amqp = self.rabbitmq.validate()?;
+        let max_brokers_per_target = self.kafka.max_brokers_per_target;
+        let kafka = self.kafka.validate(server.max_message_bytes, &policy)?;
+        let (producer, registry) = self.producers.validate(kafka, amqp)?;
+        let routes = Routes::from_config(&self.routes, max_brokers_per_target)?;
+        let clients = self
+            .access
+            .clients(&routes, server.mtls(), token.is_some())?;
+        Ok(Settings {
+            server,
+            ops,
+            max_brokers_per_target,
+            access,
+            token,
+            clients: Arc::new(clients),
+            policy,
+            producer,
+            registry,
+            spool,
+            routes,
+        })
+    }
+}
+
+/// Refuses a zero where only a positive bound makes sense.
+fn positive<N: Default + PartialEq>(field: &'static str, value: N) -> Result<(), ConfigError> {
+    if value == N::default() {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "must be greater than 0".to_owned(),
+        });
+    }
+    Ok(())
+}

@@ -13,7 +13,7 @@ use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
 use crate::producer::{Delivery, Outgoing};
 use crate::registry::Registry;
-use crate::spooler::Spooler;
+use crate::spooler::{Spooler, ToSpool};
 use crate::stats::{InFlight, InFlightGuard};
 use crate::target::Target;
 
@@ -308,18 +308,6 @@ fn line_of(target: &Target, via: Option<&Arc<str>>) -> Line {
         },
         None => Line::Target(target.clone()),
     }
-}
-
-/// A message on its way into the spool.
-pub(crate) struct ToSpool<'a> {
-    /// Its id.
-    pub(crate) id: Arc<str>,
-    /// Topic or routing key.
-    pub(crate) route: &'a str,
-    /// Its bytes.
-    pub(crate) payload: &'a Bytes,
-    /// Its metadata.
-    pub(crate) metadata: Option<&'a Metadata>,
 }
 
 /// Writes a message to the spool: accepted once durable, or refused as overloaded when the

@@ -18,6 +18,7 @@
 
 pub mod amqp;
 pub mod amqp_server;
+mod backends;
 pub mod error;
 pub mod forwarder;
 pub mod kafka;
@@ -29,6 +30,7 @@ pub mod producer;
 pub mod registry;
 mod replay;
 pub mod settings;
+mod spool_lines;
 pub mod spooler;
 pub mod stats;
 pub mod target;

@@ -23,12 +23,13 @@
 //! confirmation future, so many messages to one target are in flight at once.
 
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
 
-use actix::WeakAddr;
 use actix::prelude::*;
+use actix::{Supervisor, WeakAddr};
+use actix_rt::ArbiterHandle;
 use bytes::Bytes;
 use futures_util::future::{self, BoxFuture, LocalBoxFuture};
+use tokio::time::Instant;
 
 use crate::error::ProduceError;
 use crate::settings::ProducerSettings;
@@ -140,6 +141,108 @@ impl<B: Backend> Direct<B> {
             publisher,
         );
         drop(previous);
+    }
+}
+
+/// One target's producer as its callers hold it: the actor, the publisher it lends while
+/// ready, and the target's counters. Cloning it is cheap; while a clone is held the actor
+/// keeps running.
+#[derive(Clone)]
+pub struct Producer {
+    /// The actor and its lent publisher, whatever the backend.
+    actor: Arc<dyn Publishing>,
+    /// The target's counters, shared with the actor.
+    stats: Arc<TargetStats>,
+}
+
+impl Producer {
+    /// Starts a supervised producer actor over `backend` on `arbiter`; `label` names the
+    /// target in logs (credentials redacted).
+    pub fn start<B: Backend + Send>(
+        arbiter: &ArbiterHandle,
+        backend: B,
+        label: String,
+        settings: Arc<ProducerSettings>,
+        stats: Arc<TargetStats>,
+    ) -> Self {
+        let direct = Arc::default();
+        let lent = Arc::clone(&direct);
+        let actor_stats = Arc::clone(&stats);
+        let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
+            ProducerActor::new(backend, label, settings, actor_stats, lent)
+        });
+        Self {
+            actor: Arc::new(Handle { addr, direct }),
+            stats,
+        }
+    }
+
+    /// The producer's counters.
+    pub fn stats(&self) -> &Arc<TargetStats> {
+        &self.stats
+    }
+
+    /// Publishes one message and waits for the broker's confirmation (unbounded in time:
+    /// the caller applies the policy's timeout). It goes through the ready connection's
+    /// publisher, or through the actor's mailbox when the actor is not ready (the actor
+    /// then reconnects, or answers why it cannot).
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
+        match self.actor.try_publish(&message) {
+            Some(confirmation) => confirmation.await,
+            None => self.actor.send(message.to_publish()).await,
+        }
+    }
+
+    /// [`Self::publish`] of a message the future owns.
+    pub async fn publish_owned(&self, message: Publish) -> Result<Delivery, ProduceError> {
+        let outgoing = Outgoing {
+            route: &message.route,
+            payload: &message.payload,
+            id: &message.id,
+            metadata: message.metadata.as_ref(),
+        };
+        self.publish(outgoing).await
+    }
+
+    /// Whether the actor still runs (its supervisor restarts it in place; it ends only
+    /// when every handle is dropped).
+    pub fn is_alive(&self) -> bool {
+        self.actor.is_alive()
+    }
+}
+
+/// A producer actor of any backend, as a [`Producer`] publishes through it.
+trait Publishing: Send + Sync {
+    /// Publishes through the publisher the actor lends, if it is ready.
+    fn try_publish(&self, message: &Outgoing<'_>) -> Option<Confirmation>;
+
+    /// Publishes through the actor's mailbox.
+    fn send(&self, message: Publish) -> Confirmation;
+
+    /// Whether the actor still runs.
+    fn is_alive(&self) -> bool;
+}
+
+/// A producer actor's address and the publisher it lends while ready.
+struct Handle<B: Backend> {
+    /// The actor (holding it keeps the actor running).
+    addr: Addr<ProducerActor<B>>,
+    /// Its ready connection's publisher.
+    direct: Arc<Direct<B>>,
+}
+
+impl<B: Backend> Publishing for Handle<B> {
+    fn try_publish(&self, message: &Outgoing<'_>) -> Option<Confirmation> {
+        self.direct.try_publish(message)
+    }
+
+    fn send(&self, message: Publish) -> Confirmation {
+        let sent = self.addr.send(message);
+        Box::pin(async move { sent.await.unwrap_or_else(|e| Err(mailbox_error(e))) })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.addr.connected()
     }
 }
 
@@ -397,7 +500,7 @@ impl<B: Backend> Handler<Publish> for ProducerActor<B> {
 }
 
 /// The error for a message its producer dropped (it failed while handling it, or stopped).
-pub(crate) fn mailbox_error(error: MailboxError) -> ProduceError {
+fn mailbox_error(error: MailboxError) -> ProduceError {
     ProduceError::Unavailable(format!("the producer restarted while sending ({error})"))
 }
 

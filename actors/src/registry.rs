@@ -4,124 +4,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix::{Actor, Addr, Supervisor, WeakAddr};
 use actix_rt::ArbiterHandle;
+use tokio::time::Instant;
 
-use crate::amqp::AmqpBackend;
-use crate::amqp_server::AmqpServer;
+use crate::backends::{Brokers, StartProducer};
 use crate::error::ProduceError;
-use crate::kafka::KafkaBackend;
-use crate::producer::{Backend, Delivery, Direct, Outgoing, ProducerActor, Publish, mailbox_error};
-use crate::settings::{AmqpSettings, ProducerSettings, RegistrySettings};
-use crate::stats::{StatsSnapshot, TargetStats};
+use crate::producer::Producer;
+use crate::settings::{ProducerSettings, RegistrySettings};
+use crate::stats::StatsSnapshot;
 use crate::target::Target;
-
-/// The address of a producer actor of either kind.
-#[derive(Clone)]
-enum ProducerAddr {
-    /// A Kafka broker set's producer.
-    Kafka(Handle<KafkaBackend>),
-    /// A RabbitMQ server+exchange's producer.
-    Amqp(Handle<AmqpBackend>),
-}
-
-/// A producer actor and the publisher it lends while ready.
-struct Handle<B: Backend> {
-    /// The actor (holding it keeps the actor running).
-    addr: Addr<ProducerActor<B>>,
-    /// Its ready connection's publisher.
-    direct: Arc<Direct<B>>,
-}
-
-impl<B: Backend> Clone for Handle<B> {
-    fn clone(&self) -> Self {
-        Self {
-            addr: self.addr.clone(),
-            direct: Arc::clone(&self.direct),
-        }
-    }
-}
-
-impl<B: Backend> Handle<B> {
-    /// Starts a supervised producer actor over `backend` on `arbiter`, lending its
-    /// publisher to the handle.
-    fn start(
-        arbiter: &ArbiterHandle,
-        backend: B,
-        label: String,
-        settings: Arc<ProducerSettings>,
-        stats: Arc<TargetStats>,
-    ) -> Self
-    where
-        B: Send,
-    {
-        let direct = Arc::default();
-        let lent = Arc::clone(&direct);
-        let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
-            ProducerActor::new(backend, label, settings, stats, lent)
-        });
-        Self { addr, direct }
-    }
-
-    /// Publishes through the ready connection, or through the actor's mailbox when it is
-    /// not ready (the actor reconnects, or answers why it cannot).
-    async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
-        match self.direct.try_publish(&message) {
-            Some(confirmation) => confirmation.await,
-            None => self
-                .addr
-                .send(message.to_publish())
-                .await
-                .unwrap_or_else(|e| Err(mailbox_error(e))),
-        }
-    }
-}
-
-/// A handle on one target's producer actor and its counters.
-#[derive(Clone)]
-pub struct Producer {
-    /// The actor.
-    addr: ProducerAddr,
-    /// Its counters.
-    stats: Arc<TargetStats>,
-}
-
-impl Producer {
-    /// The producer's counters.
-    pub fn stats(&self) -> &Arc<TargetStats> {
-        &self.stats
-    }
-
-    /// Publishes one message and waits for the broker's confirmation (unbounded in
-    /// time: the caller applies the policy's timeout).
-    pub async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
-        match &self.addr {
-            ProducerAddr::Kafka(actor) => actor.publish(message).await,
-            ProducerAddr::Amqp(actor) => actor.publish(message).await,
-        }
-    }
-
-    /// [`Self::publish`] of a message the future owns.
-    pub async fn publish_owned(&self, message: Publish) -> Result<Delivery, ProduceError> {
-        let outgoing = Outgoing {
-            route: &message.route,
-            payload: &message.payload,
-            id: &message.id,
-            metadata: message.metadata.as_ref(),
-        };
-        self.publish(outgoing).await
-    }
-
-    /// Whether the actor still runs.
-    fn is_alive(&self) -> bool {
-        match &self.addr {
-            ProducerAddr::Kafka(actor) => actor.addr.connected(),
-            ProducerAddr::Amqp(actor) => actor.addr.connected(),
-        }
-    }
-}
 
 /// A cached producer and when it was last asked for.
 struct Entry {
@@ -139,22 +32,19 @@ pub struct Registry {
     arbiters: Vec<ArbiterHandle>,
     /// The arbiter the next actor starts on.
     next_arbiter: AtomicUsize,
-    /// Settings handed to every producer.
+    /// The producers' settings: their backoff paces spool replay, their in-flight bound
+    /// the forwarder.
     producer_settings: Arc<ProducerSettings>,
     /// Bounds of this registry.
     limits: RegistrySettings,
     /// Producers stopped to make room for new targets.
     evictions: AtomicU64,
-    /// The connection actor of each RabbitMQ server (by URL), weakly held: it stops when
-    /// the last producer on it stops.
-    amqp_servers: Mutex<HashMap<String, WeakAddr<AmqpServer>>>,
-    /// The RabbitMQ settings, shared by every AMQP producer and connection actor (they
-    /// hold the TLS files: one copy, not one per exchange).
-    amqp_settings: Arc<AmqpSettings>,
+    /// Starts the producer of a target not cached.
+    starter: Box<dyn StartProducer>,
 }
 
 impl Registry {
-    /// A registry that starts its actors on `arbiters`.
+    /// A registry that starts its actors on `arbiters`, over the brokers' backends.
     ///
     /// # Panics
     /// If `arbiters` is empty (a start-up error, never on a request path).
@@ -163,20 +53,33 @@ impl Registry {
         producer_settings: ProducerSettings,
         limits: RegistrySettings,
     ) -> Arc<Self> {
+        let producer_settings = Arc::new(producer_settings);
+        let brokers = Brokers::new(Arc::clone(&producer_settings));
+        Self::with_starter(arbiters, producer_settings, limits, Box::new(brokers))
+    }
+
+    /// A registry whose producers `starter` starts (tests give it a scripted backend).
+    ///
+    /// # Panics
+    /// If `arbiters` is empty.
+    pub(crate) fn with_starter(
+        arbiters: Vec<ArbiterHandle>,
+        producer_settings: Arc<ProducerSettings>,
+        limits: RegistrySettings,
+        starter: Box<dyn StartProducer>,
+    ) -> Arc<Self> {
         assert!(
             !arbiters.is_empty(),
             "a registry needs at least one arbiter"
         );
-        let amqp_settings = Arc::new(producer_settings.amqp.clone());
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
-            producer_settings: Arc::new(producer_settings),
+            producer_settings,
             limits,
             evictions: AtomicU64::new(0),
-            amqp_servers: Mutex::new(HashMap::new()),
-            amqp_settings,
+            starter,
         })
     }
 
@@ -283,7 +186,7 @@ impl Registry {
             .map(|(target, entry)| {
                 entry
                     .producer
-                    .stats
+                    .stats()
                     .snapshot(target.kind(), target.endpoint())
             })
             .collect()
@@ -339,69 +242,11 @@ impl Registry {
     /// Starts a supervised producer actor for `target` on the next arbiter.
     fn start(&self, target: &Target) -> Producer {
         let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
-        let arbiter = &self.arbiters[index];
-        let stats = Arc::new(TargetStats::default());
-        let settings = self.producer_settings.clone();
-        let label = target.to_string();
-        let actor_stats = stats.clone();
-        let addr = match target.clone() {
-            Target::Kafka(t) => {
-                let backend = KafkaBackend::new(t, Arc::new(settings.kafka.clone()));
-                ProducerAddr::Kafka(Handle::start(
-                    arbiter,
-                    backend,
-                    label,
-                    settings,
-                    actor_stats,
-                ))
-            }
-            Target::Amqp(t) => {
-                let server = self.amqp_server(&t, arbiter);
-                let backend = AmqpBackend::new(
-                    t,
-                    server,
-                    Arc::clone(&self.amqp_settings),
-                    Arc::clone(&stats),
-                );
-                ProducerAddr::Amqp(Handle::start(
-                    arbiter,
-                    backend,
-                    label,
-                    settings,
-                    actor_stats,
-                ))
-            }
-        };
-        Producer { addr, stats }
-    }
-
-    /// The connection actor of `target`'s server, started on `arbiter` if it has none.
-    fn amqp_server(
-        &self,
-        target: &crate::target::AmqpTarget,
-        arbiter: &ArbiterHandle,
-    ) -> Addr<AmqpServer> {
-        let mut servers = self
-            .amqp_servers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(addr) = servers.get(target.url()).and_then(WeakAddr::upgrade)
-            && addr.connected()
-        {
-            return addr;
-        }
-        servers.retain(|_, addr| addr.upgrade().is_some_and(|a| a.connected()));
-        let settings = Arc::clone(&self.amqp_settings);
-        let connect_timeout = self.producer_settings.connect_timeout;
-        let retry_after = self.producer_settings.restart_backoff_initial;
-        let server = AmqpServer::new(target, settings, connect_timeout, retry_after);
-        let addr = AmqpServer::start_in_arbiter(arbiter, move |_| server);
-        servers.insert(target.url().to_owned(), addr.downgrade());
-        addr
+        self.starter.start(target, &self.arbiters[index])
     }
 }
 
 /// Whether a cached producer has nothing in flight.
 fn is_idle(entry: &Entry) -> bool {
-    entry.producer.stats.in_flight.get() == 0
+    entry.producer.stats().in_flight.get() == 0
 }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use actix_rt::ArbiterHandle;
 
-use crate::amqp::AmqpBackend;
-use crate::amqp_server::Servers;
+use crate::amqp::{AmqpBackend, Servers};
 use crate::kafka::KafkaBackend;
 use crate::producer::Producer;
 use crate::settings::{AmqpSettings, ProducerSettings};

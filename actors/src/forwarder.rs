@@ -13,7 +13,7 @@ use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
 use crate::producer::{Delivery, Outgoing};
 use crate::registry::Registry;
-use crate::spooler::{Spooler, ToSpool};
+use crate::spool::{Spooler, ToSpool};
 use crate::stats::{InFlight, InFlightGuard};
 use crate::target::Target;
 

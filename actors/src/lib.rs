@@ -17,23 +17,23 @@
 //! goes through the actor's mailbox only while the actor is not ready.
 
 pub mod amqp;
-pub mod amqp_server;
 mod backends;
 pub mod error;
 pub mod forwarder;
 pub mod kafka;
-mod kafka_events;
 pub mod line;
 pub mod metadata;
 pub mod policy;
 pub mod producer;
 pub mod registry;
-mod replay;
 pub mod settings;
-mod spool_lines;
-pub mod spooler;
+pub mod spool;
 pub mod stats;
 pub mod target;
+
+/// [`spool`] under its former name, which the daemon's config still uses
+/// (`spooler::SpoolSettings`).
+pub use spool as spooler;
 
 pub use error::{ForwardError, InvalidRequest, ProduceError};
 pub use forwarder::{Accepted, Forwarder};

@@ -1,7 +1,7 @@
 //! The Kafka backend: one idempotent, acks=all librdkafka producer per broker set.
 //!
 //! The producer's events (delivery reports, errors) are served on the producer actor's
-//! own arbiter, not on a thread of their own ([`crate::kafka_events`]): a produce response
+//! own arbiter, not on a thread of their own ([`super::events`]): a produce response
 //! confirming many messages costs one wake-up of that arbiter rather than one per message
 //! from a polling thread, and the confirmations are completed together. (A confirmation
 //! of a message whose caller runs on another arbiter still wakes that arbiter.)
@@ -159,7 +159,7 @@ fn start_producer(
     })
     .map_err(|e| ProduceError::Rejected(format!("invalid Kafka producer settings: {e}")))?;
     let producer = Arc::new(producer);
-    let events = crate::kafka_events::serve(&producer)?;
+    let events = super::events::serve(&producer)?;
     Ok(KafkaConnection {
         producer,
         stop_events: Some(events.stop),

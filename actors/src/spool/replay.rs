@@ -41,12 +41,12 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::lines::{Lines, SpoolStats};
 use crate::error::ProduceError;
 use crate::line::{HELD_RECHECK, Line, Resolve};
 use crate::metadata::Metadata;
 use crate::producer::{Delivery, Publish};
 use crate::registry::Registry;
-use crate::spool_lines::{Lines, SpoolStats};
 
 /// How long a replay task with nothing to read waits for an append it was told of.
 const IDLE_WAIT: Duration = Duration::from_millis(100);

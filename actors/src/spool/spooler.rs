@@ -1,15 +1,5 @@
-//! The spool side of forwarding: which messages go to the spool, the per-target state
-//! that keeps a target's messages in arrival order, and the replay of each target's
-//! records once its broker takes messages again.
-//!
-//! Spooled messages are filed by [`Line`]: the target a sender named, or the name of the
-//! route it sent through. A line is *spooling* from its first spooled record until its
-//! spool is empty again. While it spools, every new message for it goes to the spool too,
-//! behind the others. One replay task per spooling line ([`crate::replay`]) reads its
-//! records in order, publishes them to the target the line resolves to under the config
-//! in force, and removes each only after the broker confirmed it. Once a line's spool is
-//! empty its state is dropped (the daemon-wide totals keep its counts), so the state grows
-//! with the lines that have records, not with every target ever spooled.
+//! The [`Spooler`]: what the forwarder hands a message its broker cannot take now to. It
+//! files the message under its line, durably, and starts the line's replay task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,14 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use ferry_spool::{NewRecord, Spool, SpoolError, Summary};
 
+use super::lines::{Filed, Lines, SpoolSnapshot, SpoolTotals};
+use super::replay::{Replayer, SpoolSettings};
 use crate::line::{Line, Resolve};
 use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
 use crate::registry::Registry;
-use crate::replay::Replayer;
-pub use crate::replay::SpoolSettings;
-use crate::spool_lines::{Filed, Lines};
-pub use crate::spool_lines::{SpoolSnapshot, SpoolStats, SpoolTotals};
 
 /// A message on its way into the spool, borrowed from the forwarder.
 pub(crate) struct ToSpool<'a> {

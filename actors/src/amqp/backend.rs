@@ -1,6 +1,6 @@
 //! The RabbitMQ backend: one producer actor per server and exchange, publishing on a
 //! confirm-mode channel it borrows from its server's connection actor
-//! ([`crate::amqp_server`]); the exchange is declared once per channel.
+//! ([`super::server`]); the exchange is declared once per channel.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::oneshot;
 
-use crate::amqp_server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, classify, connect};
+use super::server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, classify, connect};
 use crate::error::ProduceError;
 use crate::metadata::{AmqpMetadata, HeaderValue, Metadata};
 use crate::producer::{Backend, Delivery, LostSignal, Outgoing, ProducerActor};

@@ -332,3 +332,119 @@ async fn spool(
         )))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::fake::{self, Answer, Gate, Script, target};
+    use crate::settings::RegistrySettings;
+
+    /// A forwarder over `script`'s fake broker under the default policy (2 s, then 4 s),
+    /// with `spooler` if given one.
+    fn forwarder(registry: Arc<Registry>, spooler: Option<Arc<Spooler>>) -> Forwarder {
+        Forwarder::new(registry, RetryPolicy::default(), 100, 1 << 20, spooler)
+    }
+
+    /// Forwards `payload` to the fake broker's target.
+    async fn forward(forwarder: &Forwarder, payload: &str) -> Result<Accepted, ForwardError> {
+        let payload = Bytes::from(payload.to_owned());
+        forwarder
+            .forward(&target(1), None, "topic".into(), payload, None)
+            .await
+    }
+
+    /// Asserts that `ms` milliseconds passed since `start`, give or take the timers'
+    /// ticks (tokio fires each deadline at the next whole millisecond, up to 1 ms late).
+    #[track_caller]
+    fn assert_took(start: Instant, ms: u128) {
+        let took = start.elapsed().as_millis();
+        assert!((ms..=ms + 2).contains(&took), "took {took} ms, not {ms}");
+    }
+
+    #[actix_rt::test]
+    async fn a_silent_first_attempt_is_retried_once_within_a_doubled_budget() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Silent]);
+        let forwarder = forwarder(fake::registry(&script, RegistrySettings::default()), None);
+        let start = Instant::now();
+        let accepted = forward(&forwarder, "m").await.unwrap();
+        assert_took(start, 2000);
+        assert_eq!(accepted.spooled, None);
+        assert_eq!(script.payloads(), ["m", "m"]);
+        assert_eq!(forwarder.totals().retried.load(Ordering::Relaxed), 1);
+        assert_eq!(forwarder.totals().sent.load(Ordering::Relaxed), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_silent_broker_is_answered_timed_out_after_the_whole_budget() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Silent, Answer::Silent]);
+        let forwarder = forwarder(fake::registry(&script, RegistrySettings::default()), None);
+        let start = Instant::now();
+        let failed = forward(&forwarder, "m").await.unwrap_err();
+        assert_eq!(
+            failed,
+            ForwardError {
+                attempts: 2,
+                last: ProduceError::Timeout(Duration::from_secs(4))
+            }
+        );
+        assert_took(start, 6000);
+        assert_eq!(forwarder.totals().failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_nack_is_answered_at_once_without_retry() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Nack]);
+        let forwarder = forwarder(fake::registry(&script, RegistrySettings::default()), None);
+        let start = Instant::now();
+        let failed = forward(&forwarder, "m").await.unwrap_err();
+        assert_eq!(failed.attempts, 1);
+        assert!(matches!(failed.last, ProduceError::Rejected(_)));
+        assert_took(start, 0);
+        assert_eq!(script.payloads(), ["m"]);
+    }
+
+    #[actix_rt::test]
+    async fn with_a_spool_a_message_not_confirmed_in_time_is_spooled_then_replayed() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Silent]);
+        let registry = fake::registry(&script, RegistrySettings::default());
+        let gate = Arc::new(Gate::default());
+        let (spooler, _dir) = fake::spooler("hand-off", &registry, 1, gate.clone());
+        let forwarder = forwarder(registry, Some(Arc::clone(&spooler)));
+        let accepted = forward(&forwarder, "m").await.unwrap();
+        assert!(
+            accepted
+                .spooled
+                .is_some_and(|why| why.contains("within 2000 ms")),
+            "spooled when the first attempt's budget ran out"
+        );
+        assert_eq!(
+            script.payloads(),
+            ["m"],
+            "one attempt, not the policy's two"
+        );
+        let behind = forward(&forwarder, "n").await.unwrap();
+        assert_eq!(
+            behind.spooled.as_deref(),
+            Some("earlier messages to this target are spooled")
+        );
+        assert_eq!(script.payloads(), ["m"], "n was not published");
+
+        gate.open();
+        fake::until("the spool is empty", || !spooler.has_lines()).await;
+        assert_eq!(script.acked(), ["m", "n"]);
+        assert_eq!(forwarder.totals().spooled.load(Ordering::Relaxed), 2);
+        assert_eq!(spooler.totals().replayed.load(Ordering::Relaxed), 2);
+    }
+}

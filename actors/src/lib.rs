@@ -19,6 +19,8 @@
 pub mod amqp;
 mod backends;
 pub mod error;
+#[cfg(test)]
+mod fake;
 pub mod forwarder;
 pub mod kafka;
 pub mod line;

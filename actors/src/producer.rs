@@ -523,3 +523,190 @@ impl<B: Backend> Handler<ConnectionLost> for ProducerActor<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use actix_rt::Arbiter;
+
+    use super::*;
+    use crate::fake::{self, FakeBackend, Script};
+
+    /// A producer over `script`'s fake broker, on the test's arbiter.
+    fn producer(script: &Arc<Script>) -> Producer {
+        Producer::start(
+            &Arbiter::current(),
+            FakeBackend::new(script),
+            "fake".into(),
+            fake::settings(),
+            Arc::default(),
+        )
+    }
+
+    /// Publishes `payload` through `producer`.
+    async fn send(producer: &Producer, payload: &str) -> Result<Delivery, ProduceError> {
+        producer
+            .publish_owned(Publish {
+                route: "topic".into(),
+                payload: Bytes::from(payload.to_owned()),
+                id: Arc::from("id"),
+                metadata: None,
+            })
+            .await
+    }
+
+    /// Asserts that `instants` came `expected` after `start`, give or take the timer's
+    /// tick: tokio fires a deadline at the next whole millisecond, up to 1 ms late.
+    #[track_caller]
+    fn assert_at(start: Instant, instants: &[Instant], expected: &[Duration]) {
+        let after: Vec<Duration> = instants.iter().map(|i| *i - start).collect();
+        let on_time = after.len() == expected.len()
+            && after
+                .iter()
+                .zip(expected)
+                .all(|(a, e)| *a >= *e && *a <= *e + Duration::from_millis(1));
+        assert!(on_time, "at {after:?}, expected {expected:?}");
+    }
+
+    /// `ms` milliseconds, as a duration.
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    fn refused() -> ProduceError {
+        ProduceError::Unavailable("the fake broker refused".into())
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_connect_restarts_the_actor_after_a_doubling_backoff() {
+        tokio::time::pause();
+        let start = Instant::now();
+        let script = Script::new();
+        script.fail_connects(2);
+        let producer = producer(&script);
+        let stats = Arc::clone(producer.stats());
+        fake::until("the first restart", || stats.restarts.load(Relaxed) == 1).await;
+        assert_eq!(stats.state(), ProducerState::Restarting);
+        assert_eq!(
+            send(&producer, "during the backoff").await,
+            Err(refused()),
+            "a message during the backoff gets the connection's error, without an attempt"
+        );
+        tokio::time::sleep_until(start + Duration::from_millis(100)).await;
+        assert_eq!(
+            send(&producer, "after 100 ms").await,
+            Err(refused()),
+            "the first message after the backoff reconnects, and the attempt fails again"
+        );
+        tokio::time::sleep_until(start + Duration::from_millis(250)).await;
+        assert_eq!(send(&producer, "still backing off").await, Err(refused()));
+        tokio::time::sleep_until(start + Duration::from_millis(300)).await;
+        assert!(send(&producer, "after 200 ms more").await.is_ok());
+        assert_at(start, &script.connects(), &[ms(0), ms(100), ms(300)]);
+        assert_eq!(stats.restarts.load(Relaxed), 2);
+        assert_eq!(stats.state(), ProducerState::Ready);
+        assert_eq!(script.payloads(), ["after 200 ms more"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_connect_that_never_completes_times_out_and_restarts() {
+        tokio::time::pause();
+        let start = Instant::now();
+        let script = Script::new();
+        script.silence_connects(true);
+        let producer = producer(&script);
+        assert_eq!(
+            send(&producer, "m").await,
+            Err(ProduceError::Unavailable(
+                "no connection within 2000 ms".into()
+            )),
+            "the message waited in the mailbox for the attempt, then got its error"
+        );
+        assert_at(start, &[Instant::now()], &[ms(2000)]);
+        assert_eq!(producer.stats().restarts.load(Relaxed), 1);
+        assert!(script.payloads().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_ready_actor_lends_its_publisher_and_takes_it_back_when_the_connection_is_lost() {
+        tokio::time::pause();
+        let script = Script::new();
+        let producer = producer(&script);
+        let stats = Arc::clone(producer.stats());
+        assert!(send(&producer, "first").await.is_ok());
+        assert_eq!(stats.state(), ProducerState::Ready);
+        let payload = Bytes::from_static(b"lent");
+        let id: Arc<str> = Arc::from("id");
+        let outgoing = Outgoing {
+            route: "topic",
+            payload: &payload,
+            id: &id,
+            metadata: None,
+        };
+        assert!(
+            producer.actor.try_publish(&outgoing).is_some(),
+            "ready: messages go through the lent publisher, not the mailbox"
+        );
+
+        script.lose_connection();
+        fake::until("the restart", || stats.restarts.load(Relaxed) == 1).await;
+        assert!(
+            producer.actor.try_publish(&outgoing).is_none(),
+            "the publisher was taken back"
+        );
+        assert_eq!(script.closed(), [1], "then the connection was closed");
+        assert_eq!(
+            send(&producer, "during the backoff").await,
+            Err(ProduceError::Unavailable(
+                "the fake broker went away".into()
+            ))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(send(&producer, "reconnected").await.is_ok());
+        let on: Vec<_> = script
+            .received()
+            .into_iter()
+            .map(|r| (r.payload, r.connection, r.after_close))
+            .collect();
+        assert_eq!(
+            on,
+            [
+                ("first".to_owned(), 1, false),
+                ("lent".to_owned(), 1, false),
+                ("reconnected".to_owned(), 2, false)
+            ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_that_lived_the_longest_backoff_resets_it() {
+        tokio::time::pause();
+        let start = Instant::now();
+        let script = Script::new();
+        let producer = producer(&script);
+        let stats = Arc::clone(producer.stats());
+        assert!(send(&producer, "m").await.is_ok());
+        script.lose_connection();
+        fake::until("the first restart", || stats.restarts.load(Relaxed) == 1).await;
+        tokio::time::sleep_until(start + Duration::from_millis(100)).await;
+        assert!(send(&producer, "m").await.is_ok(), "reconnected at 100 ms");
+        script.lose_connection();
+        fake::until("the second restart", || stats.restarts.load(Relaxed) == 2).await;
+        tokio::time::sleep_until(start + Duration::from_millis(300)).await;
+        assert!(
+            send(&producer, "m").await.is_ok(),
+            "a short life doubled it"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        script.lose_connection();
+        fake::until("the third restart", || stats.restarts.load(Relaxed) == 3).await;
+        let lost_at = Instant::now();
+        tokio::time::sleep_until(lost_at + Duration::from_millis(100)).await;
+        assert!(send(&producer, "m").await.is_ok(), "1 s up: back to 100 ms");
+        let connects = script.connects();
+        assert_at(start, &connects[..3], &[ms(0), ms(100), ms(300)]);
+        assert_at(lost_at, &connects[3..], &[ms(100)]);
+    }
+}

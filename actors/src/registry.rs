@@ -250,3 +250,112 @@ impl Registry {
 fn is_idle(entry: &Entry) -> bool {
     entry.producer.stats().in_flight.get() == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{self, Script, target};
+    use crate::stats::ProducerState;
+
+    /// A registry of fake producers within `limits`.
+    fn registry(limits: RegistrySettings) -> Arc<Registry> {
+        fake::registry(&Script::new(), limits)
+    }
+
+    /// The targets cached, sorted.
+    fn cached(registry: &Registry) -> Vec<String> {
+        let mut targets: Vec<_> = registry.snapshot().into_iter().map(|s| s.target).collect();
+        targets.sort();
+        targets
+    }
+
+    #[actix_rt::test]
+    async fn stops_producers_idle_for_the_idle_timeout_unless_messages_are_in_flight() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            idle_timeout: Duration::from_secs(10),
+            ..RegistrySettings::default()
+        });
+        let idle = registry.producer(&target(1)).unwrap();
+        let busy = registry.producer(&target(2)).unwrap();
+        let _in_flight = busy.stats().in_flight.try_enter(10).unwrap();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(registry.stop_idle(), 0, "9 s is not idle yet");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(registry.stop_idle(), 1);
+        assert_eq!(cached(&registry), ["k2:9092"]);
+
+        let stats = Arc::clone(idle.stats());
+        drop(idle);
+        fake::until("the idle actor stopped", || {
+            stats.state() == ProducerState::Stopped
+        })
+        .await;
+        assert!(busy.is_alive());
+    }
+
+    #[actix_rt::test]
+    async fn evicts_the_least_recently_used_idle_producer_to_make_room() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            max_targets: 3,
+            ..RegistrySettings::default()
+        });
+        for n in [1, 2, 3, 1] {
+            registry.producer(&target(n)).unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let busy = registry.producer(&target(2)).unwrap();
+        let _in_flight = busy.stats().in_flight.try_enter(10).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        registry.producer(&target(4)).unwrap();
+        assert_eq!(
+            cached(&registry),
+            ["k1:9092", "k2:9092", "k4:9092"],
+            "3 was the least recently used of those with nothing in flight"
+        );
+        assert_eq!(registry.evictions(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn refuses_a_new_target_as_overloaded_when_no_producer_is_idle() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            max_targets: 2,
+            ..RegistrySettings::default()
+        });
+        let busy: Vec<_> = [1, 2]
+            .map(|n| registry.producer(&target(n)).unwrap())
+            .into_iter()
+            .map(|p| p.stats().in_flight.try_enter(10).unwrap())
+            .collect();
+        let refused = registry.producer(&target(3)).err();
+        assert!(
+            matches!(&refused, Some(ProduceError::Overloaded(why)) if why.contains("max_targets")),
+            "{refused:?}"
+        );
+        assert_eq!(registry.evictions(), 0);
+        drop(busy);
+        assert!(
+            registry.producer(&target(3)).is_ok(),
+            "room once one is idle"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn kafka_producers_are_bounded_apart() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            max_targets: 10,
+            max_kafka_targets: 1,
+            ..RegistrySettings::default()
+        });
+        let amqp = Target::Amqp(crate::target::AmqpTarget::try_new("amqp://mq/%2f", "x").unwrap());
+        registry.producer(&amqp).unwrap();
+        registry.producer(&target(1)).unwrap();
+        registry.producer(&target(2)).unwrap();
+        assert_eq!(cached(&registry).len(), 2, "the RabbitMQ producer stays");
+        assert!(cached(&registry).contains(&"k2:9092".to_owned()));
+        assert_eq!(registry.evictions(), 1);
+    }
+}

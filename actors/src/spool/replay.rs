@@ -663,4 +663,88 @@ mod tests {
         }
         assert_eq!(started, 100, "one second at 100/s");
     }
+
+    /// Spools `payloads` through a forwarder (`script` leaves the first attempt at the first
+    /// of them unanswered, so it and those behind it are spooled), replays them once the
+    /// config lets them through, with `replay_in_flight` in flight, and returns the
+    /// payloads the fake broker received during the replay.
+    async fn replay(
+        name: &str,
+        script: &Arc<crate::fake::Script>,
+        replay_in_flight: usize,
+        payloads: &[&str],
+    ) -> Vec<String> {
+        use crate::fake::{self, Gate, target};
+        let registry = fake::registry(script, crate::settings::RegistrySettings::default());
+        let gate = Arc::new(Gate::default());
+        let (spooler, _dir) = fake::spooler(name, &registry, replay_in_flight, gate.clone());
+        let forwarder = crate::Forwarder::new(
+            registry,
+            crate::RetryPolicy::default(),
+            100,
+            1 << 20,
+            Some(Arc::clone(&spooler)),
+        );
+        for payload in payloads {
+            let payload = bytes::Bytes::from(payload.to_string());
+            let accepted = forwarder
+                .forward(&target(1), None, "topic".into(), payload, None)
+                .await
+                .unwrap();
+            assert!(accepted.spooled.is_some());
+        }
+        assert_eq!(
+            script.payloads(),
+            [payloads[0]],
+            "the rest went to the spool"
+        );
+        gate.open();
+        fake::until("the spool is empty", || !spooler.has_lines()).await;
+        script.payloads().split_off(1)
+    }
+
+    #[actix_rt::test]
+    async fn replay_keeps_arrival_order_through_nacks_and_timeouts() {
+        use crate::fake::{Answer, Script};
+        tokio::time::pause();
+        let script = Script::new();
+        let unavailable = ProduceError::Unavailable("connection reset".into());
+        // The forwarder's attempt at m1 gets no answer, nor does the first replay of it;
+        // the next is nacked, the next fails.
+        let m1 = [
+            Answer::Silent,
+            Answer::Silent,
+            Answer::Nack,
+            Answer::Fail(unavailable),
+        ];
+        script.answer("m1", m1);
+        script.answer("m3", [Answer::Nack]);
+        let sent = replay("order", &script, 1, &["m1", "m2", "m3", "m4", "m5"]).await;
+        assert_eq!(
+            sent,
+            ["m1", "m1", "m1", "m1", "m2", "m3", "m3", "m4", "m5"],
+            "one at a time, each failure tried again before the next record"
+        );
+        assert_eq!(script.acked(), ["m1", "m2", "m3", "m4", "m5"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_record_is_overtaken_only_by_records_already_in_flight() {
+        use crate::fake::{Answer, Script};
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m1", [Answer::Silent]);
+        script.answer("m2", [Answer::Nack]);
+        let sent = replay("window", &script, 3, &["m1", "m2", "m3", "m4", "m5"]).await;
+        let acked = script.acked();
+        assert_eq!(acked.len(), 5, "each record confirmed once: {sent:?}");
+        let mut overtook = acked[..3].to_vec();
+        overtook.sort();
+        assert_eq!(
+            overtook,
+            ["m1", "m3", "m4"],
+            "m3 and m4 were in flight with m2 and finished"
+        );
+        assert_eq!(acked[3..], ["m2", "m5"], "m5 waited for m2");
+    }
 }

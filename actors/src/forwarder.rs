@@ -32,17 +32,18 @@ pub struct Accepted {
 
 /// Forwards messages to their targets under the retry policy and the in-flight bounds.
 pub struct Forwarder {
-    /// The producer actors.
+    /// Finds (or starts) each target's producer.
     registry: Arc<Registry>,
     /// Time and attempt bounds of each message.
     policy: RetryPolicy,
     /// Messages accepted and not yet answered, across all targets.
     in_flight: InFlight,
-    /// Bound of `in_flight`.
+    /// Bound of `in_flight` (`max_in_flight`); beyond it messages are refused as
+    /// overloaded.
     max_in_flight: usize,
     /// Payload bytes of the messages in flight.
     in_flight_bytes: InFlight,
-    /// Bound of `in_flight_bytes`.
+    /// Bound of `in_flight_bytes` (`max_in_flight_bytes`), refused likewise.
     max_in_flight_bytes: u64,
     /// Set once shutdown began: new messages are refused.
     closing: AtomicBool,
@@ -260,7 +261,7 @@ impl Forwarder {
         self.spooler.as_ref()
     }
 
-    /// Outcomes since start.
+    /// Outcomes since start, across producers stopped or evicted since.
     pub fn totals(&self) -> &Totals {
         &self.totals
     }
@@ -280,12 +281,12 @@ impl Forwarder {
         self.in_flight_bytes.get()
     }
 
-    /// The producer registry.
+    /// The producer registry (for its stats and its shutdown).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
-    /// The retry policy.
+    /// The policy each message is forwarded under.
     pub fn policy(&self) -> RetryPolicy {
         self.policy
     }

@@ -87,7 +87,7 @@ pub struct Outgoing<'a> {
     pub payload: &'a Bytes,
     /// The message's id, as in [`Publish::id`].
     pub id: &'a Arc<str>,
-    /// Key, headers, properties.
+    /// Key, headers, properties: what the sender asked for besides the bytes.
     pub metadata: Option<&'a Arc<crate::metadata::Metadata>>,
 }
 
@@ -268,7 +268,7 @@ pub struct Publish {
 struct ConnectionLost {
     /// Which connection died; reports about an older one are ignored.
     generation: u64,
-    /// Why it died.
+    /// Why it died: the error messages get while the actor backs off.
     error: ProduceError,
 }
 
@@ -314,7 +314,7 @@ enum Link<C> {
 
 /// One target's producer: a cached connection, supervised and restarted on failure.
 pub struct ProducerActor<B: Backend> {
-    /// The middleware client.
+    /// Connects to the target and publishes on the connection.
     backend: B,
     /// The target for logs (credentials redacted).
     label: String,

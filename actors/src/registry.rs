@@ -16,17 +16,17 @@ use crate::settings::{ProducerSettings, RegistrySettings};
 use crate::stats::StatsSnapshot;
 use crate::target::Target;
 
-/// A cached producer and when it was last asked for.
+/// A cached producer and when a message for its target last arrived (which decides
+/// idleness and the least recently used).
+#[allow(missing_docs)] // The type's doc says what each field is.
 struct Entry {
-    /// The producer.
     producer: Producer,
-    /// When a message for this target last arrived.
     last_used: Instant,
 }
 
 /// One producer actor per target, bounded in number and stopped when idle.
 pub struct Registry {
-    /// The cached producers.
+    /// The cached producers, by target.
     entries: Mutex<HashMap<Target, Entry>>,
     /// Arbiters new actors are spread over, round robin.
     arbiters: Vec<ArbiterHandle>,

@@ -62,10 +62,9 @@ pub struct OpenChannel;
 /// error was one channel's).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
+#[allow(missing_docs)] // The message's doc says what each field is.
 struct ConnectionLost {
-    /// Which connection.
     id: u64,
-    /// What it reported.
     error: ProduceError,
 }
 
@@ -118,14 +117,14 @@ pub struct AmqpServer {
     label: String,
     /// The server's `host:port`, for errors.
     server: String,
-    /// Connection settings.
+    /// Connection name, frame size, channel bound and TLS.
     settings: Arc<AmqpSettings>,
     /// Longest a connection attempt may take.
     connect_timeout: Duration,
     /// For this long after a failed attempt, requests are answered with its error rather
     /// than a new attempt (1,000 producers of a dead server cost one attempt, not 1,000).
     retry_after: Duration,
-    /// The open connections.
+    /// The open connections, each lending up to its `channel_max` channels.
     connections: Vec<Pooled>,
     /// The id of the next connection.
     next_id: u64,

@@ -35,7 +35,7 @@ pub type KafkaProducer = ProducerActor<KafkaBackend>;
 pub struct KafkaBackend {
     /// The cluster's bootstrap brokers.
     target: KafkaTarget,
-    /// Producer tuning.
+    /// Tuning, extra properties and each cluster's properties.
     settings: Arc<KafkaSettings>,
 }
 

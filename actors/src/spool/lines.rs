@@ -121,7 +121,7 @@ struct LineState {
     replaying: bool,
     /// Wakes the replay task when a record was appended.
     appended: Arc<Notify>,
-    /// Counters.
+    /// Its counters, shared with its replay task and reported in `/stats`.
     stats: Arc<SpoolStats>,
 }
 
@@ -132,7 +132,7 @@ pub(crate) struct Lines {
     lines: Mutex<HashMap<Line, LineState>>,
     /// Set when the daemon stops: replay tasks end (their records stay spooled).
     closing: AtomicBool,
-    /// Counts across lines.
+    /// Counts across lines, which outlive each line's state.
     totals: SpoolTotals,
 }
 

@@ -11,7 +11,7 @@ use crate::error::{ForwardError, ProduceError};
 use crate::line::Line;
 use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
-use crate::producer::{Delivery, Outgoing};
+use crate::producer::{Delivery, Outgoing, Producer};
 use crate::registry::Registry;
 use crate::spool::{Spooler, ToSpool};
 use crate::stats::{InFlight, InFlightGuard};
@@ -123,7 +123,9 @@ impl Forwarder {
         result
     }
 
-    /// [`Self::forward`] without the daemon-wide totals.
+    /// [`Self::forward`] without the daemon-wide totals: admit the message, keep it behind
+    /// its line's spooled messages if there are any, else publish it under the policy and
+    /// settle the outcome.
     async fn forward_counted(
         &self,
         target: &Target,
@@ -154,38 +156,16 @@ impl Forwarder {
             .registry
             .producer(target)
             .map_err(ForwardError::refused)?;
-        let stats = producer.stats();
-        stats.touch();
         let arrived = Instant::now();
-        let per_target = self.registry.max_in_flight_per_target();
-        let Some(_admitted_to_target) = stats.in_flight.try_enter(per_target) else {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            let error = ForwardError::refused(ProduceError::Overloaded(format!(
-                "{per_target} messages in flight to this target (max_in_flight_per_target)"
-            )));
-            stats.record_error(error.to_string());
-            return Err(error);
+        let _admitted_to_target = self.admit_to(&producer)?;
+        let outgoing = Outgoing {
+            route: &route,
+            payload: &payload,
+            id: &id,
+            metadata: metadata.as_ref(),
         };
-        // With a spool, one attempt: a message its broker cannot take now is spooled, not
-        // retried (a retry would only keep the caller waiting).
-        let policy = match &self.spooler {
-            Some(_) => self.policy.first_attempt_only(),
-            None => self.policy,
-        };
-        let result = policy
-            .run(|attempt| {
-                if attempt > 1 {
-                    stats.retried.fetch_add(1, Ordering::Relaxed);
-                    self.totals.retried.fetch_add(1, Ordering::Relaxed);
-                }
-                producer.publish(Outgoing {
-                    route: &route,
-                    payload: &payload,
-                    id: &id,
-                    metadata: metadata.as_ref(),
-                })
-            })
-            .await;
+        let result = self.publish(&producer, outgoing).await;
+        let stats = producer.stats();
         match result {
             Ok(delivery) => {
                 stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -217,6 +197,45 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// Takes a message's place under `producer`'s in-flight bound (held until it has its
+    /// outcome), or refuses it as overloaded.
+    fn admit_to(&self, producer: &Producer) -> Result<InFlightGuard, ForwardError> {
+        let stats = producer.stats();
+        stats.touch();
+        let per_target = self.registry.max_in_flight_per_target();
+        stats.in_flight.try_enter(per_target).ok_or_else(|| {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            let error = ForwardError::refused(ProduceError::Overloaded(format!(
+                "{per_target} messages in flight to this target (max_in_flight_per_target)"
+            )));
+            stats.record_error(error.to_string());
+            error
+        })
+    }
+
+    /// Publishes `message` through `producer` under the policy, counting the retries. With
+    /// a spool, one attempt: a message its broker cannot take now is spooled, not retried
+    /// (a retry would only keep the caller waiting).
+    async fn publish(
+        &self,
+        producer: &Producer,
+        message: Outgoing<'_>,
+    ) -> Result<Delivery, ForwardError> {
+        let policy = match &self.spooler {
+            Some(_) => self.policy.first_attempt_only(),
+            None => self.policy,
+        };
+        policy
+            .run(|attempt| {
+                if attempt > 1 {
+                    producer.stats().retried.fetch_add(1, Ordering::Relaxed);
+                    self.totals.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                producer.publish(message)
+            })
+            .await
     }
 
     /// Takes a message's places under the daemon-wide bounds (messages and `bytes` of

@@ -11,9 +11,9 @@ use crate::error::{ForwardError, ProduceError};
 use crate::line::Line;
 use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
-use crate::producer::{Delivery, Outgoing};
+use crate::producer::{Delivery, Outgoing, Producer};
 use crate::registry::Registry;
-use crate::spooler::Spooler;
+use crate::spool::{Spooler, ToSpool};
 use crate::stats::{InFlight, InFlightGuard};
 use crate::target::Target;
 
@@ -32,17 +32,18 @@ pub struct Accepted {
 
 /// Forwards messages to their targets under the retry policy and the in-flight bounds.
 pub struct Forwarder {
-    /// The producer actors.
+    /// Finds (or starts) each target's producer.
     registry: Arc<Registry>,
     /// Time and attempt bounds of each message.
     policy: RetryPolicy,
     /// Messages accepted and not yet answered, across all targets.
     in_flight: InFlight,
-    /// Bound of `in_flight`.
+    /// Bound of `in_flight` (`max_in_flight`); beyond it messages are refused as
+    /// overloaded.
     max_in_flight: usize,
     /// Payload bytes of the messages in flight.
     in_flight_bytes: InFlight,
-    /// Bound of `in_flight_bytes`.
+    /// Bound of `in_flight_bytes` (`max_in_flight_bytes`), refused likewise.
     max_in_flight_bytes: u64,
     /// Set once shutdown began: new messages are refused.
     closing: AtomicBool,
@@ -122,7 +123,9 @@ impl Forwarder {
         result
     }
 
-    /// [`Self::forward`] without the daemon-wide totals.
+    /// [`Self::forward`] without the daemon-wide totals: admit the message, keep it behind
+    /// its line's spooled messages if there are any, else publish it under the policy and
+    /// settle the outcome.
     async fn forward_counted(
         &self,
         target: &Target,
@@ -153,38 +156,16 @@ impl Forwarder {
             .registry
             .producer(target)
             .map_err(ForwardError::refused)?;
-        let stats = producer.stats();
-        stats.touch();
         let arrived = Instant::now();
-        let per_target = self.registry.max_in_flight_per_target();
-        let Some(_admitted_to_target) = stats.in_flight.try_enter(per_target) else {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            let error = ForwardError::refused(ProduceError::Overloaded(format!(
-                "{per_target} messages in flight to this target (max_in_flight_per_target)"
-            )));
-            stats.record_error(error.to_string());
-            return Err(error);
+        let _admitted_to_target = self.admit_to(&producer)?;
+        let outgoing = Outgoing {
+            route: &route,
+            payload: &payload,
+            id: &id,
+            metadata: metadata.as_ref(),
         };
-        // With a spool, one attempt: a message its broker cannot take now is spooled, not
-        // retried (a retry would only keep the caller waiting).
-        let policy = match &self.spooler {
-            Some(_) => self.policy.first_attempt_only(),
-            None => self.policy,
-        };
-        let result = policy
-            .run(|attempt| {
-                if attempt > 1 {
-                    stats.retried.fetch_add(1, Ordering::Relaxed);
-                    self.totals.retried.fetch_add(1, Ordering::Relaxed);
-                }
-                producer.publish(Outgoing {
-                    route: &route,
-                    payload: &payload,
-                    id: &id,
-                    metadata: metadata.as_ref(),
-                })
-            })
-            .await;
+        let result = self.publish(&producer, outgoing).await;
+        let stats = producer.stats();
         match result {
             Ok(delivery) => {
                 stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -216,6 +197,45 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// Takes a message's place under `producer`'s in-flight bound (held until it has its
+    /// outcome), or refuses it as overloaded.
+    fn admit_to(&self, producer: &Producer) -> Result<InFlightGuard, ForwardError> {
+        let stats = producer.stats();
+        stats.touch();
+        let per_target = self.registry.max_in_flight_per_target();
+        stats.in_flight.try_enter(per_target).ok_or_else(|| {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            let error = ForwardError::refused(ProduceError::Overloaded(format!(
+                "{per_target} messages in flight to this target (max_in_flight_per_target)"
+            )));
+            stats.record_error(error.to_string());
+            error
+        })
+    }
+
+    /// Publishes `message` through `producer` under the policy, counting the retries. With
+    /// a spool, one attempt: a message its broker cannot take now is spooled, not retried
+    /// (a retry would only keep the caller waiting).
+    async fn publish(
+        &self,
+        producer: &Producer,
+        message: Outgoing<'_>,
+    ) -> Result<Delivery, ForwardError> {
+        let policy = match &self.spooler {
+            Some(_) => self.policy.first_attempt_only(),
+            None => self.policy,
+        };
+        policy
+            .run(|attempt| {
+                if attempt > 1 {
+                    producer.stats().retried.fetch_add(1, Ordering::Relaxed);
+                    self.totals.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                producer.publish(message)
+            })
+            .await
     }
 
     /// Takes a message's places under the daemon-wide bounds (messages and `bytes` of
@@ -260,7 +280,7 @@ impl Forwarder {
         self.spooler.as_ref()
     }
 
-    /// Outcomes since start.
+    /// Outcomes since start, across producers stopped or evicted since.
     pub fn totals(&self) -> &Totals {
         &self.totals
     }
@@ -280,12 +300,12 @@ impl Forwarder {
         self.in_flight_bytes.get()
     }
 
-    /// The producer registry.
+    /// The producer registry (for its stats and its shutdown).
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
-    /// The retry policy.
+    /// The policy each message is forwarded under.
     pub fn policy(&self) -> RetryPolicy {
         self.policy
     }
@@ -310,18 +330,6 @@ fn line_of(target: &Target, via: Option<&Arc<str>>) -> Line {
     }
 }
 
-/// A message on its way into the spool.
-pub(crate) struct ToSpool<'a> {
-    /// Its id.
-    pub(crate) id: Arc<str>,
-    /// Topic or routing key.
-    pub(crate) route: &'a str,
-    /// Its bytes.
-    pub(crate) payload: &'a Bytes,
-    /// Its metadata.
-    pub(crate) metadata: Option<&'a Metadata>,
-}
-
 /// Writes a message to the spool: accepted once durable, or refused as overloaded when the
 /// spool is full (nothing spooled before is dropped).
 async fn spool(
@@ -342,5 +350,121 @@ async fn spool(
         Err(error) => Err(ForwardError::refused(ProduceError::Unavailable(format!(
             "cannot spool: {error}"
         )))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::fake::{self, Answer, Gate, Script, target};
+    use crate::settings::RegistrySettings;
+
+    /// A forwarder over `script`'s fake broker under the default policy (2 s, then 4 s),
+    /// with `spooler` if given one.
+    fn forwarder(registry: Arc<Registry>, spooler: Option<Arc<Spooler>>) -> Forwarder {
+        Forwarder::new(registry, RetryPolicy::default(), 100, 1 << 20, spooler)
+    }
+
+    /// Forwards `payload` to the fake broker's target.
+    async fn forward(forwarder: &Forwarder, payload: &str) -> Result<Accepted, ForwardError> {
+        let payload = Bytes::from(payload.to_owned());
+        forwarder
+            .forward(&target(1), None, "topic".into(), payload, None)
+            .await
+    }
+
+    /// Asserts that `ms` milliseconds passed since `start`, give or take the timers'
+    /// ticks (tokio fires each deadline at the next whole millisecond, up to 1 ms late).
+    #[track_caller]
+    fn assert_took(start: Instant, ms: u128) {
+        let took = start.elapsed().as_millis();
+        assert!((ms..=ms + 2).contains(&took), "took {took} ms, not {ms}");
+    }
+
+    #[actix_rt::test]
+    async fn a_silent_first_attempt_is_retried_once_within_a_doubled_budget() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Silent]);
+        let forwarder = forwarder(fake::registry(&script, RegistrySettings::default()), None);
+        let start = Instant::now();
+        let accepted = forward(&forwarder, "m").await.unwrap();
+        assert_took(start, 2000);
+        assert_eq!(accepted.spooled, None);
+        assert_eq!(script.payloads(), ["m", "m"]);
+        assert_eq!(forwarder.totals().retried.load(Ordering::Relaxed), 1);
+        assert_eq!(forwarder.totals().sent.load(Ordering::Relaxed), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_silent_broker_is_answered_timed_out_after_the_whole_budget() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Silent, Answer::Silent]);
+        let forwarder = forwarder(fake::registry(&script, RegistrySettings::default()), None);
+        let start = Instant::now();
+        let failed = forward(&forwarder, "m").await.unwrap_err();
+        assert_eq!(
+            failed,
+            ForwardError {
+                attempts: 2,
+                last: ProduceError::Timeout(Duration::from_secs(4))
+            }
+        );
+        assert_took(start, 6000);
+        assert_eq!(forwarder.totals().failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_nack_is_answered_at_once_without_retry() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Nack]);
+        let forwarder = forwarder(fake::registry(&script, RegistrySettings::default()), None);
+        let start = Instant::now();
+        let failed = forward(&forwarder, "m").await.unwrap_err();
+        assert_eq!(failed.attempts, 1);
+        assert!(matches!(failed.last, ProduceError::Rejected(_)));
+        assert_took(start, 0);
+        assert_eq!(script.payloads(), ["m"]);
+    }
+
+    #[actix_rt::test]
+    async fn with_a_spool_a_message_not_confirmed_in_time_is_spooled_then_replayed() {
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m", [Answer::Silent]);
+        let registry = fake::registry(&script, RegistrySettings::default());
+        let gate = Arc::new(Gate::default());
+        let (spooler, _dir) = fake::spooler("hand-off", &registry, 1, gate.clone());
+        let forwarder = forwarder(registry, Some(Arc::clone(&spooler)));
+        let accepted = forward(&forwarder, "m").await.unwrap();
+        assert!(
+            accepted
+                .spooled
+                .is_some_and(|why| why.contains("within 2000 ms")),
+            "spooled when the first attempt's budget ran out"
+        );
+        assert_eq!(
+            script.payloads(),
+            ["m"],
+            "one attempt, not the policy's two"
+        );
+        let behind = forward(&forwarder, "n").await.unwrap();
+        assert_eq!(
+            behind.spooled.as_deref(),
+            Some("earlier messages to this target are spooled")
+        );
+        assert_eq!(script.payloads(), ["m"], "n was not published");
+
+        gate.open();
+        fake::until("the spool is empty", || !spooler.has_lines()).await;
+        assert_eq!(script.acked(), ["m", "n"]);
+        assert_eq!(forwarder.totals().spooled.load(Ordering::Relaxed), 2);
+        assert_eq!(spooler.totals().replayed.load(Ordering::Relaxed), 2);
     }
 }

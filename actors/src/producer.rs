@@ -23,12 +23,13 @@
 //! confirmation future, so many messages to one target are in flight at once.
 
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
 
-use actix::WeakAddr;
 use actix::prelude::*;
+use actix::{Supervisor, WeakAddr};
+use actix_rt::ArbiterHandle;
 use bytes::Bytes;
 use futures_util::future::{self, BoxFuture, LocalBoxFuture};
+use tokio::time::Instant;
 
 use crate::error::ProduceError;
 use crate::settings::ProducerSettings;
@@ -86,7 +87,7 @@ pub struct Outgoing<'a> {
     pub payload: &'a Bytes,
     /// The message's id, as in [`Publish::id`].
     pub id: &'a Arc<str>,
-    /// Key, headers, properties.
+    /// Key, headers, properties: what the sender asked for besides the bytes.
     pub metadata: Option<&'a Arc<crate::metadata::Metadata>>,
 }
 
@@ -143,6 +144,108 @@ impl<B: Backend> Direct<B> {
     }
 }
 
+/// One target's producer as its callers hold it: the actor, the publisher it lends while
+/// ready, and the target's counters. Cloning it is cheap; while a clone is held the actor
+/// keeps running.
+#[derive(Clone)]
+pub struct Producer {
+    /// The actor and its lent publisher, whatever the backend.
+    actor: Arc<dyn Publishing>,
+    /// The target's counters, shared with the actor.
+    stats: Arc<TargetStats>,
+}
+
+impl Producer {
+    /// Starts a supervised producer actor over `backend` on `arbiter`; `label` names the
+    /// target in logs (credentials redacted).
+    pub fn start<B: Backend + Send>(
+        arbiter: &ArbiterHandle,
+        backend: B,
+        label: String,
+        settings: Arc<ProducerSettings>,
+        stats: Arc<TargetStats>,
+    ) -> Self {
+        let direct = Arc::default();
+        let lent = Arc::clone(&direct);
+        let actor_stats = Arc::clone(&stats);
+        let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
+            ProducerActor::new(backend, label, settings, actor_stats, lent)
+        });
+        Self {
+            actor: Arc::new(Handle { addr, direct }),
+            stats,
+        }
+    }
+
+    /// The producer's counters.
+    pub fn stats(&self) -> &Arc<TargetStats> {
+        &self.stats
+    }
+
+    /// Publishes one message and waits for the broker's confirmation (unbounded in time:
+    /// the caller applies the policy's timeout). It goes through the ready connection's
+    /// publisher, or through the actor's mailbox when the actor is not ready (the actor
+    /// then reconnects, or answers why it cannot).
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
+        match self.actor.try_publish(&message) {
+            Some(confirmation) => confirmation.await,
+            None => self.actor.send(message.to_publish()).await,
+        }
+    }
+
+    /// [`Self::publish`] of a message the future owns.
+    pub async fn publish_owned(&self, message: Publish) -> Result<Delivery, ProduceError> {
+        let outgoing = Outgoing {
+            route: &message.route,
+            payload: &message.payload,
+            id: &message.id,
+            metadata: message.metadata.as_ref(),
+        };
+        self.publish(outgoing).await
+    }
+
+    /// Whether the actor still runs (its supervisor restarts it in place; it ends only
+    /// when every handle is dropped).
+    pub fn is_alive(&self) -> bool {
+        self.actor.is_alive()
+    }
+}
+
+/// A producer actor of any backend, as a [`Producer`] publishes through it.
+trait Publishing: Send + Sync {
+    /// Publishes through the publisher the actor lends, if it is ready.
+    fn try_publish(&self, message: &Outgoing<'_>) -> Option<Confirmation>;
+
+    /// Publishes through the actor's mailbox.
+    fn send(&self, message: Publish) -> Confirmation;
+
+    /// Whether the actor still runs.
+    fn is_alive(&self) -> bool;
+}
+
+/// A producer actor's address and the publisher it lends while ready.
+struct Handle<B: Backend> {
+    /// The actor (holding it keeps the actor running).
+    addr: Addr<ProducerActor<B>>,
+    /// Its ready connection's publisher.
+    direct: Arc<Direct<B>>,
+}
+
+impl<B: Backend> Publishing for Handle<B> {
+    fn try_publish(&self, message: &Outgoing<'_>) -> Option<Confirmation> {
+        self.direct.try_publish(message)
+    }
+
+    fn send(&self, message: Publish) -> Confirmation {
+        let sent = self.addr.send(message);
+        Box::pin(async move { sent.await.unwrap_or_else(|e| Err(mailbox_error(e))) })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.addr.connected()
+    }
+}
+
 /// Publish one message to the actor's target.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Delivery, ProduceError>")]
@@ -165,7 +268,7 @@ pub struct Publish {
 struct ConnectionLost {
     /// Which connection died; reports about an older one are ignored.
     generation: u64,
-    /// Why it died.
+    /// Why it died: the error messages get while the actor backs off.
     error: ProduceError,
 }
 
@@ -211,7 +314,7 @@ enum Link<C> {
 
 /// One target's producer: a cached connection, supervised and restarted on failure.
 pub struct ProducerActor<B: Backend> {
-    /// The middleware client.
+    /// Connects to the target and publishes on the connection.
     backend: B,
     /// The target for logs (credentials redacted).
     label: String,
@@ -397,7 +500,7 @@ impl<B: Backend> Handler<Publish> for ProducerActor<B> {
 }
 
 /// The error for a message its producer dropped (it failed while handling it, or stopped).
-pub(crate) fn mailbox_error(error: MailboxError) -> ProduceError {
+fn mailbox_error(error: MailboxError) -> ProduceError {
     ProduceError::Unavailable(format!("the producer restarted while sending ({error})"))
 }
 
@@ -418,5 +521,192 @@ impl<B: Backend> Handler<ConnectionLost> for ProducerActor<B> {
         if lost.generation == self.generation && matches!(self.link, Link::Ready(..)) {
             self.fail(lost.error, ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use actix_rt::Arbiter;
+
+    use super::*;
+    use crate::fake::{self, FakeBackend, Script};
+
+    /// A producer over `script`'s fake broker, on the test's arbiter.
+    fn producer(script: &Arc<Script>) -> Producer {
+        Producer::start(
+            &Arbiter::current(),
+            FakeBackend::new(script),
+            "fake".into(),
+            fake::settings(),
+            Arc::default(),
+        )
+    }
+
+    /// Publishes `payload` through `producer`.
+    async fn send(producer: &Producer, payload: &str) -> Result<Delivery, ProduceError> {
+        producer
+            .publish_owned(Publish {
+                route: "topic".into(),
+                payload: Bytes::from(payload.to_owned()),
+                id: Arc::from("id"),
+                metadata: None,
+            })
+            .await
+    }
+
+    /// Asserts that `instants` came `expected` after `start`, give or take the timer's
+    /// tick: tokio fires a deadline at the next whole millisecond, up to 1 ms late.
+    #[track_caller]
+    fn assert_at(start: Instant, instants: &[Instant], expected: &[Duration]) {
+        let after: Vec<Duration> = instants.iter().map(|i| *i - start).collect();
+        let on_time = after.len() == expected.len()
+            && after
+                .iter()
+                .zip(expected)
+                .all(|(a, e)| *a >= *e && *a <= *e + Duration::from_millis(1));
+        assert!(on_time, "at {after:?}, expected {expected:?}");
+    }
+
+    /// `ms` milliseconds, as a duration.
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    fn refused() -> ProduceError {
+        ProduceError::Unavailable("the fake broker refused".into())
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_connect_restarts_the_actor_after_a_doubling_backoff() {
+        tokio::time::pause();
+        let start = Instant::now();
+        let script = Script::new();
+        script.fail_connects(2);
+        let producer = producer(&script);
+        let stats = Arc::clone(producer.stats());
+        fake::until("the first restart", || stats.restarts.load(Relaxed) == 1).await;
+        assert_eq!(stats.state(), ProducerState::Restarting);
+        assert_eq!(
+            send(&producer, "during the backoff").await,
+            Err(refused()),
+            "a message during the backoff gets the connection's error, without an attempt"
+        );
+        tokio::time::sleep_until(start + Duration::from_millis(100)).await;
+        assert_eq!(
+            send(&producer, "after 100 ms").await,
+            Err(refused()),
+            "the first message after the backoff reconnects, and the attempt fails again"
+        );
+        tokio::time::sleep_until(start + Duration::from_millis(250)).await;
+        assert_eq!(send(&producer, "still backing off").await, Err(refused()));
+        tokio::time::sleep_until(start + Duration::from_millis(300)).await;
+        assert!(send(&producer, "after 200 ms more").await.is_ok());
+        assert_at(start, &script.connects(), &[ms(0), ms(100), ms(300)]);
+        assert_eq!(stats.restarts.load(Relaxed), 2);
+        assert_eq!(stats.state(), ProducerState::Ready);
+        assert_eq!(script.payloads(), ["after 200 ms more"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_connect_that_never_completes_times_out_and_restarts() {
+        tokio::time::pause();
+        let start = Instant::now();
+        let script = Script::new();
+        script.silence_connects(true);
+        let producer = producer(&script);
+        assert_eq!(
+            send(&producer, "m").await,
+            Err(ProduceError::Unavailable(
+                "no connection within 2000 ms".into()
+            )),
+            "the message waited in the mailbox for the attempt, then got its error"
+        );
+        assert_at(start, &[Instant::now()], &[ms(2000)]);
+        assert_eq!(producer.stats().restarts.load(Relaxed), 1);
+        assert!(script.payloads().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_ready_actor_lends_its_publisher_and_takes_it_back_when_the_connection_is_lost() {
+        tokio::time::pause();
+        let script = Script::new();
+        let producer = producer(&script);
+        let stats = Arc::clone(producer.stats());
+        assert!(send(&producer, "first").await.is_ok());
+        assert_eq!(stats.state(), ProducerState::Ready);
+        let payload = Bytes::from_static(b"lent");
+        let id: Arc<str> = Arc::from("id");
+        let outgoing = Outgoing {
+            route: "topic",
+            payload: &payload,
+            id: &id,
+            metadata: None,
+        };
+        assert!(
+            producer.actor.try_publish(&outgoing).is_some(),
+            "ready: messages go through the lent publisher, not the mailbox"
+        );
+
+        script.lose_connection();
+        fake::until("the restart", || stats.restarts.load(Relaxed) == 1).await;
+        assert!(
+            producer.actor.try_publish(&outgoing).is_none(),
+            "the publisher was taken back"
+        );
+        assert_eq!(script.closed(), [1], "then the connection was closed");
+        assert_eq!(
+            send(&producer, "during the backoff").await,
+            Err(ProduceError::Unavailable(
+                "the fake broker went away".into()
+            ))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(send(&producer, "reconnected").await.is_ok());
+        let on: Vec<_> = script
+            .received()
+            .into_iter()
+            .map(|r| (r.payload, r.connection, r.after_close))
+            .collect();
+        assert_eq!(
+            on,
+            [
+                ("first".to_owned(), 1, false),
+                ("lent".to_owned(), 1, false),
+                ("reconnected".to_owned(), 2, false)
+            ]
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_that_lived_the_longest_backoff_resets_it() {
+        tokio::time::pause();
+        let start = Instant::now();
+        let script = Script::new();
+        let producer = producer(&script);
+        let stats = Arc::clone(producer.stats());
+        assert!(send(&producer, "m").await.is_ok());
+        script.lose_connection();
+        fake::until("the first restart", || stats.restarts.load(Relaxed) == 1).await;
+        tokio::time::sleep_until(start + Duration::from_millis(100)).await;
+        assert!(send(&producer, "m").await.is_ok(), "reconnected at 100 ms");
+        script.lose_connection();
+        fake::until("the second restart", || stats.restarts.load(Relaxed) == 2).await;
+        tokio::time::sleep_until(start + Duration::from_millis(300)).await;
+        assert!(
+            send(&producer, "m").await.is_ok(),
+            "a short life doubled it"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        script.lose_connection();
+        fake::until("the third restart", || stats.restarts.load(Relaxed) == 3).await;
+        let lost_at = Instant::now();
+        tokio::time::sleep_until(lost_at + Duration::from_millis(100)).await;
+        assert!(send(&producer, "m").await.is_ok(), "1 s up: back to 100 ms");
+        let connects = script.connects();
+        assert_at(start, &connects[..3], &[ms(0), ms(100), ms(300)]);
+        assert_at(lost_at, &connects[3..], &[ms(100)]);
     }
 }

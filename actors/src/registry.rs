@@ -4,157 +4,47 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix::{Actor, Addr, Supervisor, WeakAddr};
 use actix_rt::ArbiterHandle;
+use tokio::time::Instant;
 
-use crate::amqp::AmqpBackend;
-use crate::amqp_server::AmqpServer;
+use crate::backends::{Brokers, StartProducer};
 use crate::error::ProduceError;
-use crate::kafka::KafkaBackend;
-use crate::producer::{Backend, Delivery, Direct, Outgoing, ProducerActor, Publish, mailbox_error};
-use crate::settings::{AmqpSettings, ProducerSettings, RegistrySettings};
-use crate::stats::{StatsSnapshot, TargetStats};
+use crate::producer::Producer;
+use crate::settings::{ProducerSettings, RegistrySettings};
+use crate::stats::StatsSnapshot;
 use crate::target::Target;
 
-/// The address of a producer actor of either kind.
-#[derive(Clone)]
-enum ProducerAddr {
-    /// A Kafka broker set's producer.
-    Kafka(Handle<KafkaBackend>),
-    /// A RabbitMQ server+exchange's producer.
-    Amqp(Handle<AmqpBackend>),
-}
-
-/// A producer actor and the publisher it lends while ready.
-struct Handle<B: Backend> {
-    /// The actor (holding it keeps the actor running).
-    addr: Addr<ProducerActor<B>>,
-    /// Its ready connection's publisher.
-    direct: Arc<Direct<B>>,
-}
-
-impl<B: Backend> Clone for Handle<B> {
-    fn clone(&self) -> Self {
-        Self {
-            addr: self.addr.clone(),
-            direct: Arc::clone(&self.direct),
-        }
-    }
-}
-
-impl<B: Backend> Handle<B> {
-    /// Starts a supervised producer actor over `backend` on `arbiter`, lending its
-    /// publisher to the handle.
-    fn start(
-        arbiter: &ArbiterHandle,
-        backend: B,
-        label: String,
-        settings: Arc<ProducerSettings>,
-        stats: Arc<TargetStats>,
-    ) -> Self
-    where
-        B: Send,
-    {
-        let direct = Arc::default();
-        let lent = Arc::clone(&direct);
-        let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
-            ProducerActor::new(backend, label, settings, stats, lent)
-        });
-        Self { addr, direct }
-    }
-
-    /// Publishes through the ready connection, or through the actor's mailbox when it is
-    /// not ready (the actor reconnects, or answers why it cannot).
-    async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
-        match self.direct.try_publish(&message) {
-            Some(confirmation) => confirmation.await,
-            None => self
-                .addr
-                .send(message.to_publish())
-                .await
-                .unwrap_or_else(|e| Err(mailbox_error(e))),
-        }
-    }
-}
-
-/// A handle on one target's producer actor and its counters.
-#[derive(Clone)]
-pub struct Producer {
-    /// The actor.
-    addr: ProducerAddr,
-    /// Its counters.
-    stats: Arc<TargetStats>,
-}
-
-impl Producer {
-    /// The producer's counters.
-    pub fn stats(&self) -> &Arc<TargetStats> {
-        &self.stats
-    }
-
-    /// Publishes one message and waits for the broker's confirmation (unbounded in
-    /// time: the caller applies the policy's timeout).
-    pub async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
-        match &self.addr {
-            ProducerAddr::Kafka(actor) => actor.publish(message).await,
-            ProducerAddr::Amqp(actor) => actor.publish(message).await,
-        }
-    }
-
-    /// [`Self::publish`] of a message the future owns.
-    pub async fn publish_owned(&self, message: Publish) -> Result<Delivery, ProduceError> {
-        let outgoing = Outgoing {
-            route: &message.route,
-            payload: &message.payload,
-            id: &message.id,
-            metadata: message.metadata.as_ref(),
-        };
-        self.publish(outgoing).await
-    }
-
-    /// Whether the actor still runs.
-    fn is_alive(&self) -> bool {
-        match &self.addr {
-            ProducerAddr::Kafka(actor) => actor.addr.connected(),
-            ProducerAddr::Amqp(actor) => actor.addr.connected(),
-        }
-    }
-}
-
-/// A cached producer and when it was last asked for.
+/// A cached producer and when a message for its target last arrived (which decides
+/// idleness and the least recently used).
+#[allow(missing_docs)] // The type's doc says what each field is.
 struct Entry {
-    /// The producer.
     producer: Producer,
-    /// When a message for this target last arrived.
     last_used: Instant,
 }
 
 /// One producer actor per target, bounded in number and stopped when idle.
 pub struct Registry {
-    /// The cached producers.
+    /// The cached producers, by target.
     entries: Mutex<HashMap<Target, Entry>>,
     /// Arbiters new actors are spread over, round robin.
     arbiters: Vec<ArbiterHandle>,
     /// The arbiter the next actor starts on.
     next_arbiter: AtomicUsize,
-    /// Settings handed to every producer.
+    /// The producers' settings: their backoff paces spool replay, their in-flight bound
+    /// the forwarder.
     producer_settings: Arc<ProducerSettings>,
     /// Bounds of this registry.
     limits: RegistrySettings,
     /// Producers stopped to make room for new targets.
     evictions: AtomicU64,
-    /// The connection actor of each RabbitMQ server (by URL), weakly held: it stops when
-    /// the last producer on it stops.
-    amqp_servers: Mutex<HashMap<String, WeakAddr<AmqpServer>>>,
-    /// The RabbitMQ settings, shared by every AMQP producer and connection actor (they
-    /// hold the TLS files: one copy, not one per exchange).
-    amqp_settings: Arc<AmqpSettings>,
+    /// Starts the producer of a target not cached.
+    starter: Box<dyn StartProducer>,
 }
 
 impl Registry {
-    /// A registry that starts its actors on `arbiters`.
+    /// A registry that starts its actors on `arbiters`, over the brokers' backends.
     ///
     /// # Panics
     /// If `arbiters` is empty (a start-up error, never on a request path).
@@ -163,20 +53,33 @@ impl Registry {
         producer_settings: ProducerSettings,
         limits: RegistrySettings,
     ) -> Arc<Self> {
+        let producer_settings = Arc::new(producer_settings);
+        let brokers = Brokers::new(Arc::clone(&producer_settings));
+        Self::with_starter(arbiters, producer_settings, limits, Box::new(brokers))
+    }
+
+    /// A registry whose producers `starter` starts (tests give it a scripted backend).
+    ///
+    /// # Panics
+    /// If `arbiters` is empty.
+    pub(crate) fn with_starter(
+        arbiters: Vec<ArbiterHandle>,
+        producer_settings: Arc<ProducerSettings>,
+        limits: RegistrySettings,
+        starter: Box<dyn StartProducer>,
+    ) -> Arc<Self> {
         assert!(
             !arbiters.is_empty(),
             "a registry needs at least one arbiter"
         );
-        let amqp_settings = Arc::new(producer_settings.amqp.clone());
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
-            producer_settings: Arc::new(producer_settings),
+            producer_settings,
             limits,
             evictions: AtomicU64::new(0),
-            amqp_servers: Mutex::new(HashMap::new()),
-            amqp_settings,
+            starter,
         })
     }
 
@@ -283,7 +186,7 @@ impl Registry {
             .map(|(target, entry)| {
                 entry
                     .producer
-                    .stats
+                    .stats()
                     .snapshot(target.kind(), target.endpoint())
             })
             .collect()
@@ -339,69 +242,120 @@ impl Registry {
     /// Starts a supervised producer actor for `target` on the next arbiter.
     fn start(&self, target: &Target) -> Producer {
         let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
-        let arbiter = &self.arbiters[index];
-        let stats = Arc::new(TargetStats::default());
-        let settings = self.producer_settings.clone();
-        let label = target.to_string();
-        let actor_stats = stats.clone();
-        let addr = match target.clone() {
-            Target::Kafka(t) => {
-                let backend = KafkaBackend::new(t, Arc::new(settings.kafka.clone()));
-                ProducerAddr::Kafka(Handle::start(
-                    arbiter,
-                    backend,
-                    label,
-                    settings,
-                    actor_stats,
-                ))
-            }
-            Target::Amqp(t) => {
-                let server = self.amqp_server(&t, arbiter);
-                let backend = AmqpBackend::new(
-                    t,
-                    server,
-                    Arc::clone(&self.amqp_settings),
-                    Arc::clone(&stats),
-                );
-                ProducerAddr::Amqp(Handle::start(
-                    arbiter,
-                    backend,
-                    label,
-                    settings,
-                    actor_stats,
-                ))
-            }
-        };
-        Producer { addr, stats }
-    }
-
-    /// The connection actor of `target`'s server, started on `arbiter` if it has none.
-    fn amqp_server(
-        &self,
-        target: &crate::target::AmqpTarget,
-        arbiter: &ArbiterHandle,
-    ) -> Addr<AmqpServer> {
-        let mut servers = self
-            .amqp_servers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(addr) = servers.get(target.url()).and_then(WeakAddr::upgrade)
-            && addr.connected()
-        {
-            return addr;
-        }
-        servers.retain(|_, addr| addr.upgrade().is_some_and(|a| a.connected()));
-        let settings = Arc::clone(&self.amqp_settings);
-        let connect_timeout = self.producer_settings.connect_timeout;
-        let retry_after = self.producer_settings.restart_backoff_initial;
-        let server = AmqpServer::new(target, settings, connect_timeout, retry_after);
-        let addr = AmqpServer::start_in_arbiter(arbiter, move |_| server);
-        servers.insert(target.url().to_owned(), addr.downgrade());
-        addr
+        self.starter.start(target, &self.arbiters[index])
     }
 }
 
 /// Whether a cached producer has nothing in flight.
 fn is_idle(entry: &Entry) -> bool {
-    entry.producer.stats.in_flight.get() == 0
+    entry.producer.stats().in_flight.get() == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{self, Script, target};
+    use crate::stats::ProducerState;
+
+    /// A registry of fake producers within `limits`.
+    fn registry(limits: RegistrySettings) -> Arc<Registry> {
+        fake::registry(&Script::new(), limits)
+    }
+
+    /// The targets cached, sorted.
+    fn cached(registry: &Registry) -> Vec<String> {
+        let mut targets: Vec<_> = registry.snapshot().into_iter().map(|s| s.target).collect();
+        targets.sort();
+        targets
+    }
+
+    #[actix_rt::test]
+    async fn stops_producers_idle_for_the_idle_timeout_unless_messages_are_in_flight() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            idle_timeout: Duration::from_secs(10),
+            ..RegistrySettings::default()
+        });
+        let idle = registry.producer(&target(1)).unwrap();
+        let busy = registry.producer(&target(2)).unwrap();
+        let _in_flight = busy.stats().in_flight.try_enter(10).unwrap();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(registry.stop_idle(), 0, "9 s is not idle yet");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(registry.stop_idle(), 1);
+        assert_eq!(cached(&registry), ["k2:9092"]);
+
+        let stats = Arc::clone(idle.stats());
+        drop(idle);
+        fake::until("the idle actor stopped", || {
+            stats.state() == ProducerState::Stopped
+        })
+        .await;
+        assert!(busy.is_alive());
+    }
+
+    #[actix_rt::test]
+    async fn evicts_the_least_recently_used_idle_producer_to_make_room() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            max_targets: 3,
+            ..RegistrySettings::default()
+        });
+        for n in [1, 2, 3, 1] {
+            registry.producer(&target(n)).unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let busy = registry.producer(&target(2)).unwrap();
+        let _in_flight = busy.stats().in_flight.try_enter(10).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        registry.producer(&target(4)).unwrap();
+        assert_eq!(
+            cached(&registry),
+            ["k1:9092", "k2:9092", "k4:9092"],
+            "3 was the least recently used of those with nothing in flight"
+        );
+        assert_eq!(registry.evictions(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn refuses_a_new_target_as_overloaded_when_no_producer_is_idle() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            max_targets: 2,
+            ..RegistrySettings::default()
+        });
+        let busy: Vec<_> = [1, 2]
+            .map(|n| registry.producer(&target(n)).unwrap())
+            .into_iter()
+            .map(|p| p.stats().in_flight.try_enter(10).unwrap())
+            .collect();
+        let refused = registry.producer(&target(3)).err();
+        assert!(
+            matches!(&refused, Some(ProduceError::Overloaded(why)) if why.contains("max_targets")),
+            "{refused:?}"
+        );
+        assert_eq!(registry.evictions(), 0);
+        drop(busy);
+        assert!(
+            registry.producer(&target(3)).is_ok(),
+            "room once one is idle"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn kafka_producers_are_bounded_apart() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            max_targets: 10,
+            max_kafka_targets: 1,
+            ..RegistrySettings::default()
+        });
+        let amqp = Target::Amqp(crate::target::AmqpTarget::try_new("amqp://mq/%2f", "x").unwrap());
+        registry.producer(&amqp).unwrap();
+        registry.producer(&target(1)).unwrap();
+        registry.producer(&target(2)).unwrap();
+        assert_eq!(cached(&registry).len(), 2, "the RabbitMQ producer stays");
+        assert!(cached(&registry).contains(&"k2:9092".to_owned()));
+        assert_eq!(registry.evictions(), 1);
+    }
 }

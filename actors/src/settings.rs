@@ -185,8 +185,8 @@ impl std::fmt::Debug for AmqpTls {
     }
 }
 
-/// The smallest frame AMQP 0-9-1 allows.
-pub const AMQP_FRAME_MIN_BYTES: u32 = 4096;
+// The bound `frame_max_bytes` is checked against; it lives with the AMQP URL rules.
+pub use crate::target::AMQP_FRAME_MIN_BYTES;
 
 impl Default for AmqpSettings {
     fn default() -> Self {

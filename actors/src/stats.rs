@@ -145,7 +145,7 @@ pub struct LatencySnapshot {
 }
 
 impl LatencySnapshot {
-    /// Deliveries recorded.
+    /// Deliveries recorded: the sum of the buckets.
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }
@@ -177,12 +177,12 @@ impl LatencySnapshot {
     }
 }
 
-/// The last failure seen for a target.
+/// The last failure seen for a target: its message and when it happened (wall-clock
+/// time, as `/stats` shows it).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // The type's doc says what each field is.
 pub struct LastError {
-    /// What went wrong.
     pub message: String,
-    /// When.
     pub at: SystemTime,
 }
 

@@ -168,6 +168,9 @@ impl std::hash::Hash for AmqpTarget {
     }
 }
 
+/// The smallest frame AMQP 0-9-1 allows.
+pub const AMQP_FRAME_MIN_BYTES: u32 = 4096;
+
 /// The AMQP URL query parameters ferry accepts, each with its allowed range. Anything else
 /// is refused: a parameter ferry does not know could change how much it allocates or where
 /// it connects.
@@ -309,7 +312,7 @@ fn check_query(url: &url::Url) -> Result<(), InvalidRequest> {
             return bad(format!("URL parameter {key} is given more than once"));
         }
         let range = match key.as_ref() {
-            "frame_max" => Some(u64::from(crate::settings::AMQP_FRAME_MIN_BYTES)..=131_072),
+            "frame_max" => Some(u64::from(AMQP_FRAME_MIN_BYTES)..=131_072),
             "channel_max" => Some(1..=2047),
             "heartbeat" => Some(0..=3600),
             "connection_timeout" => Some(1..=60_000),

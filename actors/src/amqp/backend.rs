@@ -1,6 +1,6 @@
 //! The RabbitMQ backend: one producer actor per server and exchange, publishing on a
 //! confirm-mode channel it borrows from its server's connection actor
-//! ([`crate::amqp_server`]); the exchange is declared once per channel.
+//! ([`super::server`]); the exchange is declared once per channel.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::oneshot;
 
-use crate::amqp_server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, classify, connect};
+use super::server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, classify, connect};
 use crate::error::ProduceError;
 use crate::metadata::{AmqpMetadata, HeaderValue, Metadata};
 use crate::producer::{Backend, Delivery, LostSignal, Outgoing, ProducerActor};
@@ -34,7 +34,7 @@ pub struct AmqpBackend {
     target: AmqpTarget,
     /// The server's connection actor, which lends the channel.
     server: Addr<AmqpServer>,
-    /// Publishing settings.
+    /// Whether to publish mandatory, and what the channel's connection needs.
     settings: Arc<AmqpSettings>,
     /// The target's counters (returned messages are counted here).
     stats: Arc<TargetStats>,
@@ -226,7 +226,7 @@ fn publish_on(
 pub enum Unconfirmed {
     /// The broker returned it: published mandatory, and no queue is bound for its key.
     Returned(ProduceError),
-    /// It failed otherwise.
+    /// It failed otherwise (nacked, or the channel or connection failed).
     Failed(ProduceError),
 }
 
@@ -241,11 +241,11 @@ impl From<Unconfirmed> for ProduceError {
 /// Publishes to one exchange on the channel of a ready [`AmqpLink`] (a handle: the link
 /// keeps the channel open).
 pub struct AmqpPublisher {
-    /// The link's channel.
+    /// The link's channel (a handle: publishing on it needs no lock).
     channel: Channel,
     /// The exchange name as sent on the wire.
     exchange: ShortString,
-    /// Publish mandatory.
+    /// Publish mandatory (an unroutable message comes back, refused).
     mandatory: bool,
     /// The target's counters (returned messages are counted here).
     stats: Arc<TargetStats>,

@@ -35,16 +35,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ferry_spool::{Burial, Destination, Expiry, Record};
+use ferry_spool::{Burial, Destination, Expiry, Record, Spool};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::lines::{Lines, SpoolStats};
 use crate::error::ProduceError;
-use crate::line::{HELD_RECHECK, Line};
+use crate::line::{HELD_RECHECK, Line, Resolve};
+use crate::metadata::Metadata;
 use crate::producer::{Delivery, Publish};
-use crate::spooler::{SpoolStats, Spooler, decode_metadata};
+use crate::registry::Registry;
 
 /// How long a replay task with nothing to read waits for an append it was told of.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -53,13 +55,49 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// Confirmed records removed in one transaction, at most.
 const REMOVE_BATCH: usize = 256;
 
+/// How spooled records are replayed, and when replay gives a record up to the dead letters.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolSettings {
+    /// Records of one target in flight at once while replaying.
+    pub replay_in_flight: usize,
+    /// Records of one target started per second while replaying (0 = unlimited).
+    pub replay_max_rate: u32,
+    /// Records older than this move to the dead letters instead of being delivered.
+    pub max_age: Option<Duration>,
+    /// A record the broker has refused for this long moves to the dead letters.
+    pub dead_letter_after: Duration,
+}
+
+/// What the replay tasks of one spool share.
+pub(crate) struct Replayer {
+    /// The durable store.
+    pub(crate) store: Arc<Spool>,
+    /// Each line's spooling state and counters.
+    pub(crate) lines: Arc<Lines>,
+    /// Where replayed records are published.
+    pub(crate) registry: Arc<Registry>,
+    /// Where each line's records go under the config in force.
+    pub(crate) resolver: Arc<dyn Resolve>,
+    /// The time bound of one replayed publish (the policy's first attempt).
+    pub(crate) attempt_budget: Duration,
+    /// Replay bounds, expiry and dead-letter rule.
+    pub(crate) settings: SpoolSettings,
+}
+
+impl Replayer {
+    /// Starts the replay task of `line`, woken by `appended`.
+    pub(crate) fn spawn(self: &Arc<Self>, line: Line, appended: Arc<Notify>) {
+        tokio::spawn(Replay::new(Arc::clone(self), line, appended).run());
+    }
+}
+
 /// A record's publish and its outcome.
 type Outcome = (Record, Result<Delivery, ProduceError>);
 
 /// The state of one target's replay task.
 pub(crate) struct Replay {
-    /// The spool and the settings.
-    spooler: Arc<Spooler>,
+    /// The spool, the line states and the settings.
+    replayer: Arc<Replayer>,
     /// The line replayed (a target, or a route resolved again each round).
     target: Line,
     /// How the spool stores the line.
@@ -91,11 +129,11 @@ pub(crate) struct Replay {
 
 impl Replay {
     /// A replay of `target`'s records.
-    pub(crate) fn new(spooler: Arc<Spooler>, target: Line, appended: Arc<Notify>) -> Self {
-        let stats = spooler.stats_of(&target);
+    fn new(replayer: Arc<Replayer>, target: Line, appended: Arc<Notify>) -> Self {
+        let stats = replayer.lines.stats_of(&target);
         Self {
             destination: target.destination(),
-            spooler,
+            replayer,
             target,
             stats,
             appended,
@@ -115,10 +153,10 @@ impl Replay {
     }
 
     /// Replays until the target's spool is empty, or the daemon stops (records stay).
-    pub(crate) async fn run(mut self) {
+    async fn run(mut self) {
         log::info!("Spool replay started target={}", self.target);
         loop {
-            if self.spooler.is_closing() {
+            if self.replayer.lines.is_closing() {
                 self.finish().await;
                 return;
             }
@@ -149,11 +187,11 @@ impl Replay {
     /// Tops the window up: to `replay_in_flight` while streaming, else to one.
     async fn fill(&mut self) -> Result<(), String> {
         let want = if self.streaming {
-            self.spooler.settings().replay_in_flight
+            self.replayer.settings.replay_in_flight
         } else {
             1
         };
-        let rate = self.spooler.settings().replay_max_rate;
+        let rate = self.replayer.settings.replay_max_rate;
         let mut room = self.pace.take(want.saturating_sub(self.window.len()), rate);
         if room == 0 && self.window.is_empty() && rate > 0 {
             tokio::time::sleep(self.pace.wait(rate)).await;
@@ -174,7 +212,7 @@ impl Replay {
         if count == 0 {
             return Ok(());
         }
-        let producer = match self.spooler.registry().producer(&target) {
+        let producer = match self.replayer.registry.producer(&target) {
             Ok(producer) => producer,
             Err(error) => return Err(error.to_string()),
         };
@@ -183,7 +221,7 @@ impl Replay {
             self.stats.oldest_ms.store(oldest, Ordering::Relaxed);
         }
         let records: Vec<Record> = self.ahead.drain(..count).collect();
-        let budget = self.spooler.policy().attempt_timeout(1);
+        let budget = self.replayer.attempt_budget;
         for record in records {
             let message = Publish {
                 route: record.route.clone(),
@@ -206,7 +244,7 @@ impl Replay {
     /// holds them, records why and waits [`HELD_RECHECK`] (or an append, or shutdown)
     /// before the caller asks again; returns `None` then.
     async fn resolve(&mut self) -> Option<crate::target::Target> {
-        match self.spooler.resolve(&self.target) {
+        match self.replayer.resolver.resolve(&self.target) {
             Ok(target) => {
                 if !self.stats.held().is_empty() {
                     log::info!("Spooled records no longer held target={}", self.target);
@@ -239,13 +277,14 @@ impl Replay {
     /// Reads up to `limit` more records after the cursor into the read-ahead.
     async fn read_ahead(&mut self, limit: usize) -> Result<(), String> {
         let (records, corrupt) = self
-            .spooler
-            .store()
+            .replayer
+            .store
             .read(&self.destination, self.cursor, limit)
             .await
             .map_err(|e| e.to_string())?;
         if !corrupt.is_empty() {
-            self.spooler
+            self.replayer
+                .lines
                 .quarantined(&self.target, &self.stats, &corrupt);
         }
         if let Some(last) = records.last() {
@@ -279,7 +318,7 @@ impl Replay {
         // Every record not confirmed is read again from the head; confirmed ones must be
         // gone first, or they would be read (and sent) again.
         while !self.confirmed.is_empty() {
-            if !self.flush().await && self.spooler.is_closing() {
+            if !self.flush().await && self.replayer.lines.is_closing() {
                 return;
             }
         }
@@ -290,7 +329,7 @@ impl Replay {
             && self.head.refused_long_enough(
                 &record,
                 &error,
-                self.spooler.settings().dead_letter_after,
+                self.replayer.settings.dead_letter_after,
             )
         {
             self.bury(record, &error).await;
@@ -306,14 +345,14 @@ impl Replay {
             attempts: self.head.attempts,
         };
         match self
-            .spooler
-            .store()
+            .replayer
+            .store
             .bury(&self.destination, vec![burial])
             .await
         {
             Ok(moved) => {
-                let after = self.spooler.settings().dead_letter_after.as_secs();
-                self.spooler.buried(
+                let after = self.replayer.settings.dead_letter_after.as_secs();
+                self.replayer.lines.buried(
                     &self.target,
                     &self.stats,
                     &moved,
@@ -335,14 +374,16 @@ impl Replay {
     /// the backoff. Returns whether they were removed.
     async fn flush(&mut self) -> bool {
         let result = self
-            .spooler
-            .store()
+            .replayer
+            .store
             .remove(&self.destination, &self.confirmed)
             .await;
         match result {
             Ok(()) => {
                 let done = std::mem::take(&mut self.confirmed);
-                self.spooler.replayed(&self.target, &self.stats, &done);
+                self.replayer
+                    .lines
+                    .replayed(&self.target, &self.stats, &done);
                 true
             }
             Err(error) => {
@@ -362,7 +403,7 @@ impl Replay {
     /// Nothing in flight and nothing read: ends the task if the target's spool is empty
     /// (returns true), else waits for an append.
     async fn idle(&mut self) -> bool {
-        if self.spooler.finish_if_empty(&self.target) {
+        if self.replayer.lines.finish_if_empty(&self.target) {
             log::info!(
                 "Spool replay done: the target's spool is empty target={}",
                 self.target
@@ -377,7 +418,7 @@ impl Replay {
     /// Moves the records past `max_age_s` that are not in flight to the dead letters,
     /// at most once per [`EXPIRY_EVERY`].
     async fn expire_if_due(&mut self) {
-        let Some(max_age) = self.spooler.settings().max_age else {
+        let Some(max_age) = self.replayer.settings.max_age else {
             return;
         };
         if self
@@ -398,12 +439,13 @@ impl Replay {
             ),
         };
         let reason = expiry.reason.clone();
-        match self.spooler.store().bury_expired(expiry).await {
+        match self.replayer.store.bury_expired(expiry).await {
             Ok(moved) if !moved.is_empty() => {
                 self.stats
                     .expired_total
                     .fetch_add(moved.len() as u64, Ordering::Relaxed);
-                self.spooler
+                self.replayer
+                    .lines
                     .buried(&self.target, &self.stats, &moved, &reason);
             }
             Ok(_) => {}
@@ -414,7 +456,7 @@ impl Replay {
     /// Counts a failure and waits the producer's backoff for that many.
     async fn back_off(&mut self, error: &str) {
         self.failures = self.failures.saturating_add(1);
-        let delay = self.spooler.registry().restart_delay(self.failures);
+        let delay = self.replayer.registry.restart_delay(self.failures);
         log::debug!(
             "Spool replay waiting target={} failures={} delay_ms={} error={error}",
             self.target,
@@ -435,17 +477,19 @@ impl Replay {
         if !self.confirmed.is_empty() {
             let _ = self.flush_once().await;
         }
-        self.spooler.stopped(&self.target);
+        self.replayer.lines.stopped(&self.target);
     }
 
     /// One removal attempt, without backoff (at shutdown).
     async fn flush_once(&mut self) -> Result<(), ferry_spool::SpoolError> {
-        self.spooler
-            .store()
+        self.replayer
+            .store
             .remove(&self.destination, &self.confirmed)
             .await?;
         let done = std::mem::take(&mut self.confirmed);
-        self.spooler.replayed(&self.target, &self.stats, &done);
+        self.replayer
+            .lines
+            .replayed(&self.target, &self.stats, &done);
         Ok(())
     }
 }
@@ -533,6 +577,22 @@ impl Pace {
     }
 }
 
+/// The metadata stored with `record`. It was encoded by this daemon, so a record whose
+/// metadata does not decode is replayed without it (and logged): its bytes still arrive.
+fn decode_metadata(record: &Record) -> Option<Arc<Metadata>> {
+    let meta = record.meta.as_ref()?;
+    match serde_json::from_slice(meta) {
+        Ok(metadata) => Some(Arc::new(metadata)),
+        Err(error) => {
+            log::error!(
+                "Spooled metadata unreadable, replaying the message without it id={} error={error}",
+                record.id
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,5 +662,89 @@ mod tests {
             started += pace.take(64, 100);
         }
         assert_eq!(started, 100, "one second at 100/s");
+    }
+
+    /// Spools `payloads` through a forwarder (`script` leaves the first attempt at the first
+    /// of them unanswered, so it and those behind it are spooled), replays them once the
+    /// config lets them through, with `replay_in_flight` in flight, and returns the
+    /// payloads the fake broker received during the replay.
+    async fn replay(
+        name: &str,
+        script: &Arc<crate::fake::Script>,
+        replay_in_flight: usize,
+        payloads: &[&str],
+    ) -> Vec<String> {
+        use crate::fake::{self, Gate, target};
+        let registry = fake::registry(script, crate::settings::RegistrySettings::default());
+        let gate = Arc::new(Gate::default());
+        let (spooler, _dir) = fake::spooler(name, &registry, replay_in_flight, gate.clone());
+        let forwarder = crate::Forwarder::new(
+            registry,
+            crate::RetryPolicy::default(),
+            100,
+            1 << 20,
+            Some(Arc::clone(&spooler)),
+        );
+        for payload in payloads {
+            let payload = bytes::Bytes::from(payload.to_string());
+            let accepted = forwarder
+                .forward(&target(1), None, "topic".into(), payload, None)
+                .await
+                .unwrap();
+            assert!(accepted.spooled.is_some());
+        }
+        assert_eq!(
+            script.payloads(),
+            [payloads[0]],
+            "the rest went to the spool"
+        );
+        gate.open();
+        fake::until("the spool is empty", || !spooler.has_lines()).await;
+        script.payloads().split_off(1)
+    }
+
+    #[actix_rt::test]
+    async fn replay_keeps_arrival_order_through_nacks_and_timeouts() {
+        use crate::fake::{Answer, Script};
+        tokio::time::pause();
+        let script = Script::new();
+        let unavailable = ProduceError::Unavailable("connection reset".into());
+        // The forwarder's attempt at m1 gets no answer, nor does the first replay of it;
+        // the next is nacked, the next fails.
+        let m1 = [
+            Answer::Silent,
+            Answer::Silent,
+            Answer::Nack,
+            Answer::Fail(unavailable),
+        ];
+        script.answer("m1", m1);
+        script.answer("m3", [Answer::Nack]);
+        let sent = replay("order", &script, 1, &["m1", "m2", "m3", "m4", "m5"]).await;
+        assert_eq!(
+            sent,
+            ["m1", "m1", "m1", "m1", "m2", "m3", "m3", "m4", "m5"],
+            "one at a time, each failure tried again before the next record"
+        );
+        assert_eq!(script.acked(), ["m1", "m2", "m3", "m4", "m5"]);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_record_is_overtaken_only_by_records_already_in_flight() {
+        use crate::fake::{Answer, Script};
+        tokio::time::pause();
+        let script = Script::new();
+        script.answer("m1", [Answer::Silent]);
+        script.answer("m2", [Answer::Nack]);
+        let sent = replay("window", &script, 3, &["m1", "m2", "m3", "m4", "m5"]).await;
+        let acked = script.acked();
+        assert_eq!(acked.len(), 5, "each record confirmed once: {sent:?}");
+        let mut overtook = acked[..3].to_vec();
+        overtook.sort();
+        assert_eq!(
+            overtook,
+            ["m1", "m3", "m4"],
+            "m3 and m4 were in flight with m2 and finished"
+        );
+        assert_eq!(acked[3..], ["m2", "m5"], "m5 waited for m2");
     }
 }

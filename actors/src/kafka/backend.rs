@@ -1,7 +1,7 @@
 //! The Kafka backend: one idempotent, acks=all librdkafka producer per broker set.
 //!
 //! The producer's events (delivery reports, errors) are served on the producer actor's
-//! own arbiter, not on a thread of their own ([`crate::kafka_events`]): a produce response
+//! own arbiter, not on a thread of their own ([`super::events`]): a produce response
 //! confirming many messages costs one wake-up of that arbiter rather than one per message
 //! from a polling thread, and the confirmations are completed together. (A confirmation
 //! of a message whose caller runs on another arbiter still wakes that arbiter.)
@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures_util::future::{self, FutureExt, LocalBoxFuture};
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
@@ -21,8 +20,10 @@ use tokio::sync::oneshot;
 use crate::error::ProduceError;
 use crate::metadata::Metadata;
 use crate::producer::{Backend, Confirmation, Delivery, LostSignal, Outgoing, ProducerActor};
-use crate::settings::{KafkaCluster, KafkaSettings};
+use crate::settings::KafkaSettings;
 use crate::target::KafkaTarget;
+
+use super::config::client_config;
 
 /// The Kafka header that carries a message's id, for consumers to drop duplicates.
 pub const ID_HEADER: &str = "ferry-id";
@@ -34,7 +35,7 @@ pub type KafkaProducer = ProducerActor<KafkaBackend>;
 pub struct KafkaBackend {
     /// The cluster's bootstrap brokers.
     target: KafkaTarget,
-    /// Producer tuning.
+    /// Tuning, extra properties and each cluster's properties.
     settings: Arc<KafkaSettings>,
 }
 
@@ -43,60 +44,6 @@ impl KafkaBackend {
     pub fn new(target: KafkaTarget, settings: Arc<KafkaSettings>) -> Self {
         Self { target, settings }
     }
-}
-
-/// The librdkafka configuration of a producer for `bootstrap_servers`, with `cluster`'s
-/// properties last.
-fn client_config(
-    bootstrap_servers: &str,
-    s: &KafkaSettings,
-    cluster: Option<&KafkaCluster>,
-) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", s.linger_ms.to_string())
-        .set(
-            "queue.buffering.max.messages",
-            s.queue_max_messages.to_string(),
-        )
-        .set("message.max.bytes", s.message_max_bytes.to_string())
-        .set(
-            "message.timeout.ms",
-            s.message_timeout.as_millis().to_string(),
-        )
-        .set("client.id", "ferry")
-        // A topic the cluster does not know fails its messages after 1 s (not librdkafka's
-        // 30 s), so a misspelt topic is answered "rejected" instead of timing out.
-        .set("topic.metadata.propagation.max.ms", "1000");
-    for (key, value) in &s.properties {
-        config.set(key, value);
-    }
-    if let Some(cluster) = cluster {
-        for (key, value) in cluster.properties.iter().chain(&cluster.secrets) {
-            config.set(key, value);
-        }
-    }
-    config
-}
-
-/// Checks that librdkafka accepts `settings` (unknown properties, bad values, a security
-/// protocol this build lacks), the common ones and each cluster's, at start-up rather than
-/// at the first message. It opens no connection.
-pub fn check_settings(settings: &KafkaSettings) -> Result<(), String> {
-    let check = |cluster: Option<&KafkaCluster>| {
-        client_config("", settings, cluster)
-            .create::<BaseProducer>()
-            .map(drop)
-            .map_err(|e| match cluster {
-                None => e.to_string(),
-                Some(c) => format!("cluster {:?}: {e}", c.brokers),
-            })
-    };
-    check(None)?;
-    settings.clusters.iter().try_for_each(|c| check(Some(c)))
 }
 
 /// The librdkafka producer, its delivery reports sent to each message's waiting task.
@@ -159,7 +106,7 @@ fn start_producer(
     })
     .map_err(|e| ProduceError::Rejected(format!("invalid Kafka producer settings: {e}")))?;
     let producer = Arc::new(producer);
-    let events = crate::kafka_events::serve(&producer)?;
+    let events = super::events::serve(&producer)?;
     Ok(KafkaConnection {
         producer,
         stop_events: Some(events.stop),

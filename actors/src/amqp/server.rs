@@ -15,11 +15,14 @@
 //! type) concerns its own producer only. The actor stops, closing its connections, when
 //! no producer holds its address any more.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use actix::WeakAddr;
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 use futures_util::future::{self, LocalBoxFuture};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
@@ -59,10 +62,9 @@ pub struct OpenChannel;
 /// error was one channel's).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
+#[allow(missing_docs)] // The message's doc says what each field is.
 struct ConnectionLost {
-    /// Which connection.
     id: u64,
-    /// What it reported.
     error: ProduceError,
 }
 
@@ -115,14 +117,14 @@ pub struct AmqpServer {
     label: String,
     /// The server's `host:port`, for errors.
     server: String,
-    /// Connection settings.
+    /// Connection name, frame size, channel bound and TLS.
     settings: Arc<AmqpSettings>,
     /// Longest a connection attempt may take.
     connect_timeout: Duration,
     /// For this long after a failed attempt, requests are answered with its error rather
     /// than a new attempt (1,000 producers of a dead server cost one attempt, not 1,000).
     retry_after: Duration,
-    /// The open connections.
+    /// The open connections, each lending up to its `channel_max` channels.
     connections: Vec<Pooled>,
     /// The id of the next connection.
     next_id: u64,
@@ -303,6 +305,56 @@ impl Handler<ConnectionLost> for AmqpServer {
             lost.error
         );
         pooled.lost.send_replace(Some(lost.error));
+    }
+}
+
+/// The connection actor of each RabbitMQ server (by URL), weakly held: an actor stops
+/// when the last producer on its server stops.
+pub(crate) struct Servers {
+    /// The actors by server URL.
+    actors: Mutex<HashMap<String, WeakAddr<AmqpServer>>>,
+    /// The RabbitMQ settings every connection actor shares (they hold the TLS files: one
+    /// copy, not one per server).
+    settings: Arc<AmqpSettings>,
+    /// Longest a connection attempt may take.
+    connect_timeout: Duration,
+    /// How long a failed attempt's error answers requests before a new attempt.
+    retry_after: Duration,
+}
+
+impl Servers {
+    /// No actor yet; each is started on first use with these settings.
+    pub(crate) fn new(
+        settings: Arc<AmqpSettings>,
+        connect_timeout: Duration,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            actors: Mutex::new(HashMap::new()),
+            settings,
+            connect_timeout,
+            retry_after,
+        }
+    }
+
+    /// The connection actor of `target`'s server, started on `arbiter` if it has none.
+    pub(crate) fn of(&self, target: &AmqpTarget, arbiter: &ArbiterHandle) -> Addr<AmqpServer> {
+        let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(addr) = actors.get(target.url()).and_then(WeakAddr::upgrade)
+            && addr.connected()
+        {
+            return addr;
+        }
+        actors.retain(|_, addr| addr.upgrade().is_some_and(|a| a.connected()));
+        let server = AmqpServer::new(
+            target,
+            Arc::clone(&self.settings),
+            self.connect_timeout,
+            self.retry_after,
+        );
+        let addr = AmqpServer::start_in_arbiter(arbiter, move |_| server);
+        actors.insert(target.url().to_owned(), addr.downgrade());
+        addr
     }
 }
 

@@ -1,0 +1,10 @@
+//! The RabbitMQ backend: a producer actor per server and exchange publishing on a
+//! confirm-mode channel (`backend.rs`, [`AmqpBackend`]), lent by the connection actor of
+//! its server (`server.rs`, [`AmqpServer`]), which owns the server's connections.
+
+mod backend;
+mod server;
+
+pub use backend::{AmqpBackend, AmqpLink, AmqpProducer, AmqpPublisher, ID_HEADER, Unconfirmed};
+pub(crate) use server::Servers;
+pub use server::{AmqpServer, ChannelSlot, Lease, OpenChannel};

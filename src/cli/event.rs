@@ -6,19 +6,13 @@
 //! it they send through the ferry daemons of `--broker-address`, with failover.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use ferry_actors::target::validate_routing_key;
-use ferry_actors::{AmqpTarget, RetryPolicy};
 use serde::Serialize;
 
-use super::{
-    ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons,
-};
-use crate::client::Destination;
-use crate::client::direct;
+use super::{ConnectArgs, EXIT_USAGE, LimitArgs, exit, fail, options, report};
+use crate::client::deliver::{deliver, event_way};
 use crate::client::envelope::{
     DEFAULT_APP, ECFLOW_CLIENT_EXCHANGE, ECFLOW_CLIENT_ROUTING_KEY, ECFLOW_CLIENT_TYPE,
     EcflowClientData, Envelope, EventStatus, LOG_EXCHANGE, LogData, PRODUCTION_EXCHANGE,
@@ -221,7 +215,7 @@ pub fn ecflow_client(args: EcflowClientArgs) -> ExitCode {
         std::env::var(name).ok()
     });
     let envelope = Envelope::now(&args.target.app, ECFLOW_CLIENT_TYPE, data);
-    deliver(
+    send_event(
         &args.target,
         &envelope,
         args.exchange_name,
@@ -247,7 +241,7 @@ pub fn production(args: ProductionArgs) -> ExitCode {
     }
     let routing_key = args.route_key_name.unwrap_or_else(|| data.routing_key());
     let envelope = Envelope::now(&args.target.app, PRODUCTION_TYPE, data);
-    deliver(&args.target, &envelope, args.exchange_name, routing_key)
+    send_event(&args.target, &envelope, args.exchange_name, routing_key)
 }
 
 /// Builds and sends a log event.
@@ -273,11 +267,11 @@ pub fn log(args: LogArgs) -> ExitCode {
     };
     let routing_key = args.route_key_name.unwrap_or_else(|| data.routing_key());
     let envelope = Envelope::now(&args.target.app, PRODUCTION_TYPE, data);
-    deliver(&args.target, &envelope, args.exchange_name, routing_key)
+    send_event(&args.target, &envelope, args.exchange_name, routing_key)
 }
 
 /// Prints (`--disable-send`) or sends `envelope` to `exchange` with `routing_key`.
-fn deliver<T: Serialize>(
+fn send_event<T: Serialize>(
     target: &EventTargetArgs,
     envelope: &Envelope<T>,
     exchange: String,
@@ -297,90 +291,21 @@ fn deliver<T: Serialize>(
         Err(error) => return fail(EXIT_USAGE, format!("cannot build the message: {error}")),
     };
     // As the predecessor's `--broker-tries 0`: one try.
-    let policy = match policy(target.broker_tries.max(1), target.limits.attempt_timeout_ms) {
-        Ok(policy) => policy,
-        Err(code) => return code,
-    };
-    // Straight to RabbitMQ only with a server and without --with-broker or --route.
-    let server = match (&target.route, &target.rabbitmq_server) {
-        (None, Some(server)) if !target.with_broker => Some(server),
-        // clap requires one of them.
-        (None, None) => return fail(EXIT_USAGE, "give --rabbitmq-server or --route"),
-        _ => None,
-    };
-    let Some(server) = server else {
-        // Through the daemons: to the route (sending the event's routing key), or to the
-        // server and exchange given.
-        let destination = match (&target.route, &target.rabbitmq_server) {
-            (Some(route), _) => Destination::Route {
-                name: route.clone(),
-                topic: None,
-                routing_key: Some(routing_key),
-            },
-            (None, server) => Destination::RabbitMq {
-                server: server.clone().unwrap_or_default(),
-                exchange,
-                routing_key,
-            },
-        };
-        return through_daemons(
-            &target.broker_address,
-            policy,
-            &target.limits,
-            &target.connect,
-            &destination,
-            payload,
-            &Default::default(),
-        );
-    };
-    let amqp = match AmqpTarget::try_new(server, &exchange)
-        .and_then(|amqp| validate_routing_key(&routing_key).map(|()| amqp))
-    {
-        Ok(amqp) => amqp,
-        Err(error) => return fail(EXIT_USAGE, error),
-    };
-    straight_to_rabbitmq(
-        &amqp,
-        &routing_key,
-        payload,
-        policy,
-        target.limits.timeout_ms,
-    )
-}
-
-/// Publishes without a daemon, bounded by the policy and the optional overall limit.
-fn straight_to_rabbitmq(
-    amqp: &AmqpTarget,
-    routing_key: &str,
-    payload: Bytes,
-    policy: RetryPolicy,
-    timeout_ms: Option<u64>,
-) -> ExitCode {
-    let bound = timeout_ms
-        .map(Duration::from_millis)
-        .map_or(policy.total_budget(), |limit| {
-            limit.min(policy.total_budget())
-        });
-    let published = block_on(async move {
-        tokio::time::timeout(bound, direct::publish(amqp, routing_key, payload, policy)).await
-    });
-    match published {
-        Ok(Ok(Ok(attempts))) => {
-            log::info!("Published to {} (attempt {attempts})", amqp.redacted_url());
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(Err(error))) => fail(
-            EXIT_NOT_DELIVERED,
-            format!("not delivered to {}: {error}", amqp.redacted_url()),
-        ),
-        Ok(Err(_)) => fail(
-            EXIT_NOT_DELIVERED,
-            format!(
-                "not delivered to {}: no confirmation within {} ms",
-                amqp.redacted_url(),
-                bound.as_millis()
-            ),
-        ),
-        Err(code) => code,
+    let options = options(
+        &target.broker_address,
+        target.broker_tries.max(1),
+        &target.limits,
+        &target.connect,
+    );
+    if let Err(error) = options.policy() {
+        return exit(error);
     }
+    let way = event_way(
+        target.route.as_deref(),
+        target.rabbitmq_server.as_deref(),
+        target.with_broker,
+        exchange,
+        routing_key,
+    );
+    report(way.and_then(|way| deliver(&options, &way, payload, &Default::default())))
 }

@@ -11,11 +11,9 @@ use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use ferry_actors::RetryPolicy;
 
-use crate::client::{Client, Destination};
+use crate::client::deliver::{self, DeliverError, Options, Outcome};
 
 pub mod event;
 pub mod ops;
@@ -142,87 +140,37 @@ pub struct ConnectArgs {
     pub tls_ca: Option<std::path::PathBuf>,
 }
 
-impl ConnectArgs {
-    /// The token, read from its file.
-    fn read(&self) -> Result<Option<String>, ExitCode> {
-        self.token_file
-            .as_ref()
-            .map(|path| {
-                read_file(path).map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
-            })
-            .transpose()
-    }
-
-    /// `client` with the token and TLS trust applied.
-    fn apply(&self, mut client: Client) -> Result<Client, ExitCode> {
-        let usage = |error| fail(EXIT_USAGE, error);
-        if let Some(token) = self.read()? {
-            client = client.with_token(&token).map_err(usage)?;
-        }
-        if let Some(path) = &self.tls_ca {
-            client = client.with_tls(&read_file(path)?).map_err(usage)?;
-        }
-        Ok(client)
-    }
-}
-
-/// The bytes of `path`, or a usage error naming it.
-fn read_file(path: &std::path::Path) -> Result<Vec<u8>, ExitCode> {
-    std::fs::read(path)
-        .map_err(|e| fail(EXIT_USAGE, format!("cannot read {}: {e}", path.display())))
-}
-
-/// Prints `message` as the one line a client command writes on failure and returns `code`.
-fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
-    let line = message.to_string().replace(['\n', '\r'], " ");
-    eprintln!("ferry: {line}");
-    ExitCode::from(code)
-}
-
-/// The per-daemon policy from `--attempts`/`--broker-tries` and `--attempt-timeout-ms`.
-fn policy(attempts: u32, attempt_timeout_ms: u64) -> Result<RetryPolicy, ExitCode> {
-    RetryPolicy::try_new(Duration::from_millis(attempt_timeout_ms), attempts)
-        .map_err(|error| fail(EXIT_USAGE, error))
-}
-
-/// Runs `future` on a runtime on the calling thread: a client needs no worker threads.
-fn block_on<F: Future>(future: F) -> Result<F::Output, ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map(|runtime| runtime.block_on(future))
-        .map_err(|error| fail(EXIT_NOT_DELIVERED, format!("cannot start: {error}")))
-}
-
-/// Sends `payload` through the daemons at `proxies` and turns the outcome into an exit code.
-fn through_daemons(
-    proxies: &[String],
-    policy: RetryPolicy,
+/// The client options of a sending command: its daemons, `attempts` per daemon, its time
+/// limits and how it connects.
+fn options(
+    daemons: &[String],
+    attempts: u32,
     limits: &LimitArgs,
     connect: &ConnectArgs,
-    destination: &Destination,
-    payload: Bytes,
-    metadata: &crate::client::MessageMetadata,
-) -> ExitCode {
-    let deadline = limits.timeout_ms.map(Duration::from_millis);
-    let client = match Client::new(proxies, policy, deadline) {
-        Ok(client) => client,
-        Err(error) => return fail(EXIT_USAGE, error),
-    };
-    let client = match connect.apply(client) {
-        Ok(client) => client,
-        Err(code) => return code,
-    };
-    match block_on(client.send_with(destination, payload, metadata)) {
-        Ok(Ok(delivered)) if delivered.answer.spooled => {
+) -> Options {
+    Options {
+        daemons: daemons.to_vec(),
+        attempts,
+        attempt_timeout: Duration::from_millis(limits.attempt_timeout_ms),
+        deadline: limits.timeout_ms.map(Duration::from_millis),
+        token_file: connect.token_file.clone(),
+        tls_ca_file: connect.tls_ca.clone(),
+    }
+}
+
+/// Prints what came of a message (a spooled one on stderr, a delivered one in the log)
+/// and returns the command's exit code.
+fn report(result: Result<Outcome, DeliverError>) -> ExitCode {
+    match result {
+        Ok(Outcome::Spooled(spooled)) => {
             // Accepted, durable on the daemon's disk: delivered when the broker is back.
             eprintln!(
                 "ferry: spooled via {} (id {}): {}",
-                delivered.daemon, delivered.answer.id, delivered.answer.message
+                spooled.daemon, spooled.answer.id, spooled.answer.message
             );
             ExitCode::SUCCESS
         }
-        Ok(Ok(delivered)) => {
+        Ok(Outcome::Delivered(delivered)) => {
             log::info!(
                 "Delivered via {} (attempt {}) id={} partition={:?} offset={:?}",
                 delivered.daemon,
@@ -233,7 +181,30 @@ fn through_daemons(
             );
             ExitCode::SUCCESS
         }
-        Ok(Err(not_delivered)) => fail(EXIT_NOT_DELIVERED, not_delivered),
-        Err(code) => code,
+        Ok(Outcome::Published { to, attempts }) => {
+            log::info!("Published to {to} (attempt {attempts})");
+            ExitCode::SUCCESS
+        }
+        Err(error) => exit(error),
     }
+}
+
+/// The exit code of a message not sent, with its one line on stderr.
+fn exit(error: DeliverError) -> ExitCode {
+    match error {
+        DeliverError::Usage(reason) => fail(EXIT_USAGE, reason),
+        DeliverError::NotDelivered(reason) => fail(EXIT_NOT_DELIVERED, reason),
+    }
+}
+
+/// Prints `message` as the one line a client command writes on failure and returns `code`.
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    let line = message.to_string().replace(['\n', '\r'], " ");
+    eprintln!("ferry: {line}");
+    ExitCode::from(code)
+}
+
+/// Runs `future` on a runtime on the calling thread (see [`deliver::block_on`]).
+fn block_on<F: Future>(future: F) -> Result<F::Output, ExitCode> {
+    deliver::block_on(future).map_err(exit)
 }

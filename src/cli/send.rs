@@ -10,10 +10,11 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 
 use super::{
-    ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, fail, policy, through_daemons,
+    ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, exit, fail, options, report,
 };
+use crate::client::deliver::{Options, Way, deliver};
 use crate::client::lines::{describe_failures, split_lines};
-use crate::client::{Client, Destination, MessageMetadata};
+use crate::client::{Destination, MessageMetadata};
 use crate::config::DEFAULT_LISTEN;
 use crate::proto::ferry::v1;
 
@@ -402,10 +403,15 @@ pub fn send(args: SendArgs) -> ExitCode {
         Ok(metadata) => metadata,
         Err(error) => return fail(EXIT_USAGE, error),
     };
-    let policy = match policy(delivery.attempts, delivery.limits.attempt_timeout_ms) {
-        Ok(policy) => policy,
-        Err(code) => return code,
-    };
+    let options = options(
+        &delivery.proxy,
+        delivery.attempts,
+        &delivery.limits,
+        &delivery.connect,
+    );
+    if let Err(error) = options.policy() {
+        return exit(error);
+    }
     let lines = payload.lines;
     let payload = match payload.read() {
         Ok(payload) => payload,
@@ -418,40 +424,24 @@ pub fn send(args: SendArgs) -> ExitCode {
                 "--lines sends bytes only: metadata flags are for single messages",
             );
         }
-        return send_lines(&delivery, policy, &destination, &payload);
+        return send_lines(&options, &destination, &payload);
     }
-    through_daemons(
-        &delivery.proxy,
-        policy,
-        &delivery.limits,
-        &delivery.connect,
-        &destination,
+    report(deliver(
+        &options,
+        &Way::Daemons(destination),
         payload,
         &metadata,
-    )
+    ))
 }
 
 /// How many line ranges `--lines` prints per reason on failure.
 const MAX_RANGES_SHOWN: usize = 20;
 
 /// `ferry send --lines`: every line of `input` as its own message over one stream.
-fn send_lines(
-    delivery: &DeliveryArgs,
-    policy: ferry_actors::RetryPolicy,
-    destination: &Destination,
-    input: &Bytes,
-) -> ExitCode {
-    let deadline = delivery
-        .limits
-        .timeout_ms
-        .map(std::time::Duration::from_millis);
-    let client = match Client::new(&delivery.proxy, policy, deadline) {
+fn send_lines(options: &Options, destination: &Destination, input: &Bytes) -> ExitCode {
+    let client = match options.client() {
         Ok(client) => client,
-        Err(error) => return fail(EXIT_USAGE, error),
-    };
-    let client = match delivery.connect.apply(client) {
-        Ok(client) => client,
-        Err(code) => return code,
+        Err(error) => return exit(error),
     };
     let lines = split_lines(input);
     let outcome = match block_on(client.send_many(destination, &lines)) {

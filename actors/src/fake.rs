@@ -22,7 +22,7 @@ use crate::policy::RetryPolicy;
 use crate::producer::{Backend, Confirmation, Delivery, LostSignal, Outgoing, Producer};
 use crate::registry::Registry;
 use crate::settings::{ProducerSettings, RegistrySettings};
-use crate::spool::{SpoolSettings, Spooler};
+use crate::spool::{ReplaySettings, Spooler};
 use crate::stats::TargetStats;
 use crate::target::Target;
 
@@ -370,7 +370,7 @@ pub(crate) fn spooler(
         max_targets: 16,
     };
     let (spool, _, _) = Spool::open(&dir, limits).unwrap();
-    let settings = SpoolSettings {
+    let settings = ReplaySettings {
         replay_in_flight,
         replay_max_rate: 0,
         max_age: None,

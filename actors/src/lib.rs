@@ -45,10 +45,6 @@ pub mod spool;
 pub mod stats;
 pub mod target;
 
-/// [`spool`] under its former name, which the daemon's config still uses
-/// (`spooler::SpoolSettings`).
-pub use spool as spooler;
-
 pub use error::{ForwardError, InvalidRequest, ProduceError};
 pub use forwarder::{Accepted, Forwarder};
 pub use line::{Line, Resolve};

@@ -19,7 +19,7 @@ use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, block_on, fail};
 use crate::config::{DEFAULT_LISTEN, DEFAULT_OPS_LISTEN};
 use crate::daemon::grpc::HEALTH_SERVICE;
 use crate::daemon::live::ConfigStatus;
-use crate::daemon::report::{Producer, Report};
+use crate::daemon::report::{ProducerReport, Report};
 
 /// Flags of `ferry check`.
 #[derive(Debug, Args)]
@@ -539,7 +539,7 @@ fn spool_lines(spool: &crate::daemon::report::SpoolReport) -> String {
 }
 
 /// One producer's cells.
-fn row(p: &Producer) -> [String; 12] {
+fn row(p: &ProducerReport) -> [String; 12] {
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
     [
         p.kind.clone(),

@@ -87,10 +87,10 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// A validated client.
+/// A validated client: what it may do, and its counters, which outlive a reload.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Its name.
+    /// Its name, as `/stats` and `/metrics` show it (never its credential).
     pub name: Arc<str>,
     /// How it is recognised.
     credential: Credential,

@@ -1,6 +1,7 @@
 //! `[kafka]` and `[[kafka.clusters]]`: librdkafka tuning for every Kafka producer, and the
 //! properties (TLS, SASL, with secrets read from files) of particular clusters.
 
+use ferry_actors::kafka::RESERVED_PROPERTIES;
 use ferry_actors::{KafkaCluster, KafkaSettings, RetryPolicy};
 use serde::Deserialize;
 
@@ -53,9 +54,6 @@ impl Default for KafkaConfig {
     }
 }
 
-/// librdkafka properties that carry ferry's delivery guarantee or its routing.
-const RESERVED_KAFKA_PROPERTIES: [&str; 3] = ["bootstrap.servers", "acks", "enable.idempotence"];
-
 /// librdkafka properties whose values are secrets: only in `secret_files`, never inline.
 const SECRET_KAFKA_PROPERTIES: [&str; 5] = [
     "sasl.password",
@@ -74,7 +72,7 @@ fn check_kafka_properties<'a>(
     mut names: impl Iterator<Item = &'a String>,
 ) -> Result<(), ConfigError> {
     names.try_for_each(|key| {
-        let reason = if RESERVED_KAFKA_PROPERTIES.contains(&key.as_str()) {
+        let reason = if RESERVED_PROPERTIES.contains(&key.as_str()) {
             format!("{key} is set by ferry and may not be overridden")
         } else if SECRET_KAFKA_PROPERTIES.contains(&key.as_str()) {
             format!("{key} is a secret: give it in a cluster's secret_files, not inline")
@@ -135,6 +133,17 @@ fn kafka_clusters(entries: &[KafkaClusterConfig]) -> Result<Vec<KafkaCluster>, C
 }
 
 impl KafkaConfig {
+    /// Checks `max_brokers_per_target` (requests are validated against it, not producers).
+    pub fn check_brokers_per_target(&self) -> Result<usize, ConfigError> {
+        if !(1..=64).contains(&self.max_brokers_per_target) {
+            return Err(ConfigError::Invalid {
+                field: "kafka.max_brokers_per_target",
+                reason: "must be 1 to 64".into(),
+            });
+        }
+        Ok(self.max_brokers_per_target)
+    }
+
     /// The Kafka producers' settings, for payloads of at most `max_message_bytes` under
     /// `policy` (librdkafka gives up on a message when its caller has).
     pub fn validate(
@@ -142,12 +151,6 @@ impl KafkaConfig {
         max_message_bytes: usize,
         policy: &RetryPolicy,
     ) -> Result<KafkaSettings, ConfigError> {
-        if !(1..=64).contains(&self.max_brokers_per_target) {
-            return Err(ConfigError::Invalid {
-                field: "kafka.max_brokers_per_target",
-                reason: "must be 1 to 64".into(),
-            });
-        }
         check_kafka_properties("kafka.properties", self.properties.keys())?;
         let kafka = KafkaSettings {
             linger_ms: self.linger_ms,

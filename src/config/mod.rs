@@ -74,17 +74,17 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
-        /// The file.
+        /// The file the config named (or the config itself).
         path: PathBuf,
-        /// Why.
+        /// The operating system's reason: missing, unreadable, a directory…
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema (unknown field, wrong type, …).
     #[error("invalid config file {path}: {source}")]
     Parse {
-        /// The file.
+        /// The config file.
         path: PathBuf,
-        /// Where and why.
+        /// TOML's message: the line and column, and what was expected there.
         source: Box<toml::de::Error>,
     },
     /// A route cannot be used.
@@ -145,22 +145,25 @@ impl Config {
         })
     }
 
-    /// Checks every field and builds the typed settings, table by table. The policy comes
-    /// first: the server's timeouts and Kafka's message timeout are checked against its
-    /// total budget.
+    /// Checks every field and builds the typed settings, table by table, in the order the
+    /// first error found is reported: the server, ops, the policy (the server's timeouts
+    /// and Kafka's message timeout must outlast its total budget), the spool, access, the
+    /// producers, RabbitMQ, Kafka, the routes and the clients.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let policy = self.policy.validate()?;
-        let server = self.server.validate(policy.total_budget())?;
+        let checked = self.server.check()?;
         let ops = self.ops.validate()?;
+        let policy = self.policy.validate()?;
+        let server = self.server.validate(checked, policy.total_budget())?;
+        let max_brokers_per_target = self.kafka.check_brokers_per_target()?;
         let spool = self.spool.validate()?;
         let access = self
             .access
             .validate(server.listen, !self.routes.is_empty())?;
         let token = read_token("access.token_file", &self.access.token_file)?;
+        self.producers.check()?;
         let amqp = self.rabbitmq.validate()?;
-        let max_brokers_per_target = self.kafka.max_brokers_per_target;
         let kafka = self.kafka.validate(server.max_message_bytes, &policy)?;
-        let (producer, registry) = self.producers.validate(kafka, amqp)?;
+        let (producer, registry) = self.producers.settings(kafka, amqp);
         let routes = Routes::from_config(&self.routes, max_brokers_per_target)?;
         let clients = self
             .access

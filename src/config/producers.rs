@@ -89,13 +89,8 @@ impl PolicyConfig {
 }
 
 impl ProducersConfig {
-    /// The producers' settings, with the validated `kafka` and `amqp` backends' own, and
-    /// the bounds of their cache.
-    pub fn validate(
-        &self,
-        kafka: KafkaSettings,
-        amqp: AmqpSettings,
-    ) -> Result<(ProducerSettings, RegistrySettings), ConfigError> {
+    /// Checks the bounds and the backoff.
+    pub fn check(&self) -> Result<(), ConfigError> {
         positive("producers.max_targets", self.max_targets)?;
         positive("producers.max_kafka_targets", self.max_kafka_targets)?;
         positive("producers.idle_timeout_s", self.idle_timeout_s)?;
@@ -114,6 +109,16 @@ impl ProducersConfig {
                 reason: "must be at least restart_backoff_initial_ms".into(),
             });
         }
+        Ok(())
+    }
+
+    /// The producers' settings, with the validated `kafka` and `amqp` backends' own, and
+    /// the bounds of their cache (after [`Self::check`]).
+    pub fn settings(
+        &self,
+        kafka: KafkaSettings,
+        amqp: AmqpSettings,
+    ) -> (ProducerSettings, RegistrySettings) {
         let producer = ProducerSettings {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             restart_backoff_initial: Duration::from_millis(self.restart_backoff_initial_ms),
@@ -127,6 +132,6 @@ impl ProducersConfig {
             max_kafka_targets: self.max_kafka_targets,
             idle_timeout: Duration::from_secs(self.idle_timeout_s),
         };
-        Ok((producer, registry))
+        (producer, registry)
     }
 }

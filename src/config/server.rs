@@ -115,6 +115,20 @@ pub struct ServerSettings {
     pub tls: Option<TlsIdentity>,
 }
 
+/// What [`ServerConfig::check`] found: the parts of the settings that do not depend on the
+/// policy.
+#[derive(Debug)]
+pub struct Checked {
+    /// The ingress's address.
+    listen: SocketAddr,
+    /// Worker arbiters.
+    workers: usize,
+    /// The bound of bytes in flight (sized for the machine when configured 0).
+    max_in_flight_bytes: u64,
+    /// The ingress's TLS identity, if any.
+    tls: Option<TlsIdentity>,
+}
+
 impl ServerSettings {
     /// Whether the ingress verifies client certificates (mTLS).
     pub fn mtls(&self) -> bool {
@@ -123,9 +137,9 @@ impl ServerSettings {
 }
 
 impl ServerConfig {
-    /// The validated table; `budget` is the policy's total budget, which the server's
-    /// timeouts must outlast.
-    pub fn validate(&self, budget: Duration) -> Result<ServerSettings, ConfigError> {
+    /// Checks the address, the bounds and the TLS files: all that does not depend on the
+    /// policy (see [`Self::validate`]).
+    pub fn check(&self) -> Result<Checked, ConfigError> {
         let invalid = |field, reason: &str| ConfigError::Invalid {
             field,
             reason: reason.to_owned(),
@@ -143,6 +157,27 @@ impl ServerConfig {
         };
         let max_in_flight_bytes = self.check_bounds()?;
         let tls = self.tls()?;
+        Ok(Checked {
+            listen,
+            workers,
+            max_in_flight_bytes,
+            tls,
+        })
+    }
+
+    /// The validated table, from what [`Self::check`] found and the policy's total
+    /// `budget`, which the server's timeouts must outlast.
+    pub fn validate(
+        &self,
+        checked: Checked,
+        budget: Duration,
+    ) -> Result<ServerSettings, ConfigError> {
+        let Checked {
+            listen,
+            workers,
+            max_in_flight_bytes,
+            tls,
+        } = checked;
         let idle_connection_timeout = self.check_against(budget)?;
         Ok(ServerSettings {
             listen,
@@ -270,9 +305,9 @@ impl ServerConfig {
 /// A certificate chain and its private key, PEM; and the CA of client certificates.
 #[derive(Clone)]
 pub struct TlsIdentity {
-    /// The certificate chain.
+    /// The certificate chain the ingress presents, its own first.
     pub cert: Vec<u8>,
-    /// The private key.
+    /// The certificate's private key (never logged: see the `Debug` below).
     pub key: Vec<u8>,
     /// The CA whose client certificates are accepted (mTLS), if any.
     pub client_ca: Option<Vec<u8>>,

@@ -56,12 +56,12 @@ impl Default for SpoolConfig {
 /// The validated spool settings.
 #[derive(Debug, Clone)]
 pub struct SpoolSettings {
-    /// The spool directory.
+    /// The spool directory, which one daemon holds locked.
     pub dir: PathBuf,
-    /// Its bounds.
+    /// Bytes in all and per target, targets at most, free space to keep.
     pub limits: ferry_spool::SpoolLimits,
     /// How it is replayed.
-    pub replay: ferry_actors::spooler::SpoolSettings,
+    pub replay: ferry_actors::spool::ReplaySettings,
 }
 
 impl SpoolConfig {
@@ -93,7 +93,7 @@ impl SpoolConfig {
                 max_bytes_per_target: self.max_bytes_per_target.min(self.max_bytes),
                 max_targets: self.max_targets,
             },
-            replay: ferry_actors::spooler::SpoolSettings {
+            replay: ferry_actors::spool::ReplaySettings {
                 replay_in_flight: self.replay_in_flight,
                 replay_max_rate: self.replay_max_rate,
                 max_age: (self.max_age_s > 0).then(|| Duration::from_secs(self.max_age_s)),

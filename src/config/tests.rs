@@ -250,3 +250,41 @@ fn bad_values_name_their_field() {
         }
     }
 }
+
+#[test]
+fn with_several_bad_fields_the_first_in_checking_order_is_named() {
+    // The order is part of the interface: a fix for one field must not reveal an error
+    // "before" it. Server, ops, policy, the server's timeouts, Kafka's broker bound,
+    // spool, access, producers, RabbitMQ, Kafka's properties, routes, clients.
+    for (text, field) in [
+        (
+            "[server]\nlisten = \"nowhere\"\n[policy]\nmax_attempts = 0",
+            "server.listen",
+        ),
+        (
+            "[ops]\nlisten = \"x\"\n[policy]\nmax_attempts = 0",
+            "ops.listen",
+        ),
+        (
+            "[policy]\nmax_attempts = 0\n[server]\nidle_connection_timeout_ms = 1",
+            "policy.max_attempts",
+        ),
+        (
+            "[kafka]\nmax_brokers_per_target = 65\n[spool]\ndir = \"/x\"\nmax_bytes = 0",
+            "kafka.max_brokers_per_target",
+        ),
+        (
+            "[producers]\nmax_targets = 0\n[rabbitmq]\nframe_max_bytes = 1",
+            "producers.max_targets",
+        ),
+        (
+            "[rabbitmq]\nframe_max_bytes = 1\n[kafka.properties]\nacks = \"0\"",
+            "rabbitmq.frame_max_bytes",
+        ),
+    ] {
+        match parse(text) {
+            Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}

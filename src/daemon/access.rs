@@ -1,6 +1,7 @@
 //! The ingress's gate: every gRPC call is identified (a bearer token or a client
 //! certificate) before a service sees it, and refused calls are logged within a budget.
-//! What a caller may do once identified is decided by [`crate::config::access`].
+//! What a caller may do once identified is decided by [`crate::config::allowlist`] (the
+//! targets) and [`crate::config::clients`] (each client's routes, targets and limits).
 
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};

@@ -8,9 +8,9 @@ pub enum ServeError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
+        /// The address asked for (`server.listen` or `ops.listen`).
         addr: SocketAddr,
-        /// Why.
+        /// The operating system's reason: in use, not this host's address, no permission…
         source: std::io::Error,
     },
     /// The runtime thread could not be started.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix_rt::Arbiter;
-use ferry_actors::spooler::Spooler;
+use ferry_actors::spool::Spooler;
 use ferry_actors::{Forwarder, Registry};
 
 use crate::config::Settings;
@@ -14,7 +14,7 @@ use crate::daemon::live::Live;
 
 /// The spool as opened at start: the store and what it held.
 pub struct OpenedSpool {
-    /// The store.
+    /// The store, opened and locked.
     spool: ferry_spool::Spool,
     /// The destinations that had records.
     summary: Vec<ferry_spool::Summary>,

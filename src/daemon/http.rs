@@ -56,7 +56,7 @@ impl OpsEndpoint {
 /// What the handlers read.
 #[derive(Clone)]
 struct Ops {
-    /// The stats.
+    /// Builds a report of the daemon's state on each request.
     source: Source,
     /// Whether the daemon serves (false from the start of shutdown).
     serving: Arc<AtomicBool>,

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::daemon::report::{Producer, Report};
+use crate::daemon::report::{ProducerReport, Report};
 use ferry_actors::stats::LATENCY_BUCKETS_US;
 
 /// The content type of the text this module writes.
@@ -29,7 +29,7 @@ pub fn render(report: Report) -> Result<String, std::fmt::Error> {
 struct Snapshot(Report);
 
 /// A per-producer counter: name, help, and how to read it.
-type ProducerCounter = (&'static str, &'static str, fn(&Producer) -> u64);
+type ProducerCounter = (&'static str, &'static str, fn(&ProducerReport) -> u64);
 
 /// The per-producer counters.
 const PRODUCER_COUNTERS: [ProducerCounter; 5] = [
@@ -176,7 +176,7 @@ fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 5] {
 /// Per-producer counters and gauges, labelled by kind and target.
 fn encode_producers(
     encoder: &mut DescriptorEncoder<'_>,
-    producers: &[Producer],
+    producers: &[ProducerReport],
 ) -> std::fmt::Result {
     for (name, help, value) in PRODUCER_COUNTERS {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -210,7 +210,10 @@ fn encode_producers(
 }
 
 /// Per-producer histograms of the time from a message's arrival to its confirmation.
-fn encode_latency(encoder: &mut DescriptorEncoder<'_>, producers: &[Producer]) -> std::fmt::Result {
+fn encode_latency(
+    encoder: &mut DescriptorEncoder<'_>,
+    producers: &[ProducerReport],
+) -> std::fmt::Result {
     let mut family = encoder.encode_descriptor(
         "producer_delivery_seconds",
         "Time from a message's arrival to the broker's confirmation.",
@@ -422,6 +425,6 @@ fn encode_spool_targets(
     Ok(())
 }
 
-fn labels(producer: &Producer) -> [(&'static str, &str); 2] {
+fn labels(producer: &ProducerReport) -> [(&'static str, &str); 2] {
     [("kind", &producer.kind), ("target", &producer.target)]
 }

@@ -1,9 +1,13 @@
 //! The daemon: everything `ferry serve` runs, from the listening socket to the
 //! `ferry-actors` forwarder, and the operations endpoint beside it.
 //!
-//! Data flow: [`server`] accepts connections (bounded by [`connections`]), identifies each
-//! call ([`access`]) and serves [`ingress`] (unary `messagebroker.MessageBroker`),
-//! [`ingest`] (the `ferry.v1.Ingest` stream, each message under the read deadline of
+//! Start-up: [`server`] binds the sockets ([`listeners`]), builds the forwarding core
+//! ([`forwarding`]), starts one gRPC server per worker ([`grpc`]) and the operations
+//! endpoint ([`http`]); [`drain`] stops them in order; [`error`] says why a start failed.
+//!
+//! Data flow: each gRPC server accepts connections (bounded by [`connections`]), identifies
+//! each call ([`access`]) and serves [`ingress`] (unary `messagebroker.MessageBroker`),
+//! [`stream`] (the `ferry.v1.Ingest` stream, each message under the read deadline of
 //! [`framing`], which also holds a unary call to one message) and `ferry.v1.Send`
 //! ([`send`]). Each resolves routes and checks access against the config in force, which
 //! [`live`] holds and a reload replaces, and hands each message to the forwarder.
@@ -19,7 +23,6 @@ pub mod forwarding;
 pub mod framing;
 pub mod grpc;
 pub mod http;
-pub mod ingest;
 pub mod ingress;
 pub mod listeners;
 pub mod live;
@@ -29,3 +32,4 @@ pub mod report;
 pub mod send;
 pub mod server;
 pub mod signal;
+pub mod stream;

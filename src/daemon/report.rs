@@ -30,7 +30,7 @@ pub struct Report {
     /// Counts since start.
     pub totals: Totals,
     /// One entry per cached producer actor, sorted by kind and target.
-    pub producers: Vec<Producer>,
+    pub producers: Vec<ProducerReport>,
     /// The durable spool, when one is configured.
     #[serde(default)]
     pub spool: Option<SpoolReport>,
@@ -139,9 +139,9 @@ pub struct Totals {
     pub connections_timed_out: u64,
 }
 
-/// One producer actor.
+/// What `/stats` shows of one producer actor: its target, state, counts and latency.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Producer {
+pub struct ProducerReport {
     /// `kafka` or `rabbitmq`.
     pub kind: String,
     /// The target (broker set, or AMQP URL with the password as `***` plus exchange).
@@ -178,7 +178,7 @@ pub struct Producer {
     pub latency: ferry_actors::LatencySnapshot,
 }
 
-impl Producer {
+impl ProducerReport {
     /// The entry of one snapshot.
     fn of(snapshot: StatsSnapshot) -> Self {
         let millis = |q| snapshot.latency.quantile(q).map(|d| d.as_secs_f64() * 1e3);
@@ -241,8 +241,11 @@ impl Source {
     /// The report now.
     pub fn report(&self) -> Report {
         let registry = self.forwarder.registry();
-        let mut producers: Vec<Producer> =
-            registry.snapshot().into_iter().map(Producer::of).collect();
+        let mut producers: Vec<ProducerReport> = registry
+            .snapshot()
+            .into_iter()
+            .map(ProducerReport::of)
+            .collect();
         producers.sort_by(|a, b| (&a.kind, &a.target).cmp(&(&b.kind, &b.target)));
         let totals = self.forwarder.totals();
         Report {

@@ -85,7 +85,7 @@ impl Daemon {
             .name("ferry-system".into())
             .spawn(move || {
                 let _ended = ended_tx;
-                let signals = Signals {
+                let control = Control {
                     stop: stop_rx,
                     hurry: hurry_rx,
                 };
@@ -96,7 +96,7 @@ impl Daemon {
                     ops_listener,
                     spool,
                     ready_tx,
-                    signals,
+                    control,
                 )
             })
             .map_err(ServeError::Thread)?;
@@ -204,7 +204,7 @@ impl Drop for Daemon {
 }
 
 /// What the runtime is told from outside.
-struct Signals {
+struct Control {
     /// Shut down.
     stop: oneshot::Receiver<()>,
     /// End the shutdown grace period now.
@@ -220,7 +220,7 @@ fn run_system(
     ops_listener: TcpListener,
     spool: Option<OpenedSpool>,
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
-    signals: Signals,
+    control: Control,
 ) -> Result<(), ServeError> {
     let system = System::new();
     let arbiters: Vec<Arbiter> = listeners.iter().map(|_| Arbiter::new()).collect();
@@ -232,7 +232,7 @@ fn run_system(
         spool,
         &arbiters,
         ready,
-        signals,
+        control,
     ));
     for arbiter in &arbiters {
         arbiter.stop();
@@ -253,7 +253,7 @@ async fn serve(
     spool: Option<OpenedSpool>,
     arbiters: &[Arbiter],
     ready: std::sync::mpsc::Sender<Arc<Forwarder>>,
-    signals: Signals,
+    control: Control,
 ) -> Result<(), ServeError> {
     let forwarder = forwarding::build(&settings, &live, spool, arbiters);
     let refused = Arc::new(Refused::default());
@@ -291,7 +291,7 @@ async fn serve(
     let _ = ready.send(forwarder.clone());
 
     let failure = tokio::select! {
-        _ = signals.stop => None,
+        _ = control.stop => None,
         // A server that ends before it was told to has failed, whatever it returned.
         Some(ended) = servers.next_ended() => Some(ended.and(Err(ServeError::RuntimeGone))),
     };
@@ -302,7 +302,7 @@ async fn serve(
         shutdown,
         abort,
         grace: server.shutdown_grace,
-        hurry: signals.hurry,
+        hurry: control.hurry,
         ops,
     };
     let http = drain.run().await;

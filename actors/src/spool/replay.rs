@@ -57,7 +57,7 @@ const REMOVE_BATCH: usize = 256;
 
 /// How spooled records are replayed, and when replay gives a record up to the dead letters.
 #[derive(Debug, Clone, Copy)]
-pub struct SpoolSettings {
+pub struct ReplaySettings {
     /// Records of one target in flight at once while replaying.
     pub replay_in_flight: usize,
     /// Records of one target started per second while replaying (0 = unlimited).
@@ -81,7 +81,7 @@ pub(crate) struct Replayer {
     /// The time bound of one replayed publish (the policy's first attempt).
     pub(crate) attempt_budget: Duration,
     /// Replay bounds, expiry and dead-letter rule.
-    pub(crate) settings: SpoolSettings,
+    pub(crate) settings: ReplaySettings,
 }
 
 impl Replayer {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use ferry_spool::{NewRecord, Spool, SpoolError, Summary};
 
 use super::lines::{Filed, Lines, SpoolSnapshot, SpoolTotals};
-use super::replay::{Replayer, SpoolSettings};
+use super::replay::{ReplaySettings, Replayer};
 use crate::line::{Line, Resolve};
 use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
@@ -46,7 +46,7 @@ impl Spooler {
         spool: Spool,
         registry: Arc<Registry>,
         policy: RetryPolicy,
-        settings: SpoolSettings,
+        settings: ReplaySettings,
         resolver: Arc<dyn Resolve>,
     ) -> Arc<Self> {
         let spool = Arc::new(spool);

@@ -14,6 +14,7 @@ use ferry_actors::StatsSnapshot;
 use tonic::transport::Channel;
 
 pub mod ecflow;
+pub mod http2;
 pub mod pki;
 pub mod process;
 
@@ -132,6 +133,11 @@ pub fn stats_of(daemon: &Daemon, kind: &str) -> StatsSnapshot {
         "one {kind} producer expected: {matching:?}"
     );
     matching.remove(0)
+}
+
+/// A port on which nothing listens.
+pub fn dead_port() -> String {
+    process::free_port().to_string()
 }
 
 /// A unique name for queues and topics of one test.

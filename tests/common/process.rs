@@ -158,6 +158,32 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Writes a daemon config file into `dir` and returns its path.
+pub fn config_file(dir: &Path, text: &str) -> String {
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, text).expect("config file");
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// A `ferry serve` child on a free address with the config `text` (in a scratch directory
+/// named after `name`).
+pub fn serve_configured(name: &str, text: &str) -> Served {
+    let config = config_file(&scratch_dir(name), text);
+    serve_with(&free_address(), &["--config", &config])
+}
+
+/// Asserts that `log` holds at least one line with `line` and no more than the log budget
+/// allows over `seconds` (plus one window); returns how many.
+pub fn logged_within_budget(log: &str, line: &str, seconds: u64) -> u64 {
+    let lines = log.matches(line).count() as u64;
+    let bound = ferry::daemon::log_budget::LOG_LINES_PER_SECOND * (seconds + 1);
+    assert!(
+        (1..=bound).contains(&lines),
+        "{lines} \"{line}\" lines in {seconds} s (bound {bound})"
+    );
+    lines
+}
+
 /// Set in the re-run test's environment: it is inside the private namespace.
 const INSIDE: &str = "FERRY_TEST_PRIVATE_NETWORK";
 

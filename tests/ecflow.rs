@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::ecflow::{ECFLOW_CLIENT, EcflowServer, config_dir, in_private_network};
-use common::process::{FERRY, free_address, scratch_dir, serve, serve_with};
+use common::process::{FERRY, free_address, scratch_dir, serve, serve_config_only};
 use ferry_testkit::amqp;
 use ferry_testkit::brokers::{BrokerKind, PrivateBroker};
 use serde_json::{Value, json};
@@ -242,6 +242,14 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// `ecflow_client --query KIND PATH:NAME`: an attribute's value.
+fn query(server: &EcflowServer, kind: &str, path: &str, name: &str) -> String {
+    server
+        .ok(&["--query", kind, &format!("{path}:{name}")])
+        .trim()
+        .to_owned()
+}
+
 /// `ferry check` against `address`.
 fn check(address: &str) -> bool {
     Command::new(FERRY)
@@ -260,14 +268,16 @@ fn the_watchdog_suite_restarts_a_killed_daemon_and_aborts_when_it_cannot_start_o
     }
     let dir = scratch_dir("ecflow-watchdog");
     let listen = free_address();
+    let ops = free_address();
     let pid_file = dir.join("ferry.pid");
     let config = dir.join("ferry.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{listen}\"\n\n[ops]\nlisten = \"{}\"\npid_file = \"{}\"\n",
-            free_address(),
-            pid_file.display()
+            "[server]\nlisten = \"{listen}\"\n\n[ops]\nlisten = \"{ops}\"\npid_file = \"{}\"\n\
+             degraded_after_s = 1\n\n[spool]\ndir = \"{}\"\n",
+            pid_file.display(),
+            dir.join("spool").display()
         ),
     )
     .unwrap();
@@ -293,6 +303,7 @@ fn the_watchdog_suite_restarts_a_killed_daemon_and_aborts_when_it_cannot_start_o
         ("FERRY_PID", pid_file.display().to_string()),
         ("FERRY_LOG", dir.join("ferry.log").display().to_string()),
         ("FERRY_ADDRESS", listen.clone()),
+        ("FERRY_OPS", ops.clone()),
     ];
     for (name, value) in &paths {
         server.ok(&["--alter", "change", "variable", name, value, suite]);
@@ -310,7 +321,8 @@ fn the_watchdog_suite_restarts_a_killed_daemon_and_aborts_when_it_cannot_start_o
     server.ok(&["--suspend", "/ferry_watch/login_a02"]);
 
     // 1. A serving daemon: the check task completes and leaves it alone.
-    let daemon = serve_with(&listen, &["--config", &config.to_string_lossy()]);
+    // As the task restarts it: the config's own addresses.
+    let daemon = serve_config_only(&config, &listen, &ops, &dir.join("first.log"));
     let first_pid = daemon.pid();
     server.ok(&["--begin=ferry_watch"]);
     let took = server.wait_for(task, "complete", Duration::from_secs(30));
@@ -323,6 +335,37 @@ fn the_watchdog_suite_restarts_a_killed_daemon_and_aborts_when_it_cannot_start_o
         guard.pid(),
         Some(first_pid),
         "the task left the daemon alone"
+    );
+    assert_eq!(query(&server, "label", task, "health"), "serving");
+    assert_eq!(query(&server, "event", task, "degraded"), "clear");
+
+    // 1b. Degraded: a message spooled for a broker that is not there, waiting past
+    // ops.degraded_after_s. The label says why, the event is set, and the daemon, which
+    // still serves, is left alone.
+    let dead = format!("amqp://guest:guest@{}/%2f", free_address());
+    let sent = Command::new(FERRY)
+        .args(["send", "rabbitmq", "--proxy", &listen, "--server", &dead])
+        .args(["--exchange", "x", "--routing-key", "k", "--data", "held"])
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "spooled: {sent:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    server.ok(&["--force=queued", task]);
+    server.wait_for(task, "complete", Duration::from_secs(30));
+    let label = query(&server, "label", task, "health");
+    assert!(
+        label.starts_with("degraded: ") && label.contains("have waited"),
+        "{label}"
+    );
+    assert!(
+        !label.contains("guest:guest"),
+        "no password in the label: {label}"
+    );
+    assert_eq!(query(&server, "event", task, "degraded"), "set");
+    assert_eq!(
+        guard.pid(),
+        Some(first_pid),
+        "a degraded daemon is not restarted"
     );
 
     // 2. The daemon SIGKILLed: the next run restarts it, and it serves.

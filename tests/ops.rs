@@ -211,6 +211,88 @@ fn ferry_check_says_serving_or_not_in_one_line() {
     assert_eq!(code, Some(0));
 }
 
+/// `ferry check --address ADDRESS --http OPS`: its exit code and its one line.
+fn check_health(address: &str, ops: &str) -> (Option<i32>, String) {
+    let output = ferry(&["check", "--address", address, "--http", ops])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    (output.status.code(), line)
+}
+
+/// Polls `/healthz` until its body starts with `state`, for at most `within`; the body.
+async fn await_health(ops: &str, state: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = String::from_utf8(get(ops, "/healthz").await.unwrap()).unwrap();
+        if body.starts_with(state) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never said {state}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_spool_that_does_not_drain_makes_the_daemon_degraded_until_it_drains() {
+    let broker = PrivateBroker::start(BrokerKind::RabbitMq);
+    let url = broker.amqp_url();
+    let exchange = unique("ferry.health");
+    let queue = unique("health");
+    ferry_testkit::amqp::bind_queue(&url, &exchange, &queue, "#").await;
+    broker.stop();
+    let dir = common::process::scratch_dir("health-degraded");
+    let mut config = common::config();
+    config.spool.dir = dir.to_str().unwrap().to_owned();
+    config.ops.degraded_after_s = 1;
+    let daemon = start(config.validate().unwrap());
+    let (address, ops) = (
+        daemon.local_addr().to_string(),
+        daemon.ops_addr().to_string(),
+    );
+    let mut grpc = client(&daemon).await;
+    let answer = send_rabbitmq(&mut grpc, rabbitmq(&url, &exchange, "k", "held"))
+        .await
+        .0;
+    assert!(answer.error_no == 0 && answer.spooled, "{answer:?}");
+    assert_eq!(check_health(&address, &ops).0, Some(0), "serving at first");
+
+    // Past ops.degraded_after_s with the broker down: degraded, with the reason, and
+    // still serving (gRPC health and /healthz 200): a restart would not help.
+    let body = await_health(&ops, "degraded", Duration::from_secs(15)).await;
+    assert!(body.contains("spooled messages for rabbitmq"), "{body}");
+    assert!(
+        !body.contains(":guest@") && !body.contains("password"),
+        "{body}"
+    );
+    let (code, line) = check_health(&address, &ops);
+    assert_eq!(code, Some(3), "{line}");
+    assert!(
+        line.contains("degraded: ") && line.contains("have waited"),
+        "{line}"
+    );
+    let samples = metrics(&ops).await;
+    assert_eq!(samples["ferry_degraded"][0].1, 1.0);
+    assert_eq!(samples["ferry_serving"][0].1, 1.0);
+    let plain = ferry(&["check", "--address", &address]).output().unwrap();
+    assert_eq!(plain.status.code(), Some(0), "without --http: serving");
+
+    // The broker back and the spool drained: serving again.
+    broker.restart();
+    let body = await_health(&ops, "serving", Duration::from_secs(60)).await;
+    assert_eq!(body, "serving\n");
+    assert_eq!(check_health(&address, &ops).0, Some(0));
+    assert_eq!(metrics(&ops).await["ferry_degraded"][0].1, 0.0);
+    let delivered = ferry_testkit::amqp::read_queue(&url, &queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(delivered.len(), 1);
+    drop(daemon);
+    broker.stop();
+}
+
 #[test]
 fn the_pid_file_is_written_guarded_and_removed() {
     let dir = std::env::temp_dir().join(unique("ferry-pid"));

@@ -403,6 +403,9 @@ impl<B: Backend> ProducerActor<B> {
         );
         self.stats
             .record_error(format!("producer restarted: {error}"));
+        if matches!(self.link, Link::Ready(..)) {
+            self.stats.note_drop();
+        }
         self.drop_link(error);
         ctx.stop();
     }
@@ -589,6 +592,12 @@ mod tests {
         let stats = Arc::clone(producer.stats());
         fake::until("the first restart", || stats.restarts.load(Relaxed) == 1).await;
         assert_eq!(stats.state(), ProducerState::Restarting);
+        let down = stats.snapshot("fake", String::new());
+        assert!(down.down_since.is_some(), "down since it was created");
+        assert!(
+            down.recent_drops.is_empty(),
+            "a failed connect is not a drop"
+        );
         assert_eq!(
             send(&producer, "during the backoff").await,
             Err(refused()),
@@ -608,6 +617,8 @@ mod tests {
         assert_eq!(stats.restarts.load(Relaxed), 2);
         assert_eq!(stats.state(), ProducerState::Ready);
         assert_eq!(script.payloads(), ["after 200 ms more"]);
+        let up = stats.snapshot("fake", String::new());
+        assert_eq!((up.down_since, up.recent_drops.len()), (None, 0));
     }
 
     #[actix_rt::test]
@@ -650,8 +661,12 @@ mod tests {
             "ready: messages go through the lent publisher, not the mailbox"
         );
 
+        assert_eq!(stats.snapshot("fake", String::new()).down_since, None);
         script.lose_connection();
         fake::until("the restart", || stats.restarts.load(Relaxed) == 1).await;
+        let dropped = stats.snapshot("fake", String::new());
+        assert_eq!(dropped.recent_drops.len(), 1, "a lost connection is a drop");
+        assert!(dropped.down_since.is_some());
         assert!(
             producer.actor.try_publish(&outgoing).is_none(),
             "the publisher was taken back"

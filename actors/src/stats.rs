@@ -1,5 +1,6 @@
 //! Per-target counters shared by a producer actor, the registry and the forwarder.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -211,7 +212,19 @@ pub struct TargetStats {
     last_used_ms: AtomicU64,
     /// The last failure (rare, so a lock is fine).
     last_error: Mutex<Option<LastError>>,
+    /// Since when the producer has had no connection, in ms since the Unix epoch; 0 while
+    /// it is ready. A producer that fails to connect cycles through several states, so
+    /// how long it has been down is counted from here, not from its last state change.
+    down_since_ms: AtomicU64,
+    /// When the producer lost an established connection, oldest first, at most
+    /// [`RECENT_DROPS`]: a broker that accepts connections and drops them shows as many
+    /// within a short window (failed attempts to connect do not count).
+    recent_drops: Mutex<VecDeque<SystemTime>>,
 }
+
+/// Lost connections kept per target: enough to tell a loop (more than a few within
+/// minutes) from a broker that went away once.
+pub const RECENT_DROPS: usize = 64;
 
 impl Default for TargetStats {
     fn default() -> Self {
@@ -227,14 +240,36 @@ impl Default for TargetStats {
             created: SystemTime::now(),
             last_used_ms: AtomicU64::new(unix_ms(SystemTime::now())),
             last_error: Mutex::new(None),
+            down_since_ms: AtomicU64::new(unix_ms(SystemTime::now())),
+            recent_drops: Mutex::new(VecDeque::with_capacity(RECENT_DROPS)),
         }
     }
 }
 
 impl TargetStats {
-    /// Records the producer's new state.
+    /// Records the producer's new state, and since when it has been down.
     pub fn set_state(&self, state: ProducerState) {
         self.state.store(state as u8, Ordering::Release);
+        if state == ProducerState::Ready {
+            self.down_since_ms.store(0, Ordering::Relaxed);
+        } else {
+            let now = unix_ms(SystemTime::now()).max(1);
+            let _ =
+                self.down_since_ms
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Remembers that the producer lost an established connection now.
+    pub fn note_drop(&self) {
+        let mut recent = self
+            .recent_drops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == RECENT_DROPS {
+            recent.pop_front();
+        }
+        recent.push_back(SystemTime::now());
     }
 
     /// The producer's current state.
@@ -286,6 +321,17 @@ impl TargetStats {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            down_since: match self.down_since_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+            },
+            recent_drops: self
+                .recent_drops
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .copied()
+                .collect(),
         }
     }
 }
@@ -325,6 +371,10 @@ pub struct StatsSnapshot {
     pub last_used: SystemTime,
     /// The last failure, if any.
     pub last_error: Option<LastError>,
+    /// Since when the producer has had no connection (`None` while it is ready).
+    pub down_since: Option<SystemTime>,
+    /// When it lost established connections, oldest first (at most [`RECENT_DROPS`]).
+    pub recent_drops: Vec<SystemTime>,
 }
 
 #[cfg(test)]

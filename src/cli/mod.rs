@@ -1,11 +1,16 @@
 //! The `ferry` command line: flag definitions and the command implementations the binary
-//! dispatches to.
+//! dispatches to. Each command parses its flags, calls the library and maps the outcome
+//! to an exit code.
 //!
 //! - [`serve`]: the daemon.
-//! - [`send`]: one message of any payload to a Kafka topic or RabbitMQ exchange, through
-//!   daemons with failover.
+//! - [`send`]: one message (or `--lines`, many) of any payload to a Kafka topic, a
+//!   RabbitMQ exchange or a named route, through daemons with failover
+//!   ([`crate::client::deliver`]).
 //! - [`event`]: the predecessor's `ecflow-client`, `production` and `log` commands, drop-in.
-//! - [`ops`]: `check` (for ecFlow) and `stats` (for a human).
+//! - [`ops`]: `check` (for ecFlow), `stats` (for a human), `routes` (a daemon's named
+//!   routes) and `reload` (SIGHUP, then the outcome).
+//! - [`spool`]: `ferry spool`: list what a spool holds; export, requeue or purge dead
+//!   letters; salvage a damaged database (the writing ones with the daemon stopped).
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -27,6 +32,8 @@ pub const EXIT_NOT_DELIVERED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a daemon configuration that cannot be used (EX_CONFIG).
 pub const EXIT_BAD_CONFIG: u8 = 64;
+/// Exit code of `ferry check` for a daemon that serves but is degraded.
+pub const EXIT_DEGRADED: u8 = 3;
 
 /// Exit codes, shown at the end of `ferry --help`.
 const EXIT_CODES: &str = "\
@@ -34,7 +41,8 @@ Exit codes of the client commands (send, ecflow-client, production, log):
   0  delivered: the broker confirmed the message (or --disable-send)
   1  not delivered: one line on stderr says why, for each daemon tried
   2  usage error: a flag or the payload cannot be used
-`ferry check` exits 0 when the daemon serves and 1 otherwise; `ferry serve` exits 0 after a
+`ferry check` exits 0 when the daemon serves, 1 when it does not (restart it) and, with
+--http, 3 when it serves but is degraded (look at the reasons it prints; do not restart); `ferry serve` exits 0 after a
 clean stop, 64 when its configuration is invalid and 74 when its spool cannot be used (the
 message says what to fix; nothing in it was moved). `ferry spool` exits 74 when the spool
 cannot be read or written and 75 when a running daemon holds it.";

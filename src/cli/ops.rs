@@ -15,9 +15,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, block_on, fail};
+use super::{EXIT_DEGRADED, EXIT_NOT_DELIVERED, EXIT_USAGE, block_on, fail};
 use crate::config::{DEFAULT_LISTEN, DEFAULT_OPS_LISTEN};
 use crate::daemon::grpc::HEALTH_SERVICE;
+use crate::daemon::health::State;
 use crate::daemon::live::ConfigStatus;
 use crate::daemon::report::{ProducerReport, Report};
 
@@ -37,6 +38,10 @@ pub struct CheckArgs {
     /// Example: --tls-ca /etc/ferry/ca.pem
     #[arg(long, env = "FERRY_TLS_CA", value_name = "PATH")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// The daemon's operations endpoint ([ops] listen): with it, a serving daemon that is
+    /// degraded exits 3 and the reasons are printed. Example: --http 127.0.0.1:33384
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
 }
 
 /// Flags of `ferry stats`.
@@ -354,10 +359,13 @@ pub fn check(args: CheckArgs) -> ExitCode {
     };
     let ms = started.elapsed().as_millis();
     match answer {
-        Ok(ServingStatus::Serving) => {
-            println!("ferry at {}: serving ({ms} ms)", args.address);
-            ExitCode::SUCCESS
-        }
+        Ok(ServingStatus::Serving) => match &args.http {
+            Some(http) => check_health(&args.address, http, args.timeout_ms),
+            None => {
+                println!("ferry at {}: serving ({ms} ms)", args.address);
+                ExitCode::SUCCESS
+            }
+        },
         Ok(status) => {
             println!(
                 "ferry at {}: {} ({ms} ms)",
@@ -369,6 +377,30 @@ pub fn check(args: CheckArgs) -> ExitCode {
         Err(error) => {
             println!("ferry at {}: down: {error}", args.address);
             ExitCode::from(EXIT_NOT_DELIVERED)
+        }
+    }
+}
+
+/// The health of a daemon whose gRPC health says serving, from its operations endpoint at
+/// `http`: exit 0 serving, 3 degraded (also when the endpoint does not answer: the daemon
+/// serves, so a restart would not help), 1 not serving.
+fn check_health(address: &str, http: &str, timeout_ms: u64) -> ExitCode {
+    let uri = match stats_uri(http) {
+        Ok(uri) => uri,
+        Err(code) => return code,
+    };
+    match read_report(&uri, timeout_ms) {
+        Ok(report) => {
+            println!("ferry at {address}: {}", report.health.line());
+            match report.health.state {
+                State::Serving => ExitCode::SUCCESS,
+                State::Degraded => ExitCode::from(EXIT_DEGRADED),
+                State::NotServing => ExitCode::from(EXIT_NOT_DELIVERED),
+            }
+        }
+        Err(error) => {
+            println!("ferry at {address}: degraded: serving, but {http} does not answer: {error}");
+            ExitCode::from(EXIT_DEGRADED)
         }
     }
 }
@@ -454,11 +486,7 @@ fn summary(report: &Report) -> String {
          producers {} evictions {}\n",
         report.version,
         report.uptime_s.round(),
-        if report.serving {
-            "serving"
-        } else {
-            "not serving"
-        },
+        report.health.line(),
         report.in_flight,
         t.sent,
         t.failed,

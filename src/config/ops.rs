@@ -1,12 +1,14 @@
-//! `[ops]`: the HTTP operations endpoint (`/stats`, `/metrics`, `/healthz`) and the pid
-//! file.
+//! `[ops]`: the HTTP operations endpoint (`/stats`, `/metrics`, `/healthz`), the pid file,
+//! and when the daemon calls itself degraded: serving, but with something an operator
+//! should look at before users notice.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, positive};
 
 /// The address of the operations endpoint (HTTP) when no config says otherwise.
 pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:33384";
@@ -19,6 +21,16 @@ pub struct OpsConfig {
     pub listen: String,
     /// File to write the daemon's process id to ("" = none); removed on exit.
     pub pid_file: String,
+    /// A target whose producer has been connecting or restarting, or whose spooled
+    /// messages have waited, for longer than this many seconds makes the daemon degraded.
+    pub degraded_after_s: u64,
+    /// A spool fuller than this share of `spool.max_bytes` makes the daemon degraded.
+    pub spool_warn_ratio: f64,
+    /// A producer restarted more than this many times within `restart_window_s` makes the
+    /// daemon degraded (a restart loop: the broker accepts connections and drops them).
+    pub restart_loop_restarts: u32,
+    /// The window of `restart_loop_restarts`, in seconds.
+    pub restart_window_s: u64,
 }
 
 impl Default for OpsConfig {
@@ -26,7 +38,30 @@ impl Default for OpsConfig {
         Self {
             listen: DEFAULT_OPS_LISTEN.to_owned(),
             pid_file: String::new(),
+            degraded_after_s: 300,
+            spool_warn_ratio: 0.8,
+            restart_loop_restarts: 5,
+            restart_window_s: 600,
         }
+    }
+}
+
+/// When the daemon is degraded (see [`OpsConfig`]'s fields of the same names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthRules {
+    /// How long a target may fail, or its spooled messages wait, before it counts.
+    pub degraded_after: Duration,
+    /// The share of the spool's bound above which it counts.
+    pub spool_warn_ratio: f64,
+    /// Restarts within `restart_window` above which a producer counts.
+    pub restart_loop_restarts: u32,
+    /// The window of `restart_loop_restarts`.
+    pub restart_window: Duration,
+}
+
+impl Default for HealthRules {
+    fn default() -> Self {
+        OpsConfig::default().health_rules()
     }
 }
 
@@ -37,6 +72,8 @@ pub struct OpsSettings {
     pub listen: SocketAddr,
     /// Where to write the process id, if anywhere.
     pub pid_file: Option<PathBuf>,
+    /// When the daemon is degraded.
+    pub health: HealthRules,
 }
 
 impl OpsConfig {
@@ -46,9 +83,29 @@ impl OpsConfig {
             field: "ops.listen",
             reason: "must be an IP address and port, e.g. 127.0.0.1:33384".into(),
         })?;
+        positive("ops.degraded_after_s", self.degraded_after_s)?;
+        if !(self.spool_warn_ratio > 0.0 && self.spool_warn_ratio <= 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "ops.spool_warn_ratio",
+                reason: "must be above 0 and at most 1 (0.8 = warn at 80 % full)".into(),
+            });
+        }
+        positive("ops.restart_loop_restarts", self.restart_loop_restarts)?;
+        positive("ops.restart_window_s", self.restart_window_s)?;
         Ok(OpsSettings {
             listen,
             pid_file: (!self.pid_file.is_empty()).then(|| PathBuf::from(&self.pid_file)),
+            health: self.health_rules(),
         })
+    }
+
+    /// The health rules as written.
+    fn health_rules(&self) -> HealthRules {
+        HealthRules {
+            degraded_after: Duration::from_secs(self.degraded_after_s),
+            spool_warn_ratio: self.spool_warn_ratio,
+            restart_loop_restarts: self.restart_loop_restarts,
+            restart_window: Duration::from_secs(self.restart_window_s),
+        }
     }
 }

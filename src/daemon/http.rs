@@ -13,8 +13,9 @@ use axum::routing::get;
 use tokio::sync::oneshot;
 
 use crate::daemon::error::ServeError;
+use crate::daemon::health;
 use crate::daemon::metrics;
-use crate::daemon::report::Source;
+use crate::daemon::source::Source;
 
 /// The operations endpoint, serving on an arbiter until stopped.
 pub struct OpsEndpoint {
@@ -87,11 +88,16 @@ async fn prometheus(State(ops): State<Ops>) -> Response {
     }
 }
 
-/// `/healthz`: 200 "serving" or 503 "not serving".
-async fn healthz(State(ops): State<Ops>) -> (StatusCode, &'static str) {
-    if ops.serving.load(Ordering::Acquire) {
-        (StatusCode::OK, "serving\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+/// `/healthz`: 200 `serving`, 200 `degraded: reason; reason` (it still accepts messages:
+/// a load balancer keeps it, an operator looks), or 503 `not serving`.
+async fn healthz(State(ops): State<Ops>) -> (StatusCode, String) {
+    if !ops.serving.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not serving\n".to_owned());
     }
+    let report = ops.source.report();
+    let code = match report.health.state {
+        health::State::NotServing => StatusCode::SERVICE_UNAVAILABLE,
+        health::State::Serving | health::State::Degraded => StatusCode::OK,
+    };
+    (code, format!("{}\n", report.health.line()))
 }

@@ -272,6 +272,7 @@ pub fn needs_restart_of(old: &Settings, new: &Settings) -> Vec<String> {
         server.tls => "server.tls",
         ops.listen => "ops.listen",
         ops.pid_file => "ops.pid_file",
+        ops.health => "ops (degraded_after_s, spool_warn_ratio, restart_loop_restarts, restart_window_s)",
         policy => "policy",
         producer => "producers / kafka / rabbitmq",
         registry => "producers",

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::daemon::health::State;
 use crate::daemon::report::{ProducerReport, Report};
 use ferry_actors::stats::LATENCY_BUCKETS_US;
 
@@ -142,7 +143,7 @@ fn daemon_counters(report: &Report) -> [(&'static str, &'static str, u64); 10] {
 }
 
 /// The daemon-wide gauges: name, help, value.
-fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 5] {
+fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 6] {
     let totals = &report.totals;
     [
         (
@@ -164,6 +165,11 @@ fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 5] {
             "serving",
             "1 while the daemon accepts messages.",
             i64::from(report.serving),
+        ),
+        (
+            "degraded",
+            "1 while the daemon accepts messages but is degraded (see /healthz for why).",
+            i64::from(report.health.state == State::Degraded),
         ),
         (
             "uptime_seconds",

@@ -11,7 +11,9 @@
 //! [`framing`], which also holds a unary call to one message) and `ferry.v1.Send`
 //! ([`send`]). Each resolves routes and checks access against the config in force, which
 //! [`live`] holds and a reload replaces, and hands each message to the forwarder.
-//! [`report`] is what [`http`] serves as `/stats` and [`metrics`] renders for Prometheus.
+//! [`report`] is what [`http`] serves as `/stats` and [`metrics`] renders for Prometheus,
+//! built by [`source`]; [`health`] says from it whether the daemon is serving, degraded
+//! or not serving (`/healthz`, `ferry check`).
 //! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload;
 //! [`log_budget`] bounds the log lines a client can cause.
 
@@ -22,6 +24,7 @@ pub mod error;
 pub mod forwarding;
 pub mod framing;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod ingress;
 pub mod listeners;
@@ -32,4 +35,5 @@ pub mod report;
 pub mod send;
 pub mod server;
 pub mod signal;
+pub mod source;
 pub mod stream;

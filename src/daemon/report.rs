@@ -1,16 +1,11 @@
 //! The daemon's stats document: what `/stats` serves as JSON, `/metrics` renders for
 //! Prometheus and `ferry stats` prints as a table.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use ferry_actors::{Forwarder, StatsSnapshot};
+use ferry_actors::StatsSnapshot;
 use serde::{Deserialize, Serialize};
-
-use crate::daemon::connections::ConnectionLimit;
-use crate::daemon::ingress::Refused;
 
 /// The whole daemon at one moment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +40,9 @@ pub struct Report {
     /// name, never by credential.
     #[serde(default)]
     pub clients: Vec<crate::config::clients::ClientReport>,
+    /// Serving, degraded (with reasons) or not serving: what `/healthz` says.
+    #[serde(default)]
+    pub health: Health,
 }
 
 /// The durable spool.
@@ -52,6 +50,9 @@ pub struct Report {
 pub struct SpoolReport {
     /// Bytes it holds now.
     pub bytes: u64,
+    /// The most it may hold (`spool.max_bytes`).
+    #[serde(default)]
+    pub max_bytes: u64,
     /// Messages spooled since start (answered 0 with `spooled`).
     pub spooled_total: u64,
     /// At start, the spool's log ended in a partial commit (a crash mid-write; never
@@ -148,6 +149,16 @@ pub struct ProducerReport {
     pub target: String,
     /// `connecting`, `ready`, `restarting`, `idle` or `stopped`.
     pub state: String,
+    /// Seconds since it last had a connection (or was created), while it has none.
+    #[serde(default)]
+    pub down_for_s: Option<f64>,
+    /// Seconds since its last failure.
+    #[serde(default)]
+    pub last_error_age_s: Option<f64>,
+    /// Established connections it lost within `ops.restart_window_s` (a broker that
+    /// accepts connections and drops them shows as many).
+    #[serde(default)]
+    pub drops_in_window: u64,
     /// Messages delivered.
     pub sent: u64,
     /// Messages not delivered.
@@ -179,13 +190,21 @@ pub struct ProducerReport {
 }
 
 impl ProducerReport {
-    /// The entry of one snapshot.
-    fn of(snapshot: StatsSnapshot) -> Self {
+    /// The entry of one snapshot taken at `now`, counting restarts within `window`.
+    pub(crate) fn of(snapshot: StatsSnapshot, now: SystemTime, window: Duration) -> Self {
         let millis = |q| snapshot.latency.quantile(q).map(|d| d.as_secs_f64() * 1e3);
+        let since = |time: SystemTime| now.duration_since(time).unwrap_or_default();
         Self {
             kind: snapshot.kind.to_owned(),
             target: snapshot.target,
             state: snapshot.state.as_str().to_owned(),
+            down_for_s: snapshot.down_since.map(|at| round_ms(since(at))),
+            last_error_age_s: snapshot.last_error.as_ref().map(|e| round_ms(since(e.at))),
+            drops_in_window: snapshot
+                .recent_drops
+                .iter()
+                .filter(|at| since(**at) <= window)
+                .count() as u64,
             sent: snapshot.sent,
             failed: snapshot.failed,
             retried: snapshot.retried,
@@ -203,113 +222,56 @@ impl ProducerReport {
     }
 }
 
-/// What the report is built from: the forwarding core and the daemon's own counters.
-#[derive(Clone)]
-pub struct Source {
-    /// The forwarding core.
-    pub forwarder: Arc<Forwarder>,
-    /// Requests refused before forwarding, counted by the ingress.
-    pub refused: Arc<Refused>,
-    /// The client connections.
-    pub connections: ConnectionLimit,
-    /// When the daemon started, by the wall clock.
-    pub started_at: SystemTime,
-    /// When the daemon started, by the monotonic clock.
-    pub started: Instant,
-    /// The live config: routes (names and kinds) and the reload history.
-    pub live: Arc<crate::daemon::live::Live>,
-}
-
-impl Source {
-    /// A source for a daemon starting now.
-    pub fn new(
-        forwarder: Arc<Forwarder>,
-        refused: Arc<Refused>,
-        connections: ConnectionLimit,
-        live: Arc<crate::daemon::live::Live>,
-    ) -> Self {
-        Self {
-            forwarder,
-            refused,
-            connections,
-            live,
-            started_at: SystemTime::now(),
-            started: Instant::now(),
-        }
-    }
-
-    /// The report now.
-    pub fn report(&self) -> Report {
-        let registry = self.forwarder.registry();
-        let mut producers: Vec<ProducerReport> = registry
-            .snapshot()
-            .into_iter()
-            .map(ProducerReport::of)
-            .collect();
-        producers.sort_by(|a, b| (&a.kind, &a.target).cmp(&(&b.kind, &b.target)));
-        let totals = self.forwarder.totals();
-        Report {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at: rfc3339(self.started_at),
-            uptime_s: round_ms(self.started.elapsed()),
-            serving: !self.forwarder.is_closing(),
-            in_flight: self.forwarder.in_flight(),
-            in_flight_bytes: self.forwarder.in_flight_bytes(),
-            totals: Totals {
-                sent: totals.sent.load(Ordering::Relaxed),
-                failed: totals.failed.load(Ordering::Relaxed),
-                invalid: self.refused.invalid.load(Ordering::Relaxed),
-                not_allowed: self.refused.not_allowed.load(Ordering::Relaxed),
-                retried: totals.retried.load(Ordering::Relaxed),
-                evictions: registry.evictions(),
-                producers: producers.len() as u64,
-                connections: self.connections.open(),
-                connections_refused: self.connections.refused(),
-                connections_timed_out: self.connections.timed_out(),
-            },
-            producers,
-            spool: self.forwarder.spooler().map(|spooler| SpoolReport {
-                bytes: spooler.bytes(),
-                spooled_total: totals.spooled.load(Ordering::Relaxed),
-                torn_tails_truncated: spooler.recovered().0,
-                files_moved_aside: spooler.recovered().1,
-                dead_letters: spooler.dead_letters(),
-                integrity_check: spooler.integrity(),
-                replayed_total: spooler.totals().replayed.load(Ordering::Relaxed),
-                dead_lettered_total: spooler.totals().dead_lettered.load(Ordering::Relaxed),
-                lost_total: spooler.totals().lost.load(Ordering::Relaxed),
-                targets: spooler
-                    .snapshot()
-                    .into_iter()
-                    .map(|s| SpoolTarget {
-                        kind: s.kind.to_owned(),
-                        target: s.target,
-                        spooled: s.spooled_now,
-                        bytes: s.bytes_now,
-                        oldest_age_s: s.oldest_age_s,
-                        spooled_total: s.spooled_total,
-                        replayed_total: s.replayed_total,
-                        expired_total: s.expired_total,
-                        dead_lettered_total: s.dead_lettered_total,
-                        lost_total: s.lost_total,
-                        last_error: s.last_error,
-                        held: s.held,
-                    })
-                    .collect(),
-            }),
-            routes: self.live.route_summaries(),
-            config: self.live.status(),
-            clients: self.live.clients().report(),
-        }
-    }
-}
-
 /// A time as RFC 3339 in UTC with milliseconds.
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Seconds with millisecond precision.
-fn round_ms(duration: Duration) -> f64 {
+pub(crate) fn round_ms(duration: Duration) -> f64 {
     (duration.as_millis() as f64) / 1e3
+}
+
+/// One of the three states.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Accepting messages, nothing to look at.
+    #[default]
+    Serving,
+    /// Accepting messages, with reasons to look.
+    Degraded,
+    /// Not accepting messages (shutting down).
+    NotServing,
+}
+
+impl State {
+    /// The state as `/healthz` and `ferry check` write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Degraded => "degraded",
+            Self::NotServing => "not serving",
+        }
+    }
+}
+
+/// The state and why.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// Serving, degraded or not serving.
+    pub state: State,
+    /// One sentence per reason, saying what to look at; empty while serving.
+    pub reasons: Vec<String>,
+}
+
+impl Health {
+    /// One line: the state, then the reasons after a colon.
+    pub fn line(&self) -> String {
+        if self.reasons.is_empty() {
+            self.state.as_str().to_owned()
+        } else {
+            format!("{}: {}", self.state.as_str(), self.reasons.join("; "))
+        }
+    }
 }

@@ -29,7 +29,7 @@ use crate::daemon::http::OpsEndpoint;
 use crate::daemon::ingress::Refused;
 use crate::daemon::listeners::{bind, bind_ops, raise_open_file_limit};
 use crate::daemon::live::Live;
-use crate::daemon::report::Source;
+use crate::daemon::source::Source;
 use crate::wire::RequestLimits;
 
 /// A running daemon; dropping it stops it.
@@ -284,7 +284,15 @@ async fn serve(
         abort: abort_rx,
     };
     let mut servers = grpc.spawn(arbiters, listeners)?;
-    let source = Source::new(forwarder.clone(), refused, connections, live);
+    let spool_max_bytes = settings.spool.as_ref().map_or(0, |s| s.limits.max_bytes);
+    let source = Source::new(
+        forwarder.clone(),
+        refused,
+        connections,
+        live,
+        settings.ops.health,
+        spool_max_bytes,
+    );
     let router = crate::daemon::http::router(source, health.serving.clone());
     let ops = OpsEndpoint::spawn(&arbiters[0], ops_listener, router);
     log_started(&settings, arbiters.len());

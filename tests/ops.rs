@@ -254,12 +254,12 @@ async fn a_spool_that_does_not_drain_makes_the_daemon_degraded_until_it_drains()
         daemon.local_addr().to_string(),
         daemon.ops_addr().to_string(),
     );
+    assert_eq!(check_health(&address, &ops).0, Some(0), "serving at first");
     let mut grpc = client(&daemon).await;
     let answer = send_rabbitmq(&mut grpc, rabbitmq(&url, &exchange, "k", "held"))
         .await
         .0;
     assert!(answer.error_no == 0 && answer.spooled, "{answer:?}");
-    assert_eq!(check_health(&address, &ops).0, Some(0), "serving at first");
 
     // Past ops.degraded_after_s with the broker down: degraded, with the reason, and
     // still serving (gRPC health and /healthz 200): a restart would not help.

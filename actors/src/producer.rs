@@ -187,10 +187,14 @@ impl Producer {
     /// publisher, or through the actor's mailbox when the actor is not ready (the actor
     /// then reconnects, or answers why it cannot).
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<Delivery, ProduceError> {
-        match self.actor.try_publish(&message) {
+        let outcome = match self.actor.try_publish(&message) {
             Some(confirmation) => confirmation.await,
             None => self.actor.send(message.to_publish()).await,
+        };
+        if outcome.is_ok() {
+            self.stats().note_delivered();
         }
+        outcome
     }
 
     /// [`Self::publish`] of a message the future owns.
@@ -330,6 +334,9 @@ pub struct ProducerActor<B: Backend> {
     consecutive_failures: u32,
     /// While down, the earliest time a message may trigger a reconnection.
     reconnect_at: Instant,
+    /// Deliveries confirmed when the current connection became ready: losing it after
+    /// more is a drop (it had proved itself); failing before is a failed connect.
+    delivered_at_ready: u64,
     /// Where the ready connection is lent to publishers outside the actor.
     direct: Arc<Direct<B>>,
 }
@@ -351,6 +358,7 @@ impl<B: Backend> ProducerActor<B> {
             link: Link::Down(ProduceError::Unavailable("not connected yet".into())),
             generation: 0,
             consecutive_failures: 0,
+            delivered_at_ready: 0,
             reconnect_at: Instant::now(),
             direct,
         }
@@ -381,6 +389,7 @@ impl<B: Backend> ProducerActor<B> {
                         let publisher = act.backend.publisher(&connection, act.lost_signal(ctx));
                         act.direct.set(Some(publisher));
                         act.link = Link::Ready(connection, Instant::now());
+                        act.delivered_at_ready = act.stats.delivered();
                         act.stats.set_state(ProducerState::Ready);
                     }
                     Ok(Err(error)) => act.fail(error, ctx),
@@ -403,7 +412,8 @@ impl<B: Backend> ProducerActor<B> {
         );
         self.stats
             .record_error(format!("producer restarted: {error}"));
-        if matches!(self.link, Link::Ready(..)) {
+        if matches!(self.link, Link::Ready(..)) && self.stats.delivered() > self.delivered_at_ready
+        {
             self.stats.note_drop();
         }
         self.drop_link(error);
@@ -593,11 +603,11 @@ mod tests {
         fake::until("the first restart", || stats.restarts.load(Relaxed) == 1).await;
         assert_eq!(stats.state(), ProducerState::Restarting);
         let down = stats.snapshot("fake", String::new());
-        assert!(down.down_since.is_some(), "down since it was created");
         assert!(
-            down.recent_drops.is_empty(),
-            "a failed connect is not a drop"
+            down.failing_for.is_some(),
+            "failing since the first connect failed"
         );
+        assert!(down.drop_ages.is_empty(), "a failed connect is not a drop");
         assert_eq!(
             send(&producer, "during the backoff").await,
             Err(refused()),
@@ -618,7 +628,7 @@ mod tests {
         assert_eq!(stats.state(), ProducerState::Ready);
         assert_eq!(script.payloads(), ["after 200 ms more"]);
         let up = stats.snapshot("fake", String::new());
-        assert_eq!((up.down_since, up.recent_drops.len()), (None, 0));
+        assert_eq!((up.failing_for, up.drop_ages.len()), (None, 0), "delivered");
     }
 
     #[actix_rt::test]
@@ -661,12 +671,16 @@ mod tests {
             "ready: messages go through the lent publisher, not the mailbox"
         );
 
-        assert_eq!(stats.snapshot("fake", String::new()).down_since, None);
+        assert_eq!(stats.snapshot("fake", String::new()).failing_for, None);
         script.lose_connection();
         fake::until("the restart", || stats.restarts.load(Relaxed) == 1).await;
         let dropped = stats.snapshot("fake", String::new());
-        assert_eq!(dropped.recent_drops.len(), 1, "a lost connection is a drop");
-        assert!(dropped.down_since.is_some());
+        assert_eq!(
+            dropped.drop_ages.len(),
+            1,
+            "a connection that delivered, lost: a drop"
+        );
+        assert!(dropped.failing_for.is_some());
         assert!(
             producer.actor.try_publish(&outgoing).is_none(),
             "the publisher was taken back"

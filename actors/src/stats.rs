@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a producer actor is doing now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,14 +212,19 @@ pub struct TargetStats {
     last_used_ms: AtomicU64,
     /// The last failure (rare, so a lock is fine).
     last_error: Mutex<Option<LastError>>,
-    /// Since when the producer has had no connection, in ms since the Unix epoch; 0 while
-    /// it is ready. A producer that fails to connect cycles through several states, so
-    /// how long it has been down is counted from here, not from its last state change.
-    down_since_ms: AtomicU64,
-    /// When the producer lost an established connection, oldest first, at most
-    /// [`RECENT_DROPS`]: a broker that accepts connections and drops them shows as many
-    /// within a short window (failed attempts to connect do not count).
-    recent_drops: Mutex<VecDeque<SystemTime>>,
+    /// Since when the target has failed without a delivery in between, in ms of the
+    /// monotonic clock ([`mono_ms`]); 0 when it has not failed since its last delivery.
+    /// Counted from failures and deliveries, not from the producer's state: a producer
+    /// that cannot connect cycles through several states, and a Kafka producer is
+    /// "ready" at once even with every broker down.
+    failing_since_ms: AtomicU64,
+    /// Deliveries confirmed (answered or replayed): a connection that carried one had
+    /// proved itself, so losing it is a drop.
+    delivered: AtomicU64,
+    /// When the producer lost a connection that had carried a delivery, oldest first, at
+    /// most [`RECENT_DROPS`]: a broker that accepts connections and drops them shows as
+    /// many within a short window (failed attempts to connect do not count).
+    recent_drops: Mutex<VecDeque<Instant>>,
 }
 
 /// Lost connections kept per target: enough to tell a loop (more than a few within
@@ -240,27 +245,31 @@ impl Default for TargetStats {
             created: SystemTime::now(),
             last_used_ms: AtomicU64::new(unix_ms(SystemTime::now())),
             last_error: Mutex::new(None),
-            down_since_ms: AtomicU64::new(unix_ms(SystemTime::now())),
+            failing_since_ms: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
             recent_drops: Mutex::new(VecDeque::with_capacity(RECENT_DROPS)),
         }
     }
 }
 
 impl TargetStats {
-    /// Records the producer's new state, and since when it has been down.
+    /// Records the producer's new state.
     pub fn set_state(&self, state: ProducerState) {
         self.state.store(state as u8, Ordering::Release);
-        if state == ProducerState::Ready {
-            self.down_since_ms.store(0, Ordering::Relaxed);
-        } else {
-            let now = unix_ms(SystemTime::now()).max(1);
-            let _ =
-                self.down_since_ms
-                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
-        }
     }
 
-    /// Remembers that the producer lost an established connection now.
+    /// Records a confirmed delivery (answered or replayed): the target is not failing.
+    pub fn note_delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.failing_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Deliveries confirmed so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that the producer lost a connection that had carried a delivery.
     pub fn note_drop(&self) {
         let mut recent = self
             .recent_drops
@@ -269,7 +278,7 @@ impl TargetStats {
         if recent.len() == RECENT_DROPS {
             recent.pop_front();
         }
-        recent.push_back(SystemTime::now());
+        recent.push_back(Instant::now());
     }
 
     /// The producer's current state.
@@ -288,8 +297,15 @@ impl TargetStats {
         self.returned.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a failure (a message not delivered, or the producer's connection lost).
+    /// Records a failure (a message not delivered, or the producer's connection lost);
+    /// the target is failing from now unless it already was.
     pub fn record_error(&self, message: String) {
+        let _ = self.failing_since_ms.compare_exchange(
+            0,
+            mono_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let record = LastError {
             message,
             at: SystemTime::now(),
@@ -321,19 +337,28 @@ impl TargetStats {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
-            down_since: match self.down_since_ms.load(Ordering::Relaxed) {
+            failing_for: match self.failing_since_ms.load(Ordering::Relaxed) {
                 0 => None,
-                ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+                since => Some(Duration::from_millis(mono_ms().saturating_sub(since))),
             },
-            recent_drops: self
+            drop_ages: self
                 .recent_drops
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .iter()
-                .copied()
+                .map(Instant::elapsed)
                 .collect(),
         }
     }
+}
+
+/// Milliseconds of the monotonic clock since the first call, plus 1 (0 means "never"):
+/// a wall clock stepped by NTP must not make a target look failing for hours, or not at
+/// all.
+fn mono_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let elapsed = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(elapsed).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// Milliseconds since the Unix epoch (0 for a clock before it).
@@ -371,10 +396,12 @@ pub struct StatsSnapshot {
     pub last_used: SystemTime,
     /// The last failure, if any.
     pub last_error: Option<LastError>,
-    /// Since when the producer has had no connection (`None` while it is ready).
-    pub down_since: Option<SystemTime>,
-    /// When it lost established connections, oldest first (at most [`RECENT_DROPS`]).
-    pub recent_drops: Vec<SystemTime>,
+    /// How long the target has failed without a delivery in between (`None`: it has
+    /// not failed since its last delivery).
+    pub failing_for: Option<Duration>,
+    /// How long ago it lost connections that had carried deliveries, oldest first (at
+    /// most [`RECENT_DROPS`]).
+    pub drop_ages: Vec<Duration>,
 }
 
 #[cfg(test)]

@@ -391,8 +391,8 @@ fn check_health(address: &str, http: &str, timeout_ms: u64) -> ExitCode {
     };
     match read_report(&uri, timeout_ms) {
         Ok(report) => {
-            println!("ferry at {address}: {}", report.health.line());
-            match report.health.state {
+            println!("ferry at {address}: {}", report.health().line());
+            match report.health().state {
                 State::Serving => ExitCode::SUCCESS,
                 State::Degraded => ExitCode::from(EXIT_DEGRADED),
                 State::NotServing => ExitCode::from(EXIT_NOT_DELIVERED),
@@ -486,7 +486,7 @@ fn summary(report: &Report) -> String {
          producers {} evictions {}\n",
         report.version,
         report.uptime_s.round(),
-        report.health.line(),
+        report.health().line(),
         report.in_flight,
         t.sent,
         t.failed,

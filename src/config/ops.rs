@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, positive};
+use ferry_actors::stats::RECENT_DROPS;
+
+use crate::config::ConfigError;
+
+/// A week in seconds: the longest window of the health rules.
+const WEEK_S: u64 = 7 * 24 * 3600;
 
 /// The address of the operations endpoint (HTTP) when no config says otherwise.
 pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:33384";
@@ -21,13 +26,15 @@ pub struct OpsConfig {
     pub listen: String,
     /// File to write the daemon's process id to ("" = none); removed on exit.
     pub pid_file: String,
-    /// A target whose producer has been connecting or restarting, or whose spooled
-    /// messages have waited, for longer than this many seconds makes the daemon degraded.
+    /// A target failing without a delivery, or whose spooled messages have waited, for
+    /// longer than this many seconds (1 to a week) makes the daemon degraded.
     pub degraded_after_s: u64,
     /// A spool fuller than this share of `spool.max_bytes` makes the daemon degraded.
     pub spool_warn_ratio: f64,
-    /// A producer restarted more than this many times within `restart_window_s` makes the
-    /// daemon degraded (a restart loop: the broker accepts connections and drops them).
+    /// A producer that lost more than this many connections (each of which had carried a
+    /// delivery; failed attempts to connect do not count) within `restart_window_s` makes
+    /// the daemon degraded: a restart loop, the broker accepting connections and dropping
+    /// them. 1 to 63.
     pub restart_loop_restarts: u32,
     /// The window of `restart_loop_restarts`, in seconds.
     pub restart_window_s: u64,
@@ -83,15 +90,33 @@ impl OpsConfig {
             field: "ops.listen",
             reason: "must be an IP address and port, e.g. 127.0.0.1:33384".into(),
         })?;
-        positive("ops.degraded_after_s", self.degraded_after_s)?;
-        if !(self.spool_warn_ratio > 0.0 && self.spool_warn_ratio <= 1.0) {
-            return Err(ConfigError::Invalid {
-                field: "ops.spool_warn_ratio",
-                reason: "must be above 0 and at most 1 (0.8 = warn at 80 % full)".into(),
-            });
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_owned(),
+        };
+        if !(1..=WEEK_S).contains(&self.degraded_after_s) {
+            return Err(invalid(
+                "ops.degraded_after_s",
+                "must be 1 to 604800 (a week)",
+            ));
         }
-        positive("ops.restart_loop_restarts", self.restart_loop_restarts)?;
-        positive("ops.restart_window_s", self.restart_window_s)?;
+        if !(self.spool_warn_ratio > 0.0 && self.spool_warn_ratio <= 1.0) {
+            return Err(invalid(
+                "ops.spool_warn_ratio",
+                "must be above 0 and at most 1 (0.8 = warn at 80 % full)",
+            ));
+        }
+        // A producer remembers its last RECENT_DROPS lost connections: a bound at or
+        // above it could never be passed.
+        if !(1..RECENT_DROPS as u32).contains(&self.restart_loop_restarts) {
+            return Err(invalid("ops.restart_loop_restarts", "must be 1 to 63"));
+        }
+        if !(1..=WEEK_S).contains(&self.restart_window_s) {
+            return Err(invalid(
+                "ops.restart_window_s",
+                "must be 1 to 604800 (a week)",
+            ));
+        }
         Ok(OpsSettings {
             listen,
             pid_file: (!self.pid_file.is_empty()).then(|| PathBuf::from(&self.pid_file)),

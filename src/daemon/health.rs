@@ -17,6 +17,10 @@ use crate::config::ops::HealthRules;
 pub use crate::daemon::report::{Health, State};
 use crate::daemon::report::{ProducerReport, Report, SpoolReport};
 
+/// Reasons given at most: one dead RabbitMQ server behind hundreds of exchanges must not
+/// make `/healthz` (or an ecFlow label) hundreds of kilobytes.
+pub const MAX_REASONS: usize = 10;
+
 /// The daemon's health as `report` shows it, under `rules`.
 pub fn assess(report: &Report, rules: &HealthRules) -> Health {
     if !report.serving {
@@ -33,6 +37,11 @@ pub fn assess(report: &Report, rules: &HealthRules) -> Health {
     if let Some(spool) = &report.spool {
         reasons.extend(spool_trouble(spool, rules));
     }
+    if reasons.len() > MAX_REASONS {
+        let more = reasons.len() - MAX_REASONS + 1;
+        reasons.truncate(MAX_REASONS - 1);
+        reasons.push(format!("and {more} more (ferry stats shows every target)"));
+    }
     Health {
         state: if reasons.is_empty() {
             State::Serving
@@ -43,19 +52,20 @@ pub fn assess(report: &Report, rules: &HealthRules) -> Health {
     }
 }
 
-/// Why one producer makes the daemon degraded, if it does: it has had no connection for
-/// longer than the bound and is still failing (a producer whose one message failed long
-/// ago and that nobody has used since is not), or it keeps losing its connections.
+/// Why one producer makes the daemon degraded, if it does: it has failed without a
+/// delivery for longer than the bound and is still failing (a producer whose one
+/// message failed long ago and that nobody has used since is not), or it keeps losing
+/// connections that had carried deliveries.
 fn producer_trouble(producer: &ProducerReport, rules: &HealthRules) -> Option<String> {
     let bound = rules.degraded_after.as_secs_f64();
     let name = format!("{} {}", producer.kind, producer.target);
-    let down_for = producer.down_for_s.unwrap_or(0.0);
+    let failing_for = producer.failing_for_s.unwrap_or(0.0);
     let still_failing = producer.last_error_age_s.is_some_and(|age| age <= bound);
-    if down_for > bound && still_failing {
+    if failing_for > bound && still_failing {
         let error = producer.last_error.as_deref().unwrap_or("none");
         return Some(format!(
-            "{name} has had no connection for {} (last error: {error})",
-            seconds(down_for)
+            "{name} has failed for {} without a delivery (last error: {error})",
+            seconds(failing_for)
         ));
     }
     if producer.drops_in_window > u64::from(rules.restart_loop_restarts) {
@@ -141,11 +151,11 @@ mod tests {
         .unwrap()
     }
 
-    /// A producer down for `down_for_s` (`None`: ready), its last error `error_age_s`
+    /// A producer failing for `failing_for_s` (`None`: not failing), its last error `error_age_s`
     /// ago, with `drops` lost connections in the window.
-    fn producer(down_for_s: Option<f64>, error_age_s: f64, drops: u64) -> serde_json::Value {
+    fn producer(failing_for_s: Option<f64>, error_age_s: f64, drops: u64) -> serde_json::Value {
         json!({"kind": "rabbitmq", "target": "amqp://u:***@mq1:5672/%2f x", "state": "x",
-            "down_for_s": down_for_s, "last_error_age_s": error_age_s, "drops_in_window": drops,
+            "failing_for_s": failing_for_s, "last_error_age_s": error_age_s, "drops_in_window": drops,
             "sent": 0, "failed": 0, "retried": 0, "restarts": drops, "returned": 0,
             "in_flight": 0, "latency_p50_ms": null, "latency_p99_ms": null,
             "last_error": "connection refused", "last_error_at": null, "created_at": "",
@@ -228,6 +238,12 @@ mod tests {
     fn shutting_down_is_not_serving_whatever_else_holds() {
         let mut stopping = report(json!([producer(Some(999.0), 1.0, 0)]), json!(null));
         stopping.serving = false;
+        let old = report(json!([]), json!(null));
+        assert_eq!(
+            old.health(),
+            Health::default(),
+            "an old daemon's serving: serving"
+        );
         let health = assess(&stopping, &rules());
         assert_eq!(health.state, State::NotServing);
         assert_eq!(health.line(), "not serving: shutting down");

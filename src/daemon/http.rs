@@ -2,8 +2,9 @@
 //! (OpenMetrics text for Prometheus) and `/healthz` (200 while serving, 503 otherwise).
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,7 +14,7 @@ use axum::routing::get;
 use tokio::sync::oneshot;
 
 use crate::daemon::error::ServeError;
-use crate::daemon::health;
+use crate::daemon::health::{self, Health};
 use crate::daemon::metrics;
 use crate::daemon::source::Source;
 
@@ -61,6 +62,8 @@ struct Ops {
     source: Source,
     /// Whether the daemon serves (false from the start of shutdown).
     serving: Arc<AtomicBool>,
+    /// The last health assessment and when it was made.
+    health: Arc<Mutex<Option<(Instant, Health)>>>,
 }
 
 /// The HTTP routes over `source`, reporting `serving` on `/healthz`.
@@ -69,7 +72,11 @@ pub fn router(source: Source, serving: Arc<AtomicBool>) -> Router {
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
-        .with_state(Ops { source, serving })
+        .with_state(Ops {
+            source,
+            serving,
+            health: Arc::default(),
+        })
 }
 
 /// `/stats`: the report as JSON.
@@ -94,10 +101,29 @@ async fn healthz(State(ops): State<Ops>) -> (StatusCode, String) {
     if !ops.serving.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not serving\n".to_owned());
     }
-    let report = ops.source.report();
-    let code = match report.health.state {
+    let health = ops.health();
+    let code = match health.state {
         health::State::NotServing => StatusCode::SERVICE_UNAVAILABLE,
         health::State::Serving | health::State::Degraded => StatusCode::OK,
     };
-    (code, format!("{}\n", report.health.line()))
+    (code, format!("{}\n", health.line()))
+}
+
+/// How long `/healthz` answers from its last assessment: a probe every few milliseconds
+/// must not build a report of every producer each time.
+const HEALTH_CACHE: Duration = Duration::from_secs(1);
+
+impl Ops {
+    /// The health, assessed at most once per [`HEALTH_CACHE`].
+    fn health(&self) -> Health {
+        let mut cached = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, health)) = cached.as_ref()
+            && at.elapsed() < HEALTH_CACHE
+        {
+            return health.clone();
+        }
+        let health = self.source.report().health();
+        *cached = Some((Instant::now(), health.clone()));
+        health
+    }
 }

@@ -169,7 +169,7 @@ fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 6] {
         (
             "degraded",
             "1 while the daemon accepts messages but is degraded (see /healthz for why).",
-            i64::from(report.health.state == State::Degraded),
+            i64::from(report.health().state == State::Degraded),
         ),
         (
             "uptime_seconds",

@@ -40,9 +40,10 @@ pub struct Report {
     /// name, never by credential.
     #[serde(default)]
     pub clients: Vec<crate::config::clients::ClientReport>,
-    /// Serving, degraded (with reasons) or not serving: what `/healthz` says.
+    /// Serving, degraded (with reasons) or not serving: what `/healthz` says. `None` from
+    /// a daemon older than the field: [`Self::health`] falls back to `serving`.
     #[serde(default)]
-    pub health: Health,
+    pub health: Option<Health>,
 }
 
 /// The durable spool.
@@ -140,6 +141,20 @@ pub struct Totals {
     pub connections_timed_out: u64,
 }
 
+impl Report {
+    /// The daemon's health; from a daemon that does not report one, what `serving` says.
+    pub fn health(&self) -> Health {
+        self.health.clone().unwrap_or_else(|| Health {
+            state: if self.serving {
+                State::Serving
+            } else {
+                State::NotServing
+            },
+            reasons: Vec::new(),
+        })
+    }
+}
+
 /// What `/stats` shows of one producer actor: its target, state, counts and latency.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProducerReport {
@@ -149,14 +164,15 @@ pub struct ProducerReport {
     pub target: String,
     /// `connecting`, `ready`, `restarting`, `idle` or `stopped`.
     pub state: String,
-    /// Seconds since it last had a connection (or was created), while it has none.
+    /// Seconds it has failed without a delivery in between (none when it has not failed
+    /// since its last delivery).
     #[serde(default)]
-    pub down_for_s: Option<f64>,
+    pub failing_for_s: Option<f64>,
     /// Seconds since its last failure.
     #[serde(default)]
     pub last_error_age_s: Option<f64>,
-    /// Established connections it lost within `ops.restart_window_s` (a broker that
-    /// accepts connections and drops them shows as many).
+    /// Connections that had carried deliveries, lost within `ops.restart_window_s` (a
+    /// broker that accepts connections and drops them shows as many).
     #[serde(default)]
     pub drops_in_window: u64,
     /// Messages delivered.
@@ -198,12 +214,12 @@ impl ProducerReport {
             kind: snapshot.kind.to_owned(),
             target: snapshot.target,
             state: snapshot.state.as_str().to_owned(),
-            down_for_s: snapshot.down_since.map(|at| round_ms(since(at))),
+            failing_for_s: snapshot.failing_for.map(round_ms),
             last_error_age_s: snapshot.last_error.as_ref().map(|e| round_ms(since(e.at))),
             drops_in_window: snapshot
-                .recent_drops
+                .drop_ages
                 .iter()
-                .filter(|at| since(**at) <= window)
+                .filter(|age| **age <= window)
                 .count() as u64,
             sent: snapshot.sent,
             failed: snapshot.failed,

@@ -10,7 +10,7 @@ use ferry_actors::spool::Spooler;
 
 use crate::config::ops::HealthRules;
 use crate::daemon::connections::ConnectionLimit;
-use crate::daemon::health::{Health, assess};
+use crate::daemon::health::assess;
 use crate::daemon::ingress::Refused;
 use crate::daemon::report::{
     ProducerReport, Report, SpoolReport, SpoolTarget, Totals, rfc3339, round_ms,
@@ -98,9 +98,9 @@ impl Source {
             routes: self.live.route_summaries(),
             config: self.live.status(),
             clients: self.live.clients().report(),
-            health: Health::default(),
+            health: None,
         };
-        report.health = assess(&report, &self.rules);
+        report.health = Some(assess(&report, &self.rules));
         report
     }
     /// The spool's part of the report; `spooled_total` is the forwarder's count.

@@ -18,5 +18,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod logging;
 pub mod proto;
 pub mod wire;

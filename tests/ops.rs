@@ -131,6 +131,11 @@ async fn stats_and_metrics_count_known_traffic_per_actor() {
     assert_eq!(samples["ferry_messages_sent_total"][0].1, 8.0);
     assert_eq!(samples["ferry_messages_failed_total"][0].1, 2.0);
     assert_eq!(samples["ferry_requests_invalid_total"][0].1, 1.0);
+    // The bounds the alert rules divide by.
+    let limit = common::config().server.max_in_flight as f64;
+    assert_eq!(samples["ferry_in_flight_limit"][0].1, limit);
+    assert!(samples["ferry_in_flight_bytes_limit"][0].1 > 0.0);
+    assert_eq!(samples["ferry_config_last_reload_failed"][0].1, 0.0);
     for p in [&to_kafka, &to_rabbitmq, &to_nowhere] {
         assert_eq!(
             per_target(&samples, "ferry_producer_sent_total", &p.target),
@@ -358,4 +363,210 @@ async fn reflection_lists_the_services_for_grpcurl() {
         );
     }
     daemon.stop().unwrap();
+}
+
+/// The fields every JSON log line carries (null where they do not apply).
+const JSON_LOG_FIELDS: [&str; 8] = [
+    "ts", "level", "module", "msg", "target", "id", "route", "error_no",
+];
+
+/// Polls `log` until a line contains `text`, for at most 10 s.
+async fn await_logged(log: &std::path::Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(Instant::now() < deadline, "never logged: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_stable_fields_and_no_password() {
+    let dir = common::process::scratch_dir("json-logs");
+    let password = "pw-json-logs-7Q";
+    std::fs::write(dir.join("password"), format!("{password}\n")).unwrap();
+    // A route to a RabbitMQ that is not there: its messages are spooled, replay fails.
+    let route = |name: &str| {
+        format!(
+            "[routes.{name}]\nkind = \"rabbitmq\"\nserver = \"amqp://ferry@127.0.0.1:{}/%2f\"\n\
+             password_file = {:?}\nexchange = \"x\"\nrouting_key = \"k\"\n\n",
+            common::dead_port(),
+            dir.join("password")
+        )
+    };
+    let base = format!(
+        "[ops]\nlog_format = \"json\"\n\n[spool]\ndir = {:?}\n\n",
+        dir.join("spool")
+    );
+    let config = dir.join("ferry.toml");
+    std::fs::write(&config, base.clone() + &route("events")).unwrap();
+    let log = dir.join("daemon.log");
+    let config_flag = config.to_string_lossy().into_owned();
+    let daemon = common::process::serve_logged(&free_address(), &["--config", &config_flag], &log);
+    let send = |route: &str| {
+        ferry(&[
+            "send",
+            "--route",
+            route,
+            "--data",
+            "x",
+            "--proxy",
+            &daemon.address,
+        ])
+        .output()
+        .unwrap()
+    };
+    assert!(send("events").status.success(), "spooled");
+    assert!(!send("nosuch").status.success(), "refused: no such route");
+    // A reload applied, then one refused.
+    std::fs::write(&config, base.clone() + &route("events") + &route("more")).unwrap();
+    daemon.signal("HUP");
+    await_logged(&log, "Config reloaded").await;
+    std::fs::write(&config, base + "[routes.broken]\nkind = \"nothing\"\n").unwrap();
+    daemon.signal("HUP");
+    await_logged(&log, "Config reload refused").await;
+    assert_eq!(daemon.terminate().0, Some(0));
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(password), "a password in the log:\n{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    for line in &lines {
+        for field in JSON_LOG_FIELDS {
+            assert!(line.get(field).is_some(), "no {field} in {line}");
+        }
+    }
+    let find = |msg: &str| {
+        lines
+            .iter()
+            .find(|line| line["msg"].as_str().unwrap().starts_with(msg))
+            .unwrap_or_else(|| panic!("no {msg:?} line in\n{text}"))
+    };
+    let spooled = find("Message spooled");
+    assert_eq!(spooled["route"], "events");
+    assert!(spooled["id"].is_string() && spooled["suppressed_before"].is_u64());
+    assert!(
+        spooled["target"].as_str().unwrap().contains("ferry:***@"),
+        "{spooled}"
+    );
+    assert_eq!(find("Request refused")["error_no"], 1);
+    assert!(find("Config reload refused")["error"].is_string());
+    assert_eq!(find("Config reloaded")["level"], "INFO");
+}
+
+#[test]
+fn log_format_on_the_command_line_wins_over_the_config() {
+    let dir = common::process::scratch_dir("json-flag");
+    let config = dir.join("ferry.toml");
+    std::fs::write(&config, "[ops]\nlog_format = \"text\"\nnot_a_key = 1\n").unwrap();
+    let output = ferry(&["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line: serde_json::Value = serde_json::from_str(stderr.trim()).expect(&stderr);
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["msg"].as_str().unwrap().contains("not_a_key"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_top_once_prints_every_target_with_its_rate_under_load() {
+    let daemon = start(settings());
+    let ops = daemon.ops_addr().to_string();
+    let brokers = shared_kafka();
+    let topic = unique("top");
+    ferry_testkit::kafka::create_topic(&brokers, &topic).await;
+    let url = shared_amqp_url();
+    let exchange = unique("ferry.top");
+    let nowhere = format!("127.0.0.1:{}", common::dead_port());
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = tokio::spawn({
+        let mut grpc = client(&daemon).await;
+        let sending = std::sync::Arc::clone(&sending);
+        let (brokers, topic, url, exchange) = (
+            brokers.clone(),
+            topic.clone(),
+            url.clone(),
+            exchange.clone(),
+        );
+        async move {
+            let mut rounds = 0u32;
+            while sending.load(std::sync::atomic::Ordering::Relaxed) {
+                let to_kafka = send_kafka(&mut grpc, kafka(&brokers, &topic, "t")).await.0;
+                assert_eq!(to_kafka.error_no, 0, "{to_kafka:?}");
+                let to_mq = send_rabbitmq(&mut grpc, rabbitmq(&url, &exchange, "k", "t"))
+                    .await
+                    .0;
+                assert_eq!(to_mq.error_no, 0, "{to_mq:?}");
+                rounds += 1;
+            }
+            rounds
+        }
+    });
+    // A target that fails: its producer is failing, so it sorts first.
+    let mut grpc = client(&daemon).await;
+    let failed = send_kafka(&mut grpc, kafka(&nowhere, "t", "x")).await.0;
+    assert_ne!(failed.error_no, 0);
+    // Both live targets delivering before the first of top's two readings.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::report(&ops)
+        .await
+        .producers
+        .iter()
+        .filter(|p| p.sent > 0)
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the load never reached both brokers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        ferry(&["top", "--once", "--http", &ops, "--interval-ms", "1000"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    sending.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.await.unwrap() > 0);
+    let text = String::from_utf8_lossy(&output.stdout);
+    println!("{text}");
+    assert!(output.status.success(), "{output:?}");
+    assert!(text.contains(": serving;"), "{text}");
+    let header = text.lines().find(|l| l.starts_with("DAEMON")).expect(&text);
+    assert!(
+        header.contains("MSG/S") && header.contains("P99_MS"),
+        "{header}"
+    );
+    let row = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle) && !l.starts_with("DAEMON "))
+            .unwrap_or_else(|| panic!("no row for {needle}:\n{text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    // The sick target sorts first; the two live ones have a rate above zero.
+    let first = text
+        .lines()
+        .skip_while(|l| !l.starts_with("DAEMON"))
+        .nth(1)
+        .unwrap();
+    assert!(first.contains(&nowhere), "trouble first:\n{text}");
+    for needle in [brokers.as_str(), exchange.as_str()] {
+        let cells = row(needle);
+        let rate: f64 = cells[cells.len() - 7].parse().expect(&text);
+        assert!(rate > 0.0, "{needle}: {cells:?}");
+    }
+    assert!(!text.contains(":guest@"), "{text}");
 }

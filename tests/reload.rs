@@ -156,6 +156,7 @@ async fn sighup_under_load_adds_changes_and_removes_routes_without_failing_a_cal
     let stats = common::report(&ops).await;
     assert_eq!((stats.config.reloads, stats.config.reload_failures), (1, 1));
     assert!(stats.config.last_error.contains("routes.broken.topic"));
+    assert!(stats.config.last_reload_failed, "FerryReloadFailed's gauge");
     let names: Vec<&str> = stats.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
@@ -164,6 +165,11 @@ async fn sighup_under_load_adds_changes_and_removes_routes_without_failing_a_cal
     );
     let (reply, _) = send(client.clone(), "added", "still-added".into()).await;
     assert_eq!(reply.error_no, 0, "{reply:?}");
+    // The file fixed and reloaded: the refusal no longer stands.
+    write(&path, &second);
+    daemon.signal("HUP");
+    until_reloaded(&ops, 2, 1).await;
+    assert!(!common::report(&ops).await.config.last_reload_failed);
 
     // No call of the load failed, and each arrived once.
     let results = load.await.unwrap();

@@ -98,7 +98,7 @@ impl RetryPolicy {
                     return Err(ForwardError { attempts: n, last });
                 }
                 Err(err) => {
-                    log::debug!("Retrying attempt={n} error={err}");
+                    log::debug!(attempt = n as u64, error:% = err; "Retrying");
                     n += 1;
                 }
             }

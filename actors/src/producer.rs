@@ -385,7 +385,7 @@ impl<B: Backend> ProducerActor<B> {
                 .into_actor(self)
                 .map(move |outcome, act, ctx| match outcome {
                     Ok(Ok(connection)) => {
-                        log::info!("Producer connected target={}", act.label);
+                        log::info!("target":% = act.label; "Producer connected");
                         let publisher = act.backend.publisher(&connection, act.lost_signal(ctx));
                         act.direct.set(Some(publisher));
                         act.link = Link::Ready(connection, Instant::now());
@@ -406,10 +406,7 @@ impl<B: Backend> ProducerActor<B> {
 
     /// Gives up the current connection; the supervisor restarts the actor.
     fn fail(&mut self, error: ProduceError, ctx: &mut Context<Self>) {
-        log::warn!(
-            "Producer failed, restarting target={} error={error}",
-            self.label
-        );
+        log::warn!("target":% = self.label, error:% = error; "Producer failed, restarting");
         self.stats
             .record_error(format!("producer restarted: {error}"));
         if matches!(self.link, Link::Ready(..)) && self.stats.delivered() > self.delivered_at_ready
@@ -459,7 +456,7 @@ impl<B: Backend> Actor for ProducerActor<B> {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if matches!(self.link, Link::Ready(..)) {
             self.drop_link(ProduceError::Unavailable("the producer stopped".into()));
-            log::info!("Producer stopped target={}", self.label);
+            log::info!("target":% = self.label; "Producer stopped");
         }
         self.stats.set_state(ProducerState::Stopped);
     }

@@ -127,7 +127,7 @@ impl Registry {
                 last_used: now,
             },
         );
-        log::info!("Producer created target={target} targets={}", entries.len());
+        log::info!("target":% = target, targets = entries.len() as u64; "Producer created");
         Ok(producer)
     }
 
@@ -145,7 +145,7 @@ impl Registry {
         entries.retain(|target, entry| {
             let idle = entry.last_used.elapsed() >= idle_timeout && is_idle(entry);
             if idle {
-                log::info!("Producer idle, stopping target={target}");
+                log::info!("target":% = target; "Producer idle, stopping");
             }
             !idle
         });
@@ -235,7 +235,7 @@ impl Registry {
         };
         entries.remove(&victim);
         self.evictions.fetch_add(1, Ordering::Relaxed);
-        log::info!("Producer evicted to make room target={victim}");
+        log::info!("target":% = victim; "Producer evicted to make room");
         Ok(())
     }
 

@@ -130,8 +130,9 @@ impl Store {
             Err(OpenError::Corrupt(why)) => {
                 let aside = move_aside(dir)?;
                 log::error!(
-                    "Spool database damaged, moved aside and started anew (ferry spool salvage reads it) error={why} moved_to={}",
-                    aside.display()
+                    error:% = why,
+                    moved_to:% = aside.display();
+                    "Spool database damaged, moved aside and started anew (ferry spool salvage reads it)"
                 );
                 recovery.moved_aside.push(aside);
                 recovery.check_deferred = false;
@@ -219,14 +220,15 @@ pub fn check_in_background(dir: &Path, verdict: std::sync::Arc<std::sync::Mutex<
             match result {
                 Ok(ok) if ok == "ok" => {
                     log::info!(
-                        "Spool integrity check passed ms={}",
-                        started.elapsed().as_millis()
+                        ms = started.elapsed().as_millis() as u64;
+                        "Spool integrity check passed"
                     );
                     set(ok);
                 }
                 Ok(failed) | Err(SpoolError::Io(failed)) => {
                     log::error!(
-                        "Spool integrity check FAILED: stop the daemon, then ferry spool salvage error={failed}"
+                        error:% = failed;
+                        "Spool integrity check FAILED: stop the daemon, then ferry spool salvage"
                     );
                     set(format!("failed: {failed}"));
                 }
@@ -234,7 +236,7 @@ pub fn check_in_background(dir: &Path, verdict: std::sync::Arc<std::sync::Mutex<
             }
         });
     if let Err(error) = spawned {
-        log::error!("Cannot start the spool integrity check error={error}");
+        log::error!(error:% = error; "Cannot start the spool integrity check");
     }
 }
 

@@ -308,7 +308,7 @@ impl Writer {
                 }
             }
             Err(error) => {
-                log::error!("Spool append failed records={} error={error}", batch.len());
+                log::error!(records = batch.len() as u64, error:% = error; "Spool append failed");
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
                 }

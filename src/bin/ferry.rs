@@ -8,6 +8,6 @@ use ferry::cli::{self, Cli};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = cli.command.default_log_level();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    ferry::logging::init(level, cli.log_format);
     cli::run(cli.command)
 }

@@ -25,6 +25,7 @@ pub mod ops;
 pub mod send;
 pub mod serve;
 pub mod spool;
+pub mod top;
 
 /// Exit code when a message was not delivered.
 pub const EXIT_NOT_DELIVERED: u8 = 1;
@@ -54,6 +55,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text (the default) or one JSON object per line; overrides
+    /// `ops.log_format`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
 }
 
 /// The subcommands.
@@ -85,6 +90,11 @@ pub enum Command {
     ///
     /// Example: ferry spool --dir /var/spool/ferry
     Spool(spool::SpoolArgs),
+    /// Watch one daemon or several live: per target rate, failures, p99, state and spool,
+    /// trouble first (`--once` prints one table for scripts).
+    ///
+    /// Example: ferry top --http 127.0.0.1:33384
+    Top(top::TopArgs),
 }
 
 impl Command {
@@ -101,7 +111,8 @@ impl Command {
             | Self::Stats(_)
             | Self::Routes(_)
             | Self::Reload(_)
-            | Self::Spool(_) => "warn",
+            | Self::Spool(_)
+            | Self::Top(_) => "warn",
         }
     }
 }
@@ -119,6 +130,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Routes(args) => ops::routes(args),
         Command::Reload(args) => ops::reload(args),
         Command::Spool(args) => spool::run(args),
+        Command::Top(args) => top::top(args),
     }
 }
 
@@ -206,7 +218,7 @@ fn exit(error: DeliverError) -> ExitCode {
 }
 
 /// Prints `message` as the one line a client command writes on failure and returns `code`.
-fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     let line = message.to_string().replace(['\n', '\r'], " ");
     eprintln!("ferry: {line}");
     ExitCode::from(code)

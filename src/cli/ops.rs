@@ -287,7 +287,7 @@ pub fn routes(args: RoutesArgs) -> ExitCode {
 }
 
 /// The `/stats` URI of the ops endpoint at `http`, or a usage error.
-fn stats_uri(http: &str) -> Result<Uri, ExitCode> {
+pub(crate) fn stats_uri(http: &str) -> Result<Uri, ExitCode> {
     format!("http://{http}/stats")
         .parse::<Uri>()
         .map_err(|_| fail(EXIT_USAGE, format!("invalid address {http:?}")))
@@ -307,7 +307,7 @@ fn fetch_within(uri: &Uri, timeout_ms: u64) -> Result<Bytes, String> {
 
 /// Fetches and parses the `/stats` report at `uri`; an error says why, and nothing is
 /// printed (a caller that polls decides what to say).
-fn read_report(uri: &Uri, timeout_ms: u64) -> Result<Report, String> {
+pub(crate) fn read_report(uri: &Uri, timeout_ms: u64) -> Result<Report, String> {
     let body = fetch_within(uri, timeout_ms).map_err(|e| format!("cannot read {uri}: {e}"))?;
     serde_json::from_slice(&body).map_err(|e| format!("unexpected /stats document: {e}"))
 }
@@ -500,7 +500,11 @@ fn summary(report: &Report) -> String {
 
 /// Rows under `header` in aligned columns: the columns `numeric` right-aligned, the others
 /// left-aligned, the last one unpadded.
-fn table(header: &[&str], rows: &[Vec<String>], numeric: std::ops::Range<usize>) -> String {
+pub(crate) fn table(
+    header: &[&str],
+    rows: &[Vec<String>],
+    numeric: std::ops::Range<usize>,
+) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

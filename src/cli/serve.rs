@@ -57,6 +57,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    crate::logging::configure(settings.ops.log_format);
     let _pid_file = match &settings.ops.pid_file {
         Some(path) => match PidFile::create(path) {
             Ok(pid_file) => Some(pid_file),
@@ -188,19 +189,21 @@ fn reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
     }
     match load_for_reload(args, started_with) {
         Ok((settings, hash, moved)) => {
+            crate::logging::configure(settings.ops.log_format);
             let applied = live.apply(started_with, &settings, hash.clone(), moved);
             log::info!(
-                "Config reloaded hash={hash} routes={} needs_restart={:?} us={}",
-                settings.routes.len(),
-                applied.needs_restart,
-                started.elapsed().as_micros()
+                hash:% = hash,
+                routes = settings.routes.len() as u64,
+                needs_restart:? = applied.needs_restart,
+                us = started.elapsed().as_micros() as u64;
+                "Config reloaded"
             );
             for widened in &applied.widened {
                 log::warn!("Config reload widens access: {widened}");
             }
         }
         Err(error) => {
-            log::error!("Config reload refused, the old config keeps serving error={error}");
+            log::error!(error:% = error; "Config reload refused, the old config keeps serving");
             live.refused(error.to_string());
         }
     }

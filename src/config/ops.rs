@@ -11,6 +11,7 @@ use serde::Deserialize;
 use ferry_actors::stats::RECENT_DROPS;
 
 use crate::config::ConfigError;
+use crate::logging::LogFormat;
 
 /// A week in seconds: the longest window of the health rules.
 const WEEK_S: u64 = 7 * 24 * 3600;
@@ -38,6 +39,9 @@ pub struct OpsConfig {
     pub restart_loop_restarts: u32,
     /// The window of `restart_loop_restarts`, in seconds.
     pub restart_window_s: u64,
+    /// `text` (env_logger's lines, the default) or `json` (one object per line);
+    /// `--log-format` overrides it.
+    pub log_format: LogFormat,
 }
 
 impl Default for OpsConfig {
@@ -49,6 +53,7 @@ impl Default for OpsConfig {
             spool_warn_ratio: 0.8,
             restart_loop_restarts: 5,
             restart_window_s: 600,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct OpsSettings {
     pub pid_file: Option<PathBuf>,
     /// When the daemon is degraded.
     pub health: HealthRules,
+    /// The form of log lines.
+    pub log_format: LogFormat,
 }
 
 impl OpsConfig {
@@ -121,6 +128,7 @@ impl OpsConfig {
             listen,
             pid_file: (!self.pid_file.is_empty()).then(|| PathBuf::from(&self.pid_file)),
             health: self.health_rules(),
+            log_format: self.log_format,
         })
     }
 

@@ -44,15 +44,15 @@ pub struct Drain {
 impl Drain {
     /// Shuts down in order; the result is the operations endpoint's.
     pub async fn run(mut self) -> Result<(), ServeError> {
-        log::info!("Shutting down in_flight={}", self.forwarder.in_flight());
+        log::info!(in_flight:% = self.forwarder.in_flight(); "Shutting down");
         self.health.set(ServingStatus::NotServing).await;
         self.forwarder.begin_shutdown();
         self.shutdown.send_replace(true);
         if !self.finished_in_grace().await {
             log::warn!(
-                "Grace period over, answering the rest as shutting down shutdown_grace_ms={} in_flight={}",
-                self.grace.as_millis(),
-                self.forwarder.in_flight()
+                shutdown_grace_ms:% = self.grace.as_millis(),
+                in_flight:% = self.forwarder.in_flight();
+                "Grace period over, answering the rest as shutting down"
             );
             self.abort.send_replace(true);
             if !self.servers.all_ended_within(ABORT_GRACE).await {
@@ -61,7 +61,7 @@ impl Drain {
         }
         let producers = self.forwarder.registry().stop_all();
         let http = self.ops.stop().await;
-        log::info!("Stopped producers={producers}");
+        log::info!(producers:% = producers; "Stopped");
         http
     }
 

@@ -30,23 +30,23 @@ pub fn open_spool(settings: &Settings) -> Result<Option<OpenedSpool>, ServeError
     let (spool, recovery, summary) = ferry_spool::Spool::open(&config.dir, config.limits)?;
     if recovery.torn_tail {
         log::warn!(
-            "Spool recovered from a crash mid-write: its log ended in a partial commit, which was never acknowledged; every whole commit is kept dir={}",
-            config.dir.display()
+            dir:% = config.dir.display();
+            "Spool recovered from a crash mid-write: its log ended in a partial commit, which was never acknowledged; every whole commit is kept"
         );
     }
     for aside in &recovery.moved_aside {
         log::error!(
-            "Spool database was unusable and was moved aside; its records are not replayed moved_to={}",
-            aside.display()
+            moved_to:% = aside.display();
+            "Spool database was unusable and was moved aside; its records are not replayed"
         );
     }
     log::info!(
-        "Spool open dir={} targets={} records={} bytes={} max_bytes={}",
-        config.dir.display(),
-        summary.len(),
-        summary.iter().map(|s| s.count).sum::<u64>(),
-        spool.bytes(),
-        config.limits.max_bytes
+        dir:% = config.dir.display(),
+        targets = summary.len() as u64,
+        records = summary.iter().map(|s| s.count).sum::<u64>(),
+        bytes = spool.bytes(),
+        max_bytes = config.limits.max_bytes;
+        "Spool open"
     );
     Ok(Some(OpenedSpool {
         spool,

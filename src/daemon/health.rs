@@ -140,15 +140,7 @@ mod tests {
 
     /// A report of a serving daemon with `producers` and `spool` (JSON).
     fn report(producers: serde_json::Value, spool: serde_json::Value) -> Report {
-        serde_json::from_value(json!({
-            "version": "0", "started_at": "", "uptime_s": 1.0, "serving": true,
-            "in_flight": 0, "in_flight_bytes": 0,
-            "totals": {"sent": 0, "failed": 0, "invalid": 0, "not_allowed": 0, "retried": 0,
-                "evictions": 0, "producers": 0, "connections": 0, "connections_refused": 0,
-                "connections_timed_out": 0},
-            "producers": producers, "spool": spool,
-        }))
-        .unwrap()
+        Report::for_tests(producers, spool)
     }
 
     /// A producer failing for `failing_for_s` (`None`: not failing), its last error `error_age_s`

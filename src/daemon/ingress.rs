@@ -142,10 +142,14 @@ impl Ingress {
             Ok(request) => request,
             Err(invalid) => {
                 self.refused.invalid.fetch_add(1, Ordering::Relaxed);
+                let failure = Failure::Invalid(invalid);
                 self.log_limited(|suppressed| {
-                    log::info!("Request refused error={invalid} suppressed_before={suppressed}");
+                    log::info!(
+                        "error":% = failure, suppressed_before = suppressed,
+                        error_no = failure.error_no() as i32; "Request refused"
+                    );
                 });
-                return (Err(Failure::Invalid(invalid)), None);
+                return (Err(failure), None);
             }
         };
         // Held until the message has its outcome: the caller's in-flight place.
@@ -153,7 +157,11 @@ impl Ingress {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 self.log_limited(|suppressed| {
-                    log::warn!("Request refused error={refusal} suppressed_before={suppressed}");
+                    log::warn!(
+                        "error":% = refusal, suppressed_before = suppressed,
+                        error_no = refusal.error_no() as i32,
+                        "target":% = request.target, route = via(&request); "Request refused"
+                    );
                 });
                 return (Err(refusal), None);
             }
@@ -258,19 +266,19 @@ impl Ingress {
         match &result {
             Err(failure) => self.log_limited(|suppressed| {
                 log::warn!(
-                    "Message not delivered target={} error_no={} error={failure} ms={} suppressed_before={suppressed}",
-                    request.target,
-                    failure.error_no() as i32,
-                    started.elapsed().as_millis()
+                    "target":% = request.target, error_no = failure.error_no() as i32,
+                    "error":% = failure, ms = started.elapsed().as_millis() as u64,
+                    suppressed_before = suppressed, route = request.via.as_deref().unwrap_or("");
+                    "Message not delivered"
                 );
             }),
             Ok(accepted) if accepted.spooled.is_some() => {
                 self.log_limited(|suppressed| {
                     log::info!(
-                        "Message spooled target={} id={} ms={} suppressed_before={suppressed}",
-                        request.target,
-                        accepted.id,
-                        started.elapsed().as_millis()
+                        "target":% = request.target, id:% = accepted.id,
+                        ms = started.elapsed().as_millis() as u64,
+                        suppressed_before = suppressed, route = request.via.as_deref().unwrap_or("");
+                        "Message spooled"
                     );
                 });
                 spooled_to = Some(request.target);
@@ -307,4 +315,9 @@ impl MessageBroker for Ingress {
         let request = wire::kafka_request(request.into_inner(), self.limits);
         self.answer(request, caller).await
     }
+}
+
+/// The named route `request` came through, "" for a target named outright (a log field).
+fn via(request: &SendRequest) -> &str {
+    request.via.as_deref().unwrap_or("")
 }

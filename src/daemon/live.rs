@@ -42,6 +42,9 @@ pub struct ConfigStatus {
     pub reload_failures: u64,
     /// Why the last refused reload was refused ("" if none was).
     pub last_error: String,
+    /// Whether the last reload was refused (a later one applied clears it).
+    #[serde(default)]
+    pub last_reload_failed: bool,
     /// Fields changed in the file that apply only after a restart.
     pub needs_restart: Vec<String>,
     /// What the last reload allows that the config before it did not (routes added or
@@ -169,6 +172,7 @@ impl Live {
         status.loaded_at = now();
         status.hash = hash;
         status.reloads += 1;
+        status.last_reload_failed = false;
         status.needs_restart.clone_from(&needs_restart);
         status.widened.clone_from(&widened);
         Applied {
@@ -182,6 +186,7 @@ impl Live {
         let mut status = self.lock();
         status.reload_failures += 1;
         status.last_error = error;
+        status.last_reload_failed = true;
     }
 
     /// The status, even if a holder panicked (it holds plain data).

@@ -143,7 +143,7 @@ fn daemon_counters(report: &Report) -> [(&'static str, &'static str, u64); 10] {
 }
 
 /// The daemon-wide gauges: name, help, value.
-fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 6] {
+fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 9] {
     let totals = &report.totals;
     [
         (
@@ -175,6 +175,21 @@ fn daemon_gauges(report: &Report) -> [(&'static str, &'static str, i64); 6] {
             "uptime_seconds",
             "Seconds since start.",
             report.uptime_s as i64,
+        ),
+        (
+            "in_flight_limit",
+            "Most messages in flight (server.max_in_flight); beyond it error_no 5.",
+            report.limits.max_in_flight as i64,
+        ),
+        (
+            "in_flight_bytes_limit",
+            "Most payload bytes in flight (server.max_in_flight_bytes); beyond it error_no 5.",
+            report.limits.max_in_flight_bytes as i64,
+        ),
+        (
+            "config_last_reload_failed",
+            "1 while the last reload was refused (the config before it still serving).",
+            i64::from(report.config.last_reload_failed),
         ),
     ]
 }
@@ -309,11 +324,17 @@ fn encode_spool_overall(
     encoder: &mut DescriptorEncoder<'_>,
     spool: &crate::daemon::report::SpoolReport,
 ) -> std::fmt::Result {
-    let overall: [(&str, &str, u64, MetricType); 5] = [
+    let overall: [(&str, &str, u64, MetricType); 6] = [
         (
             "spool_bytes",
             "Bytes the spool holds (records and dead letters).",
             spool.bytes,
+            MetricType::Gauge,
+        ),
+        (
+            "spool_max_bytes",
+            "Most bytes the spool may hold (spool.max_bytes).",
+            spool.max_bytes,
             MetricType::Gauge,
         ),
         (

@@ -44,6 +44,19 @@ pub struct Report {
     /// a daemon older than the field: [`Self::health`] falls back to `serving`.
     #[serde(default)]
     pub health: Option<Health>,
+    /// The bounds the daemon runs with, so that a rule can alert before they are reached.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The daemon's bounds of messages and bytes in flight (`server.max_in_flight`,
+/// `server.max_in_flight_bytes` as sized for the machine).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// Most messages in flight; beyond it a message is answered error_no 5.
+    pub max_in_flight: u64,
+    /// Most payload bytes in flight; beyond it a message is answered error_no 5.
+    pub max_in_flight_bytes: u64,
 }
 
 /// The durable spool.
@@ -142,6 +155,22 @@ pub struct Totals {
 }
 
 impl Report {
+    /// A report of a serving daemon with `producers` and `spool` as JSON (as `/stats`
+    /// serves them) and every count 0, for unit tests.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_tests(producers: serde_json::Value, spool: serde_json::Value) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "version": "0", "started_at": "", "uptime_s": 1.0, "serving": true,
+            "in_flight": 0, "in_flight_bytes": 0,
+            "totals": {"sent": 0, "failed": 0, "invalid": 0, "not_allowed": 0, "retried": 0,
+                "evictions": 0, "producers": 0, "connections": 0, "connections_refused": 0,
+                "connections_timed_out": 0},
+            "producers": producers, "spool": spool,
+        }))
+        .unwrap()
+    }
+
     /// The daemon's health; from a daemon that does not report one, what `serving` says.
     pub fn health(&self) -> Health {
         self.health.clone().unwrap_or_else(|| Health {

@@ -40,7 +40,7 @@ impl Send for SendService {
         .await
         .map(Response::new)
         .map_err(|error| {
-            log::error!("Forwarding task failed error={error}");
+            log::error!(error:% = error; "Forwarding task failed");
             Status::internal("ferry failed while forwarding this message")
         })
     }

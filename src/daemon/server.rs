@@ -29,6 +29,7 @@ use crate::daemon::http::OpsEndpoint;
 use crate::daemon::ingress::Refused;
 use crate::daemon::listeners::{bind, bind_ops, raise_open_file_limit};
 use crate::daemon::live::Live;
+use crate::daemon::report::Limits;
 use crate::daemon::source::Source;
 use crate::wire::RequestLimits;
 
@@ -198,7 +199,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Err(error) = self.shutdown() {
-            log::error!("Daemon stopped with an error error={error}");
+            log::error!(error:% = error; "Daemon stopped with an error");
         }
     }
 }
@@ -292,6 +293,10 @@ async fn serve(
         live,
         settings.ops.health,
         spool_max_bytes,
+        Limits {
+            max_in_flight: server.max_in_flight as u64,
+            max_in_flight_bytes: server.max_in_flight_bytes,
+        },
     );
     let router = crate::daemon::http::router(source, health.serving.clone());
     let ops = OpsEndpoint::spawn(&arbiters[0], ops_listener, router);

@@ -13,7 +13,7 @@ use crate::daemon::connections::ConnectionLimit;
 use crate::daemon::health::assess;
 use crate::daemon::ingress::Refused;
 use crate::daemon::report::{
-    ProducerReport, Report, SpoolReport, SpoolTarget, Totals, rfc3339, round_ms,
+    Limits, ProducerReport, Report, SpoolReport, SpoolTarget, Totals, rfc3339, round_ms,
 };
 
 /// What the report is built from: the forwarding core and the daemon's own counters.
@@ -35,6 +35,8 @@ pub struct Source {
     pub rules: HealthRules,
     /// The spool's bound of bytes (0 without a spool).
     pub spool_max_bytes: u64,
+    /// The bounds of messages and bytes in flight.
+    pub limits: Limits,
 }
 
 impl Source {
@@ -46,6 +48,7 @@ impl Source {
         live: Arc<crate::daemon::live::Live>,
         rules: HealthRules,
         spool_max_bytes: u64,
+        limits: Limits,
     ) -> Self {
         Self {
             forwarder,
@@ -54,6 +57,7 @@ impl Source {
             live,
             rules,
             spool_max_bytes,
+            limits,
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
@@ -99,6 +103,7 @@ impl Source {
             config: self.live.status(),
             clients: self.live.clients().report(),
             health: None,
+            limits: self.limits,
         };
         report.health = Some(assess(&report, &self.rules));
         report

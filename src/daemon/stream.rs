@@ -121,7 +121,7 @@ async fn drive(
                 Err(_) => {
                     // The sender is gone. What it sent is still forwarded to the end (within
                     // the policy's budget), so it is counted and never half-sent.
-                    log::info!("Stream closed by its sender unanswered={}", pending.len());
+                    log::info!(unanswered:% = pending.len(); "Stream closed by its sender");
                     unwritten.clear();
                     listening = false;
                     reading = false;

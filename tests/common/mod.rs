@@ -17,6 +17,7 @@ pub mod ecflow;
 pub mod http2;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 
 /// The config of a test daemon: defaults (the production policy), on free ports.
 pub fn config() -> Config {

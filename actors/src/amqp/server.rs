@@ -192,9 +192,10 @@ impl AmqpServer {
             }
         });
         log::info!(
-            "AMQP connection opened server={} connections={} channel_max={channel_max}",
-            self.label,
-            self.connections.len() + 1
+            server:% = self.label,
+            connections = self.connections.len() as u64 + 1,
+            channel_max = channel_max as u64;
+            "AMQP connection opened"
         );
         self.connections.push(Pooled {
             id,
@@ -222,7 +223,7 @@ impl Actor for AmqpServer {
                 }
             });
         }
-        log::info!("AMQP server released server={}", self.label);
+        log::info!(server:% = self.label; "AMQP server released");
     }
 }
 
@@ -264,7 +265,7 @@ impl Handler<OpenChannel> for AmqpServer {
                 ))),
             };
             if let Err(error) = &outcome {
-                log::warn!("AMQP connection failed server={} error={error}", act.label);
+                log::warn!(server:% = act.label, error:% = error; "AMQP connection failed");
                 act.failure = Some((Instant::now(), error.clone()));
             }
             let _ = answer.send(outcome);
@@ -290,19 +291,15 @@ impl Handler<ConnectionLost> for AmqpServer {
         };
         if self.connections[index].connection.status().connected() {
             // A channel's error (its producer learns of it by its own publish).
-            log::debug!(
-                "AMQP channel error server={} error={}",
-                self.label,
-                lost.error
-            );
+            log::debug!(server:% = self.label, error:% = lost.error; "AMQP channel error");
             return;
         }
         let pooled = self.connections.swap_remove(index);
         log::warn!(
-            "AMQP connection lost server={} channels={} error={}",
-            self.label,
-            pooled.channels.load(Ordering::Relaxed),
-            lost.error
+            server:% = self.label,
+            channels = pooled.channels.load(Ordering::Relaxed) as u64,
+            error:% = lost.error;
+            "AMQP connection lost"
         );
         pooled.lost.send_replace(Some(lost.error));
     }

@@ -273,7 +273,7 @@ impl ClientContext for LossReporter {
             // A TLS handshake that failed (an untrusted certificate, most often): the
             // producer restarts, and its messages meanwhile are told why.
             Some(RDKafkaErrorCode::SSL) => {
-                log::warn!("Kafka TLS failed target={} reason={reason}", self.label);
+                log::warn!("target":% = self.label, reason:% = reason; "Kafka TLS failed");
                 self.lost
                     .signal(ProduceError::Unavailable(format!("TLS failed: {reason}")));
             }
@@ -282,17 +282,22 @@ impl ClientContext for LossReporter {
             // once (and restarts after its backoff, in case the credentials were fixed).
             Some(RDKafkaErrorCode::Authentication) => {
                 log::warn!(
-                    "Kafka authentication failed target={} reason={reason}",
-                    self.label
+                    "target":% = self.label,
+                    reason:% = reason;
+                    "Kafka authentication failed"
                 );
                 self.lost.signal(ProduceError::Rejected(format!(
                     "authentication failed: {reason}"
                 )));
             }
-            _ => log::warn!(
-                "Kafka client error target={} error={error} reason={reason}",
-                self.label
-            ),
+            _ => {
+                log::warn!(
+                    "target":% = self.label,
+                    error:% = error,
+                    reason:% = reason;
+                    "Kafka client error"
+                )
+            }
         }
     }
 }

@@ -249,9 +249,11 @@ impl Lines {
         }
         let ids: Vec<&str> = moved.iter().map(|m| m.id.as_str()).collect();
         log::warn!(
-            "Spooled messages moved to the dead letters (ferry spool requeue puts them back) target={target} count={} reason={reason} ids={}",
-            ids.len(),
-            ids.join(",")
+            "target":% = target,
+            count = ids.len() as u64,
+            reason:% = reason,
+            ids:% = ids.join(",");
+            "Spooled messages moved to the dead letters (ferry spool requeue puts them back)"
         );
         let count = moved.len() as u64;
         stats
@@ -266,8 +268,9 @@ impl Lines {
     /// Records of `target` whose checksum failed, moved to quarantine by a read.
     pub(crate) fn quarantined(&self, target: &Line, stats: &SpoolStats, ids: &[String]) {
         log::error!(
-            "Spooled records failed their checksum and were moved to quarantine target={target} ids={}",
-            ids.join(",")
+            "target":% = target,
+            ids:% = ids.join(",");
+            "Spooled records failed their checksum and were moved to quarantine"
         );
         let count = ids.len() as u64;
         stats.lost_total.fetch_add(count, Ordering::Relaxed);

@@ -154,7 +154,7 @@ impl Replay {
 
     /// Replays until the target's spool is empty, or the daemon stops (records stay).
     async fn run(mut self) {
-        log::info!("Spool replay started target={}", self.target);
+        log::info!("target":% = self.target; "Spool replay started");
         loop {
             if self.replayer.lines.is_closing() {
                 self.finish().await;
@@ -167,7 +167,7 @@ impl Replay {
                 continue;
             }
             if let Err(error) = self.fill().await {
-                log::error!("Spool read failed target={} error={error}", self.target);
+                log::error!("target":% = self.target, error:% = error; "Spool read failed");
                 self.back_off(&error).await;
                 continue;
             }
@@ -247,7 +247,7 @@ impl Replay {
         match self.replayer.resolver.resolve(&self.target) {
             Ok(target) => {
                 if !self.stats.held().is_empty() {
-                    log::info!("Spooled records no longer held target={}", self.target);
+                    log::info!("target":% = self.target; "Spooled records no longer held");
                     self.stats.set_held("");
                 }
                 Some(target)
@@ -255,8 +255,9 @@ impl Replay {
             Err(reason) => {
                 if self.stats.held() != reason {
                     log::warn!(
-                        "Spooled records held: the config in force does not allow them; they are kept and sent once it does target={} reason={reason}",
-                        self.target
+                        "target":% = self.target,
+                        reason:% = reason;
+                        "Spooled records held: the config in force does not allow them; they are kept and sent once it does"
                     );
                     self.stats.set_held(&reason);
                 }
@@ -361,9 +362,10 @@ impl Replay {
             }
             Err(failed) => {
                 log::error!(
-                    "Spool: cannot move a record to the dead letters target={} id={} error={failed}",
-                    self.target,
-                    record.id
+                    "target":% = self.target,
+                    id:% = record.id,
+                    error:% = failed;
+                    "Spool: cannot move a record to the dead letters"
                 );
                 self.back_off(&failed.to_string()).await;
             }
@@ -388,9 +390,10 @@ impl Replay {
             }
             Err(error) => {
                 log::error!(
-                    "Spool remove failed; replay of this target stops until it succeeds target={} records={} error={error}",
-                    self.target,
-                    self.confirmed.len()
+                    "target":% = self.target,
+                    records = self.confirmed.len() as u64,
+                    error:% = error;
+                    "Spool remove failed; replay of this target stops until it succeeds"
                 );
                 self.stats
                     .set_error(&format!("spool remove failed: {error}"));
@@ -404,10 +407,7 @@ impl Replay {
     /// (returns true), else waits for an append.
     async fn idle(&mut self) -> bool {
         if self.replayer.lines.finish_if_empty(&self.target) {
-            log::info!(
-                "Spool replay done: the target's spool is empty target={}",
-                self.target
-            );
+            log::info!("target":% = self.target; "Spool replay done: the target's spool is empty");
             return true;
         }
         // An append was counted and is not committed yet, or records were all read.
@@ -449,7 +449,9 @@ impl Replay {
                     .buried(&self.target, &self.stats, &moved, &reason);
             }
             Ok(_) => {}
-            Err(error) => log::error!("Spool expiry failed target={} error={error}", self.target),
+            Err(error) => {
+                log::error!("target":% = self.target, error:% = error; "Spool expiry failed")
+            }
         }
     }
 
@@ -458,10 +460,11 @@ impl Replay {
         self.failures = self.failures.saturating_add(1);
         let delay = self.replayer.registry.restart_delay(self.failures);
         log::debug!(
-            "Spool replay waiting target={} failures={} delay_ms={} error={error}",
-            self.target,
-            self.failures,
-            delay.as_millis()
+            "target":% = self.target,
+            failures = self.failures as u64,
+            delay_ms = delay.as_millis() as u64,
+            error:% = error;
+            "Spool replay waiting"
         );
         tokio::time::sleep(delay).await;
     }
@@ -585,8 +588,9 @@ fn decode_metadata(record: &Record) -> Option<Arc<Metadata>> {
         Ok(metadata) => Some(Arc::new(metadata)),
         Err(error) => {
             log::error!(
-                "Spooled metadata unreadable, replaying the message without it id={} error={error}",
-                record.id
+                id:% = record.id,
+                error:% = error;
+                "Spooled metadata unreadable, replaying the message without it"
             );
             None
         }

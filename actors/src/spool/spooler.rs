@@ -92,16 +92,17 @@ impl Spooler {
         for entry in summary {
             let Some(line) = Line::of(&entry.destination) else {
                 log::error!(
-                    "Spooled records for a target that does not validate as stored are left in the spool records={} kind={}",
-                    entry.count,
-                    entry.destination.kind.as_str()
+                    records = entry.count,
+                    kind:% = entry.destination.kind.as_str();
+                    "Spooled records for a target that does not validate as stored are left in the spool"
                 );
                 continue;
             };
             log::info!(
-                "Spool holds records from before start target={line} records={} bytes={}",
-                entry.count,
-                entry.bytes
+                "target":% = line,
+                records = entry.count,
+                bytes = entry.bytes;
+                "Spool holds records from before start"
             );
             let filed = self.lines.file(&line, entry.count);
             let stats = &filed.stats;

@@ -186,6 +186,10 @@ async fn a_restart_after_a_broker_kill_shows_up_in_stats_and_metrics() {
     let samples = metrics(&ops).await;
     let restarts = per_target(&samples, "ferry_producer_restarts_total", &brokers);
     assert_eq!(restarts, producer.restarts as f64);
+    // The connection had carried "before": its loss is a drop (FerryProducerRestartLoop).
+    assert!(producer.drops >= 1, "{producer:?}");
+    let drops = per_target(&samples, "ferry_producer_drops_total", &brokers);
+    assert_eq!(drops, producer.drops as f64);
     daemon.stop().unwrap();
 }
 
@@ -462,19 +466,25 @@ async fn json_logs_are_one_object_per_line_with_stable_fields_and_no_password() 
 fn log_format_on_the_command_line_wins_over_the_config() {
     let dir = common::process::scratch_dir("json-flag");
     let config = dir.join("ferry.toml");
-    std::fs::write(&config, "[ops]\nlog_format = \"text\"\nnot_a_key = 1\n").unwrap();
-    let output = ferry(&["--log-format", "json", "serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line: serde_json::Value = serde_json::from_str(stderr.trim()).expect(&stderr);
-    assert_eq!(line["level"], "ERROR");
+    std::fs::write(&config, "[ops]\nlog_format = \"text\"\n").unwrap();
+    let log = dir.join("daemon.log");
+    let config = config.to_string_lossy().into_owned();
+    let flags = ["--config", config.as_str(), "--log-format", "json"];
+    let daemon = common::process::serve_logged(&free_address(), &flags, &log);
+    assert_eq!(daemon.terminate().0, Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    // Lines from after the config was read, which says "text": JSON still.
     assert!(
-        line["msg"].as_str().unwrap().contains("not_a_key"),
-        "{line}"
+        lines
+            .iter()
+            .any(|l| l["msg"].as_str().unwrap().starts_with("Serving gRPC")),
+        "{text}"
     );
+    assert!(lines.iter().any(|l| l["msg"] == "Stopped"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,12 +559,14 @@ async fn ferry_top_once_prints_every_target_with_its_rate_under_load() {
         header.contains("MSG/S") && header.contains("P99_MS"),
         "{header}"
     );
+    // The row whose TARGET column is, or ends with, `needle` (whole words only).
     let row = |needle: &str| {
         text.lines()
-            .find(|l| l.contains(needle) && !l.starts_with("DAEMON "))
+            .skip_while(|l| !l.starts_with("DAEMON"))
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cells| cells[2] == needle || cells.get(4) == Some(&needle))
             .unwrap_or_else(|| panic!("no row for {needle}:\n{text}"))
-            .split_whitespace()
-            .collect::<Vec<_>>()
     };
     // The sick target sorts first; the two live ones have a rate above zero.
     let first = text
@@ -562,7 +574,11 @@ async fn ferry_top_once_prints_every_target_with_its_rate_under_load() {
         .skip_while(|l| !l.starts_with("DAEMON"))
         .nth(1)
         .unwrap();
-    assert!(first.contains(&nowhere), "trouble first:\n{text}");
+    assert_eq!(
+        first.split_whitespace().nth(2),
+        Some(nowhere.as_str()),
+        "trouble first:\n{text}"
+    );
     for needle in [brokers.as_str(), exchange.as_str()] {
         let cells = row(needle);
         let rate: f64 = cells[cells.len() - 7].parse().expect(&text);

@@ -225,6 +225,8 @@ pub struct TargetStats {
     /// most [`RECENT_DROPS`]: a broker that accepts connections and drops them shows as
     /// many within a short window (failed attempts to connect do not count).
     recent_drops: Mutex<VecDeque<Instant>>,
+    /// Connections that had carried a delivery, lost since the producer was created.
+    drops: AtomicU64,
 }
 
 /// Lost connections kept per target: enough to tell a loop (more than a few within
@@ -248,6 +250,7 @@ impl Default for TargetStats {
             failing_since_ms: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             recent_drops: Mutex::new(VecDeque::with_capacity(RECENT_DROPS)),
+            drops: AtomicU64::new(0),
         }
     }
 }
@@ -271,6 +274,7 @@ impl TargetStats {
 
     /// Remembers that the producer lost a connection that had carried a delivery.
     pub fn note_drop(&self) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
         let mut recent = self
             .recent_drops
             .lock()
@@ -348,6 +352,7 @@ impl TargetStats {
                 .iter()
                 .map(Instant::elapsed)
                 .collect(),
+            drops: self.drops.load(Ordering::Relaxed),
         }
     }
 }
@@ -402,6 +407,8 @@ pub struct StatsSnapshot {
     /// How long ago it lost connections that had carried deliveries, oldest first (at
     /// most [`RECENT_DROPS`]).
     pub drop_ages: Vec<Duration>,
+    /// Connections that had carried deliveries, lost since the producer was created.
+    pub drops: u64,
 }
 
 #[cfg(test)]

@@ -57,7 +57,6 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    crate::logging::configure(settings.ops.log_format);
     let _pid_file = match &settings.ops.pid_file {
         Some(path) => match PidFile::create(path) {
             Ok(pid_file) => Some(pid_file),
@@ -117,10 +116,13 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 }
 
 /// Reads and validates the config (the file of `--config`, or the defaults) with the
-/// command line's overrides; returns it with the file's hash.
+/// command line's overrides, and applies its log format; returns it with the file's hash.
 fn load(args: &ServeArgs) -> Result<(Settings, String), ConfigError> {
     let (config, hash) = read(args)?;
-    Ok((config.validate()?, hash))
+    let settings = config.validate()?;
+    // From here on, lines take the config's form (unless --log-format chose one).
+    crate::logging::configure(settings.ops.log_format);
+    Ok((settings, hash))
 }
 
 /// Reads the config (the file of `--config`, or the defaults) with the command line's

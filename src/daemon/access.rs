@@ -37,7 +37,7 @@ impl TokenCheck {
     /// Logs a refused call, within the log budget.
     fn refused(&self, why: &str) {
         if let Some(suppressed) = self.log.admit() {
-            log::warn!("Call refused: {why} suppressed_before={suppressed}");
+            log::warn!(suppressed_before = suppressed; "Call refused: {why}");
         }
     }
 }

@@ -44,14 +44,14 @@ pub struct Drain {
 impl Drain {
     /// Shuts down in order; the result is the operations endpoint's.
     pub async fn run(mut self) -> Result<(), ServeError> {
-        log::info!(in_flight:% = self.forwarder.in_flight(); "Shutting down");
+        log::info!(in_flight = self.forwarder.in_flight(); "Shutting down");
         self.health.set(ServingStatus::NotServing).await;
         self.forwarder.begin_shutdown();
         self.shutdown.send_replace(true);
         if !self.finished_in_grace().await {
             log::warn!(
-                shutdown_grace_ms:% = self.grace.as_millis(),
-                in_flight:% = self.forwarder.in_flight();
+                shutdown_grace_ms = self.grace.as_millis() as u64,
+                in_flight = self.forwarder.in_flight();
                 "Grace period over, answering the rest as shutting down"
             );
             self.abort.send_replace(true);
@@ -61,7 +61,7 @@ impl Drain {
         }
         let producers = self.forwarder.registry().stop_all();
         let http = self.ops.stop().await;
-        log::info!(producers:% = producers; "Stopped");
+        log::info!(producers = producers as u64; "Stopped");
         http
     }
 

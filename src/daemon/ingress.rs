@@ -103,7 +103,7 @@ impl Ingress {
             .await
             .map(Response::new)
             .map_err(|error| {
-                log::error!("Forwarding task failed error={error}");
+                log::error!("error":% = error; "Forwarding task failed");
                 Status::internal("ferry failed while forwarding this message")
             })
     }

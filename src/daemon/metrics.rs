@@ -33,7 +33,7 @@ struct Snapshot(Report);
 type ProducerCounter = (&'static str, &'static str, fn(&ProducerReport) -> u64);
 
 /// The per-producer counters.
-const PRODUCER_COUNTERS: [ProducerCounter; 5] = [
+const PRODUCER_COUNTERS: [ProducerCounter; 6] = [
     ("producer_sent", "Messages delivered to this target.", |p| {
         p.sent
     }),
@@ -51,6 +51,12 @@ const PRODUCER_COUNTERS: [ProducerCounter; 5] = [
         "producer_restarts",
         "Supervisor restarts of this target's producer.",
         |p| p.restarts,
+    ),
+    (
+        "producer_drops",
+        "Connections to this target lost after carrying a delivery (failed connects do not \
+         count): many in a short time is a broker that accepts connections and drops them.",
+        |p| p.drops,
     ),
     (
         "producer_returned",

@@ -204,6 +204,9 @@ pub struct ProducerReport {
     /// broker that accepts connections and drops them shows as many).
     #[serde(default)]
     pub drops_in_window: u64,
+    /// Connections that had carried deliveries, lost since the producer was created.
+    #[serde(default)]
+    pub drops: u64,
     /// Messages delivered.
     pub sent: u64,
     /// Messages not delivered.
@@ -250,6 +253,7 @@ impl ProducerReport {
                 .iter()
                 .filter(|age| **age <= window)
                 .count() as u64,
+            drops: snapshot.drops,
             sent: snapshot.sent,
             failed: snapshot.failed,
             retried: snapshot.retried,

@@ -121,7 +121,7 @@ async fn drive(
                 Err(_) => {
                     // The sender is gone. What it sent is still forwarded to the end (within
                     // the policy's budget), so it is counted and never half-sent.
-                    log::info!(unanswered:% = pending.len(); "Stream closed by its sender");
+                    log::info!(unanswered = pending.len() as u64; "Stream closed by its sender");
                     unwritten.clear();
                     listening = false;
                     reading = false;
@@ -137,8 +137,9 @@ async fn drive(
                 Err(status) => {
                     let unanswered = pending.len();
                     ingress.log_limited(|suppressed| log::info!(
-                        "Stream cannot be read further unanswered={unanswered} read={read} \
-                         error={status} suppressed_before={suppressed}"
+                        unanswered = unanswered as u64, read = read,
+                        "error":% = status, suppressed_before = suppressed;
+                        "Stream cannot be read further"
                     ));
                     broken = Some(unreadable(&status, read, last_id));
                     reading = false;

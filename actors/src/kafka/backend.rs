@@ -257,10 +257,14 @@ impl ClientContext for LossReporter {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
-                log::warn!("librdkafka {facility} target={} {line}", self.label)
+                log::warn!("target":% = self.label, facility = facility; "librdkafka: {line}")
             }
-            L::Notice | L::Info => log::info!("librdkafka {facility} target={} {line}", self.label),
-            L::Debug => log::debug!("librdkafka {facility} target={} {line}", self.label),
+            L::Notice | L::Info => {
+                log::info!("target":% = self.label, facility = facility; "librdkafka: {line}")
+            }
+            L::Debug => {
+                log::debug!("target":% = self.label, facility = facility; "librdkafka: {line}")
+            }
         }
     }
 

@@ -36,10 +36,14 @@ pub struct Row {
 }
 
 impl Row {
-    /// How much the row needs a person: 2 failing or not connected, 1 spooling, 0 fine.
+    /// How much the row needs a person: 2 failing or its producer restarting or stopped,
+    /// 1 spooling (with a producer or without: a route's spool has none), 0 fine.
     pub fn trouble(&self) -> u8 {
         let failing = self.failing || self.failed_per_s.is_some_and(|rate| rate > 0.0);
-        let broken = !matches!(self.state.as_str(), "ready" | "idle" | "connecting");
+        let broken = !matches!(
+            self.state.as_str(),
+            "ready" | "idle" | "connecting" | "spooled" | "held"
+        );
         if failing || broken {
             2
         } else if self.spooled > 0 {
@@ -247,6 +251,10 @@ mod tests {
         assert_eq!(order, ["sick", "events", "busy", "new"]);
         assert_eq!(rows[0].failed_per_s, Some(2.0));
         assert_eq!((rows[1].state.as_str(), rows[1].spooled), ("spooled", 3));
+        assert_eq!(
+            (rows[0].trouble(), rows[1].trouble(), rows[2].trouble()),
+            (2, 1, 0)
+        );
         assert_eq!(rows[2].sent_per_s, Some(100.0));
         assert_eq!(rows[3].sent_per_s, None, "a new target has no rate yet");
         assert_eq!(cells(&rows[2])[4], "100.0");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::cursor::Show;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{
@@ -20,26 +21,34 @@ use ratatui::widgets::{Block, Paragraph, Row as TableRow, Table};
 use super::Sample;
 use super::rows::{HEADER, Row, cells};
 
-/// The terminal in raw mode on the alternate screen, restored when dropped.
+/// The terminal as the view leaves it: normal mode, main screen, cursor shown.
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = execute!(std::io::stdout(), LeaveAlternateScreen, Show);
+}
+
+/// The terminal in raw mode on the alternate screen, restored when dropped, and before a
+/// panic's message is printed (so that it stays readable on the main screen).
 struct Screen(Terminal<CrosstermBackend<Stdout>>);
 
 impl Screen {
     fn enter() -> std::io::Result<Self> {
-        enable_raw_mode()?;
-        let mut stdout = std::io::stdout();
-        if let Err(error) = execute!(stdout, EnterAlternateScreen) {
-            let _ = disable_raw_mode();
-            return Err(error);
-        }
-        Ok(Self(Terminal::new(CrosstermBackend::new(stdout))?))
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            hook(info);
+        }));
+        // Restored on every failure from here on, whatever step failed.
+        let entered = enable_raw_mode()
+            .and_then(|()| execute!(std::io::stdout(), EnterAlternateScreen))
+            .and_then(|()| Terminal::new(CrosstermBackend::new(std::io::stdout())));
+        entered.map(Self).inspect_err(|_| restore())
     }
 }
 
 impl Drop for Screen {
     fn drop(&mut self) {
-        let _ = disable_raw_mode();
-        let _ = execute!(self.0.backend_mut(), LeaveAlternateScreen);
-        let _ = self.0.show_cursor();
+        restore();
     }
 }
 

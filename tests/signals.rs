@@ -236,3 +236,65 @@ fn messages_still_waiting_when_the_grace_ends_are_answered_shutting_down() {
     drop(black_hole);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The next datagram on systemd's notify socket, as text.
+fn notified(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buffer = [0u8; 4096];
+    let n = socket
+        .recv(&mut buffer)
+        .expect("a notification within 10 s");
+    String::from_utf8_lossy(&buffer[..n]).trim_end().to_owned()
+}
+
+/// A child process, killed and reaped if still running when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn systemd_hears_ready_once_serving_then_reloading_and_stopping() {
+    let dir = scratch_dir("notify");
+    let path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = config_file(&dir, &format!("[spool]\ndir = {:?}\n", dir.join("spool")));
+    let (listen, ops) = (free_address(), free_address());
+    let mut daemon = Reaped(
+        ferry(&["serve", "--listen", &listen, "--ops-listen", &ops])
+            .args(["--config", &config])
+            .env("NOTIFY_SOCKET", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let kill = |signal: &str| {
+        let pid = daemon.0.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    // READY=1 means serving: both listeners accept at once.
+    assert_eq!(notified(&socket), "READY=1");
+    for address in [&listen, &ops] {
+        std::net::TcpStream::connect(address).expect("serving when READY=1 was sent");
+    }
+    kill("-HUP");
+    assert_eq!(notified(&socket), "RELOADING=1");
+    assert_eq!(notified(&socket), "READY=1");
+    kill("-TERM");
+    assert_eq!(notified(&socket), "STOPPING=1");
+    assert_eq!(daemon.0.wait().unwrap().code(), Some(0));
+}

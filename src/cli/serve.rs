@@ -184,11 +184,18 @@ fn load_for_reload(
 /// Reloads the config at SIGHUP: applied whole, or refused whole (the old config keeps
 /// serving, the error logged and counted).
 fn reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
-    let started = std::time::Instant::now();
     if args.config.is_none() {
         log::warn!("Nothing to reload: the daemon runs on its built-in defaults (no --config)");
         return;
     }
+    crate::daemon::notify::reloading();
+    apply_reload(live, started_with, args);
+    crate::daemon::notify::ready();
+}
+
+/// Reads the config again and applies it, or refuses it (see [`reload`]).
+fn apply_reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
+    let started = std::time::Instant::now();
     match load_for_reload(args, started_with) {
         Ok((settings, hash, moved)) => {
             crate::logging::configure(settings.ops.log_format);

@@ -45,6 +45,7 @@ impl Drain {
     /// Shuts down in order; the result is the operations endpoint's.
     pub async fn run(mut self) -> Result<(), ServeError> {
         log::info!(in_flight = self.forwarder.in_flight(); "Shutting down");
+        crate::daemon::notify::stopping();
         self.health.set(ServingStatus::NotServing).await;
         self.forwarder.begin_shutdown();
         self.shutdown.send_replace(true);

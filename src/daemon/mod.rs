@@ -14,7 +14,8 @@
 //! [`report`] is what [`http`] serves as `/stats` and [`metrics`] renders for Prometheus,
 //! built by [`source`]; [`health`] says from it whether the daemon is serving, degraded
 //! or not serving (`/healthz`, `ferry check`).
-//! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload;
+//! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload, and
+//! [`notify`] tells systemd (a `Type=notify` unit) when the daemon serves, reloads, stops;
 //! [`log_budget`] bounds the log lines a client can cause.
 
 pub mod access;
@@ -31,6 +32,7 @@ pub mod listeners;
 pub mod live;
 pub mod log_budget;
 pub mod metrics;
+pub mod notify;
 pub mod report;
 pub mod send;
 pub mod server;

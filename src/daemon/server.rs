@@ -301,6 +301,7 @@ async fn serve(
     let router = crate::daemon::http::router(source, health.serving.clone());
     let ops = OpsEndpoint::spawn(&arbiters[0], ops_listener, router);
     log_started(&settings, arbiters.len());
+    crate::daemon::notify::ready();
     let _ = ready.send(forwarder.clone());
 
     let failure = tokio::select! {

@@ -209,6 +209,19 @@ fn ferry_check_says_serving_or_not_in_one_line() {
         .unwrap();
     assert_eq!(stats.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&stats.stdout).contains("KIND"));
+    // The address as a URL, as copied from a browser, works too.
+    let url = format!("http://{}/", daemon.ops_address);
+    let stats = ferry(&["stats", "--http", &url]).output().unwrap();
+    assert_eq!(stats.status.code(), Some(0), "{stats:?}");
+    // Nothing there: the error names the address and the operating system's reason.
+    let nowhere = free_address();
+    let stats = ferry(&["stats", "--http", &nowhere]).output().unwrap();
+    let said = String::from_utf8_lossy(&stats.stderr);
+    assert_eq!(stats.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("cannot connect to {nowhere}: ")) && said.contains("refused"),
+        "{said}"
+    );
 
     let dead = free_address();
     let down = ferry(&["check", "--address", &dead]).output().unwrap();

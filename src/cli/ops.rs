@@ -286,11 +286,53 @@ pub fn routes(args: RoutesArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The `/stats` URI of the ops endpoint at `http`, or a usage error.
+/// The `/stats` URI of the ops endpoint at `http` (`HOST:PORT` or `http://HOST:PORT/`), or
+/// a usage error.
 pub(crate) fn stats_uri(http: &str) -> Result<Uri, ExitCode> {
-    format!("http://{http}/stats")
+    let address = ops_address(http).map_err(|reason| fail(EXIT_USAGE, reason))?;
+    format!("http://{address}/stats")
         .parse::<Uri>()
-        .map_err(|_| fail(EXIT_USAGE, format!("invalid address {http:?}")))
+        .map_err(|_| {
+            fail(
+                EXIT_USAGE,
+                format!("invalid address {http:?}: give HOST:PORT"),
+            )
+        })
+}
+
+/// The `HOST:PORT` of an operations endpoint written as `HOST:PORT` or as a URL
+/// `http://HOST:PORT` (with or without a final `/`), as operators copy it from a browser.
+fn ops_address(http: &str) -> Result<&str, String> {
+    if http.starts_with("https://") {
+        return Err(format!(
+            "invalid address {http:?}: the operations endpoint speaks plain HTTP; give HOST:PORT"
+        ));
+    }
+    let address = http.strip_prefix("http://").unwrap_or(http);
+    let address = address.strip_suffix('/').unwrap_or(address);
+    if address.is_empty() || address.contains('/') {
+        return Err(format!(
+            "invalid address {http:?}: give HOST:PORT or http://HOST:PORT"
+        ));
+    }
+    Ok(address)
+}
+
+/// What went wrong with a request to `uri`, down to its root cause: a refused connection
+/// names the address and the operating system's error, not just "client error (Connect)".
+fn describe(error: &hyper_util::client::legacy::Error, uri: &Uri) -> String {
+    let mut root: Option<&dyn std::error::Error> = None;
+    let mut cause = std::error::Error::source(error);
+    while let Some(next) = cause {
+        root = Some(next);
+        cause = next.source();
+    }
+    let address = uri.authority().map_or("?", |a| a.as_str());
+    match root {
+        Some(root) if error.is_connect() => format!("cannot connect to {address}: {root}"),
+        Some(root) => format!("{error}: {root}"),
+        None => error.to_string(),
+    }
 }
 
 /// GETs `uri` within `timeout_ms`; an error says why, and nothing is printed.
@@ -432,7 +474,10 @@ pub fn stats(args: StatsArgs) -> ExitCode {
 /// GETs `uri` and returns the body of a 200 answer.
 pub async fn fetch(uri: Uri) -> Result<Bytes, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let response = client.get(uri).await.map_err(|e| e.to_string())?;
+    let response = client
+        .get(uri.clone())
+        .await
+        .map_err(|e| describe(&e, &uri))?;
     let status = response.status();
     let body = response
         .into_body()
@@ -590,4 +635,23 @@ fn row(p: &ProducerReport) -> [String; 12] {
             _ => "-".to_owned(),
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ops_address_is_taken_as_host_port_or_as_an_http_url() {
+        for given in [
+            "127.0.0.1:33384",
+            "http://127.0.0.1:33384",
+            "http://127.0.0.1:33384/",
+        ] {
+            assert_eq!(ops_address(given), Ok("127.0.0.1:33384"), "{given}");
+        }
+        for refused in ["https://h:1", "http://h:1/stats", "", "http://"] {
+            assert!(ops_address(refused).is_err(), "{refused}");
+        }
+    }
 }

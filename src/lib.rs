@@ -7,17 +7,30 @@
 //!   many over one stream), the predecessor's event envelopes, and publishing straight to
 //!   RabbitMQ.
 //! - [`config`]: the TOML configuration, validated into [`config::Settings`].
-//! - [`wire`] and [`proto`]: protobuf ↔ domain conversion and the `error_no` codes, shared
-//!   by both sides.
+//! - [`wire`]: protobuf requests → domain values and outcomes → replies (the daemon's side).
+//! - [`proto`] (the generated messages), [`contract`] (the `error_no` codes, default
+//!   addresses, health service names) and [`report`] (the `/stats` document): what the
+//!   client and the daemon share.
 //! - [`cli`]: the `ferry` command line, one file per command group.
+//!
+//! Two builds: with the default `daemon` feature, `ferry` has every command; without it
+//! (`--no-default-features`, the static client for compute nodes) it has the commands job
+//! scripts run — `send`, `ecflow-client`, `production`, `log`, `check` — and the operator
+//! commands that only read a daemon (`stats`, `routes`), and links neither librdkafka nor
+//! OpenSSL nor Cyrus SASL.
 //!
 //! The forwarding itself (producer actors, supervisor, retry policy, spool) is the
 //! `ferry-actors` crate, which knows nothing of gRPC; the durable store is `ferry-spool`.
 
 pub mod cli;
 pub mod client;
+#[cfg(feature = "daemon")]
 pub mod config;
+pub mod contract;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod logging;
 pub mod proto;
+pub mod report;
+#[cfg(feature = "daemon")]
 pub mod wire;

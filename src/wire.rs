@@ -7,64 +7,13 @@ use bytes::Bytes;
 use ferry_actors::metadata::{AmqpMetadata, HeaderValue, KafkaMetadata};
 use ferry_actors::target::{validate_routing_key, validate_topic};
 use ferry_actors::{
-    Accepted, AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, Metadata, ProduceError, Target,
+    Accepted, AmqpTarget, ForwardError, InvalidRequest, KafkaTarget, Metadata, Target,
 };
 
 use crate::config::routes::Routes;
+pub use crate::contract::ErrorNo;
 use crate::proto;
 use crate::proto::ferry::v1;
-
-/// The `error_no` values of `Response`, as documented in `proto/messagebroker.proto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
-pub enum ErrorNo {
-    /// Delivered: the broker confirmed the message.
-    Delivered = 0,
-    /// A field is missing or malformed.
-    InvalidRequest = 1,
-    /// No confirmation within the retry policy's budget.
-    Timeout = 2,
-    /// The broker refused the message.
-    Rejected = 3,
-    /// The broker could not be reached or the connection was lost.
-    Unavailable = 4,
-    /// A bound of the daemon was reached.
-    Overloaded = 5,
-    /// The daemon is stopping.
-    ShuttingDown = 6,
-    /// The target is not in the daemon's allowlist.
-    NotAllowed = 7,
-}
-
-impl ErrorNo {
-    /// The code with wire value `value`, if it is one of the documented codes.
-    pub fn from_wire(value: i32) -> Option<Self> {
-        [
-            Self::Delivered,
-            Self::InvalidRequest,
-            Self::Timeout,
-            Self::Rejected,
-            Self::Unavailable,
-            Self::Overloaded,
-            Self::ShuttingDown,
-            Self::NotAllowed,
-        ]
-        .into_iter()
-        .find(|code| *code as i32 == value)
-    }
-
-    /// The code for a message that was not delivered.
-    pub fn of(error: &ProduceError) -> Self {
-        match error {
-            ProduceError::Timeout(_) => Self::Timeout,
-            ProduceError::Rejected(_) => Self::Rejected,
-            ProduceError::Unavailable(_) => Self::Unavailable,
-            ProduceError::Overloaded(_) => Self::Overloaded,
-            ProduceError::ShuttingDown => Self::ShuttingDown,
-            ProduceError::Invalid(_) => Self::InvalidRequest,
-        }
-    }
-}
 
 /// The bounds a request is validated against.
 #[derive(Debug, Clone, Copy)]
@@ -442,6 +391,7 @@ pub fn response(outcome: &Result<Accepted, Failure>, target: Option<&Target>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_actors::ProduceError;
 
     fn kafka(brokers: &[&str], topic: &str, data: &[u8]) -> proto::KafkaMessage {
         proto::KafkaMessage {

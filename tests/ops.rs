@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::process::{ferry, free_address, serve, serve_with};
 use common::{client, kafka, rabbitmq, send_kafka, send_rabbitmq, settings, start, unique};
 use ferry::cli::ops::fetch;
-use ferry::daemon::report::Report;
+use ferry::report::Report;
 use ferry_testkit::{BrokerKind, PrivateBroker, shared_amqp_url, shared_kafka};
 
 /// GETs `path` from the operations endpoint at `address`.

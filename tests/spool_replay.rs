@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{ferry, free_address, scratch_dir, serve_logged, serve_with};
 use common::{client, client_at, config, first_copies, report, start, unique};
-use ferry::daemon::report::SpoolReport;
+use ferry::report::SpoolReport;
 use ferry_testkit::{BrokerKind, PrivateBroker, amqp};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use actix_rt::ArbiterHandle;
 
 use crate::amqp::{AmqpBackend, Servers};
+#[cfg(feature = "kafka")]
 use crate::kafka::KafkaBackend;
 use crate::producer::Producer;
 use crate::settings::{AmqpSettings, ProducerSettings};
@@ -54,10 +55,13 @@ impl StartProducer for Brokers {
         let settings = Arc::clone(&self.settings);
         let label = target.to_string();
         match target.clone() {
+            #[cfg(feature = "kafka")]
             Target::Kafka(t) => {
                 let backend = KafkaBackend::new(t, Arc::new(settings.kafka.clone()));
                 Producer::start(arbiter, backend, label, settings, stats)
             }
+            #[cfg(not(feature = "kafka"))]
+            Target::Kafka(_) => Producer::start(arbiter, absent::NoKafka, label, settings, stats),
             Target::Amqp(t) => {
                 let server = self.amqp_servers.of(&t, arbiter);
                 let backend = AmqpBackend::new(
@@ -69,5 +73,45 @@ impl StartProducer for Brokers {
                 Producer::start(arbiter, backend, label, settings, stats)
             }
         }
+    }
+}
+
+/// The Kafka "backend" of a build without the `kafka` feature (ferry's static client,
+/// which never starts a forwarder): every connection attempt fails, saying why.
+#[cfg(not(feature = "kafka"))]
+mod absent {
+    use futures_util::future::{self, BoxFuture, FutureExt, LocalBoxFuture};
+
+    use crate::error::ProduceError;
+    use crate::producer::{Backend, Confirmation, LostSignal, Outgoing};
+
+    /// Refuses every connection: this build links no Kafka client.
+    pub(crate) struct NoKafka;
+
+    fn absent() -> ProduceError {
+        ProduceError::Unavailable(
+            "this build of ferry has no Kafka producer (built without the `kafka` feature)".into(),
+        )
+    }
+
+    impl Backend for NoKafka {
+        type Connection = ();
+        type Publisher = ();
+
+        fn connect(
+            &self,
+            _lost: LostSignal<Self>,
+        ) -> LocalBoxFuture<'static, Result<(), ProduceError>> {
+            future::ready(Err(absent())).boxed_local()
+        }
+
+        fn publisher(&self, _connection: &(), _lost: LostSignal<Self>) {}
+
+        fn publish(_publisher: &(), _message: &Outgoing<'_>) -> Confirmation {
+            let failed: BoxFuture<'static, _> = future::ready(Err(absent())).boxed();
+            failed
+        }
+
+        fn close(_connection: ()) {}
     }
 }

@@ -34,6 +34,7 @@ pub mod error;
 #[cfg(test)]
 mod fake;
 pub mod forwarder;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod line;
 pub mod metadata;

@@ -18,7 +18,7 @@ use crate::client::envelope::{
     EcflowClientData, Envelope, EventStatus, LOG_EXCHANGE, LogData, PRODUCTION_EXCHANGE,
     PRODUCTION_TYPE, ProductionData, ProductionStream, parse_log_time, parse_start_time,
 };
-use crate::config::DEFAULT_LISTEN;
+use crate::contract::DEFAULT_LISTEN;
 
 /// Examples shown by `ferry ecflow-client --help`.
 const ECFLOW_CLIENT_EXAMPLES: &str = "\

@@ -22,9 +22,14 @@ use crate::client::deliver::{self, DeliverError, Options, Outcome};
 
 pub mod event;
 pub mod ops;
+#[cfg(feature = "daemon")]
+pub mod reload;
 pub mod send;
+#[cfg(feature = "daemon")]
 pub mod serve;
+#[cfg(feature = "daemon")]
 pub mod spool;
+#[cfg(feature = "daemon")]
 pub mod top;
 
 /// Exit code when a message was not delivered.
@@ -36,17 +41,38 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 /// Exit code of `ferry check` for a daemon that serves but is degraded.
 pub const EXIT_DEGRADED: u8 = 3;
 
-/// Exit codes, shown at the end of `ferry --help`.
-const EXIT_CODES: &str = "\
+/// Exit codes, shown at the end of `ferry --help`: the client commands' and `check`'s,
+/// then (in the daemon's build) `serve`'s and `spool`'s.
+const EXIT_CODES: &str = concat!(
+    "\
 Exit codes of the client commands (send, ecflow-client, production, log):
   0  delivered: the broker confirmed the message (or --disable-send)
   1  not delivered: one line on stderr says why, for each daemon tried
   2  usage error: a flag or the payload cannot be used
 `ferry check` exits 0 when the daemon serves, 1 when it does not (restart it) and, with
---http, 3 when it serves but is degraded (look at the reasons it prints; do not restart); `ferry serve` exits 0 after a
-clean stop, 64 when its configuration is invalid and 74 when its spool cannot be used (the
-message says what to fix; nothing in it was moved). `ferry spool` exits 74 when the spool
-cannot be read or written and 75 when a running daemon holds it.";
+--http, 3 when it serves but is degraded (look at the reasons it prints; do not restart).",
+    daemon_exit_codes!()
+);
+
+/// The exit codes of the daemon's own commands, in the daemon's build.
+#[cfg(feature = "daemon")]
+macro_rules! daemon_exit_codes {
+    () => {
+        "
+`ferry serve` exits 0 after a clean stop, 64 when its configuration is invalid and 74 when
+its spool cannot be used (the message says what to fix; nothing in it was moved).
+`ferry spool` exits 74 when the spool cannot be read or written and 75 when a running
+daemon holds it."
+    };
+}
+/// The static client has no daemon commands.
+#[cfg(not(feature = "daemon"))]
+macro_rules! daemon_exit_codes {
+    () => {
+        ""
+    };
+}
+use daemon_exit_codes;
 
 /// ferry forwards messages from compute nodes to Kafka and RabbitMQ.
 #[derive(Debug, Parser)]
@@ -67,6 +93,7 @@ pub enum Command {
     /// Run the daemon: accept messages over gRPC and forward them.
     ///
     /// Example: ferry serve --config /etc/ferry/ferry.toml
+    #[cfg(feature = "daemon")]
     Serve(serve::ServeArgs),
     /// Send one message through ferry daemons to a route or a target, failing over from one
     /// daemon to the next.
@@ -84,16 +111,19 @@ pub enum Command {
     /// List the routes a daemon serves (names and kinds, never addresses or credentials).
     Routes(ops::RoutesArgs),
     /// Make a daemon re-read its config (SIGHUP) and report the outcome.
-    Reload(ops::ReloadArgs),
+    #[cfg(feature = "daemon")]
+    Reload(reload::ReloadArgs),
     /// List what a spool directory holds, per target, without a daemon; export, requeue
     /// and salvage its dead letters and damaged databases.
     ///
     /// Example: ferry spool --dir /var/spool/ferry
+    #[cfg(feature = "daemon")]
     Spool(spool::SpoolArgs),
     /// Watch one daemon or several live: per target rate, failures, p99, state and spool,
     /// trouble first (`--once` prints one table for scripts).
     ///
     /// Example: ferry top --http 127.0.0.1:33384
+    #[cfg(feature = "daemon")]
     Top(top::TopArgs),
 }
 
@@ -102,17 +132,9 @@ impl Command {
     /// the client commands stay quiet unless something is wrong.
     pub fn default_log_level(&self) -> &'static str {
         match self {
+            #[cfg(feature = "daemon")]
             Self::Serve(_) => "info",
-            Self::Send(_)
-            | Self::EcflowClient(_)
-            | Self::Production(_)
-            | Self::Log(_)
-            | Self::Check(_)
-            | Self::Stats(_)
-            | Self::Routes(_)
-            | Self::Reload(_)
-            | Self::Spool(_)
-            | Self::Top(_) => "warn",
+            _ => "warn",
         }
     }
 }
@@ -120,6 +142,7 @@ impl Command {
 /// Runs `command` to completion.
 pub fn run(command: Command) -> ExitCode {
     match command {
+        #[cfg(feature = "daemon")]
         Command::Serve(args) => serve::serve(args),
         Command::Send(args) => send::send(*args),
         Command::EcflowClient(args) => event::ecflow_client(args),
@@ -128,8 +151,11 @@ pub fn run(command: Command) -> ExitCode {
         Command::Check(args) => ops::check(args),
         Command::Stats(args) => ops::stats(args),
         Command::Routes(args) => ops::routes(args),
-        Command::Reload(args) => ops::reload(args),
+        #[cfg(feature = "daemon")]
+        Command::Reload(args) => reload::reload(args),
+        #[cfg(feature = "daemon")]
         Command::Spool(args) => spool::run(args),
+        #[cfg(feature = "daemon")]
         Command::Top(args) => top::top(args),
     }
 }

@@ -15,7 +15,7 @@ use super::{
 use crate::client::deliver::{Options, Way, deliver};
 use crate::client::lines::{describe_failures, split_lines};
 use crate::client::{Destination, MessageMetadata};
-use crate::config::DEFAULT_LISTEN;
+use crate::contract::DEFAULT_LISTEN;
 use crate::proto::ferry::v1;
 
 /// Examples shown by `ferry send kafka --help`.

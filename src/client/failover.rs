@@ -24,11 +24,11 @@ use bytes::Bytes;
 use ferry_actors::RetryPolicy;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+use crate::contract::ErrorNo;
 use crate::proto::ferry::v1;
 use crate::proto::ferry::v1::send_client::SendClient;
 use crate::proto::message_broker_client::MessageBrokerClient;
 use crate::proto::{self, KafkaMessage, RabbitMqMessage};
-use crate::wire::ErrorNo;
 
 /// How long a retry on the same daemon waits after an attempt that failed early.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(250);

@@ -17,11 +17,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::failover::{Client, Daemon, Destination, Legacy, MessageMetadata, RETRY_PAUSE, chain};
+use crate::contract::ErrorNo;
 use crate::proto;
 use crate::proto::ferry::v1::ingest_client::IngestClient;
 use crate::proto::ferry::v1::ingest_request::Message;
 use crate::proto::ferry::v1::{IngestAck, IngestRequest};
-use crate::wire::ErrorNo;
 
 /// Requests queued for a stream ahead of HTTP/2 flow control (the daemon takes at most its
 /// `max_in_flight_per_stream` at once and holds the rest with flow control).

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use ferry_actors::Target;
 use ferry_actors::stats::{InFlight, InFlightGuard};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::ConfigError;
@@ -33,6 +33,7 @@ use crate::config::allowlist::{
 };
 use crate::config::files::read_token;
 use crate::config::routes::{Routes, check_name};
+pub use crate::report::ClientReport;
 
 /// Most client entries one config may hold.
 pub const MAX_CLIENTS: usize = 1024;
@@ -301,21 +302,6 @@ impl ClientState {
             false
         }
     }
-}
-
-/// What `/stats` shows of one client: its name and counts, never its credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientReport {
-    /// The client's name.
-    pub name: String,
-    /// Messages it sent since start (calls and streamed messages).
-    pub requests: u64,
-    /// Refused over its `max_rate` or `max_in_flight` (5).
-    pub rate_limited: u64,
-    /// Refused as not given to it (7).
-    pub not_allowed: u64,
-    /// Its messages in flight now.
-    pub in_flight: u64,
 }
 
 /// The clients of a config, by name, with indexes by credential.

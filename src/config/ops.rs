@@ -16,8 +16,7 @@ use crate::logging::LogFormat;
 /// A week in seconds: the longest window of the health rules.
 const WEEK_S: u64 = 7 * 24 * 3600;
 
-/// The address of the operations endpoint (HTTP) when no config says otherwise.
-pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:33384";
+pub use crate::contract::DEFAULT_OPS_LISTEN;
 
 /// `[ops]`: the operations endpoint and process housekeeping.
 #[derive(Debug, Deserialize)]

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use crate::report::RouteSummary;
 use bytes::Bytes;
 use ferry_actors::target::{validate_routing_key, validate_topic};
 use ferry_actors::{AmqpTarget, InvalidRequest, KafkaTarget, Target};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Most routes one config may hold.
 pub const MAX_ROUTES: usize = 1024;
@@ -81,15 +82,6 @@ pub struct Route {
     allow: Vec<String>,
     /// The Kafka key for messages that bring none.
     pub default_key: Option<Bytes>,
-}
-
-/// What the ops endpoint shows of a route: never an address or a credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteSummary {
-    /// The route's name.
-    pub name: String,
-    /// `kafka` or `rabbitmq`.
-    pub kind: String,
 }
 
 /// Every route of the config, by name.

@@ -10,8 +10,7 @@ use serde::Deserialize;
 use crate::config::files::read_pem;
 use crate::config::{ConfigError, positive};
 
-/// The address the daemon listens on when no config says otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:33383";
+pub use crate::contract::DEFAULT_LISTEN;
 
 /// `[server]`: the gRPC ingress.
 #[derive(Debug, Deserialize)]

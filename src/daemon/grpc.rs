@@ -32,10 +32,7 @@ use crate::proto::ferry::v1::send_server::SendServer;
 use crate::proto::message_broker_server::MessageBrokerServer;
 use crate::wire::RequestLimits;
 
-/// The service name grpc.health.v1 reports for the ingress.
-pub const HEALTH_SERVICE: &str = "messagebroker.MessageBroker";
-/// The service name grpc.health.v1 reports for the streaming ingress.
-pub const INGEST_HEALTH_SERVICE: &str = "ferry.v1.Ingest";
+pub use crate::contract::{HEALTH_SERVICE, INGEST_HEALTH_SERVICE};
 /// Room for the gRPC request's own fields around the payload.
 const REQUEST_OVERHEAD_BYTES: usize = 64 * 1024;
 

@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use crate::config::ops::HealthRules;
-pub use crate::daemon::report::{Health, State};
-use crate::daemon::report::{ProducerReport, Report, SpoolReport};
+pub use crate::report::{Health, State};
+use crate::report::{ProducerReport, Report, SpoolReport};
 
 /// Reasons given at most: one dead RabbitMQ server behind hundreds of exchanges must not
 /// make `/healthz` (or an ecFlow label) hundreds of kilobytes.

@@ -80,7 +80,7 @@ pub fn router(source: Source, serving: Arc<AtomicBool>) -> Router {
 }
 
 /// `/stats`: the report as JSON.
-async fn stats(State(ops): State<Ops>) -> Json<crate::daemon::report::Report> {
+async fn stats(State(ops): State<Ops>) -> Json<crate::report::Report> {
     Json(ops.source.report())
 }
 

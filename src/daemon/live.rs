@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
 use ferry_actors::{Line, Resolve, Target};
 
@@ -15,6 +14,7 @@ use crate::config::Settings;
 use crate::config::allowlist::Access;
 use crate::config::clients::Clients;
 use crate::config::routes::{RouteSummary, Routes};
+use crate::report::ConfigStatus;
 
 /// The live parts of the config and the config's history.
 pub struct Live {
@@ -27,31 +27,6 @@ pub struct Live {
     auth: ArcSwap<Auth>,
     /// Load time, hash, counts.
     status: Mutex<ConfigStatus>,
-}
-
-/// The config's identity and reload history, as `/stats` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigStatus {
-    /// When the config now serving was loaded (RFC 3339, UTC).
-    pub loaded_at: String,
-    /// CRC-32 of the config file now serving, hex ("" without a file).
-    pub hash: String,
-    /// Reloads applied since start.
-    pub reloads: u64,
-    /// Reloads refused (the file unreadable or invalid; the old config kept serving).
-    pub reload_failures: u64,
-    /// Why the last refused reload was refused ("" if none was).
-    pub last_error: String,
-    /// Whether the last reload was refused (a later one applied clears it).
-    #[serde(default)]
-    pub last_reload_failed: bool,
-    /// Fields changed in the file that apply only after a restart.
-    pub needs_restart: Vec<String>,
-    /// What the last reload allows that the config before it did not (routes added or
-    /// pointing elsewhere, targets the allowlist now names, the bearer token removed), one
-    /// sentence each; `ferry reload` prints them.
-    #[serde(default)]
-    pub widened: Vec<String>,
 }
 
 /// Who may call: one bearer token for every caller, or each client by its own credential

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::daemon::health::State;
-use crate::daemon::report::{ProducerReport, Report};
+use crate::report::{ProducerReport, Report};
 use ferry_actors::stats::LATENCY_BUCKETS_US;
 
 /// The content type of the text this module writes.
@@ -319,7 +319,7 @@ fn encode_clients(
 /// The spool's gauges and counters, overall and per target with spooled messages.
 fn encode_spool(
     encoder: &mut DescriptorEncoder<'_>,
-    spool: &crate::daemon::report::SpoolReport,
+    spool: &crate::report::SpoolReport,
 ) -> std::fmt::Result {
     encode_spool_overall(encoder, spool)?;
     encode_spool_targets(encoder, spool)
@@ -328,7 +328,7 @@ fn encode_spool(
 /// The spool's daemon-wide gauges and counters.
 fn encode_spool_overall(
     encoder: &mut DescriptorEncoder<'_>,
-    spool: &crate::daemon::report::SpoolReport,
+    spool: &crate::report::SpoolReport,
 ) -> std::fmt::Result {
     let overall: [(&str, &str, u64, MetricType); 6] = [
         (
@@ -381,9 +381,9 @@ fn encode_spool_overall(
 /// The spool's gauges and counters of each target with spooled messages.
 fn encode_spool_targets(
     encoder: &mut DescriptorEncoder<'_>,
-    spool: &crate::daemon::report::SpoolReport,
+    spool: &crate::report::SpoolReport,
 ) -> std::fmt::Result {
-    type Value = fn(&crate::daemon::report::SpoolTarget) -> f64;
+    type Value = fn(&crate::report::SpoolTarget) -> f64;
     let gauges: [(&str, &str, Value); 4] = [
         (
             "spool_target_messages",
@@ -417,7 +417,7 @@ fn encode_spool_targets(
             ConstGauge::new(value(target)).encode(family.encode_family(&labels)?)?;
         }
     }
-    type Count = fn(&crate::daemon::report::SpoolTarget) -> u64;
+    type Count = fn(&crate::report::SpoolTarget) -> u64;
     let counters: [(&str, &str, Count); 5] = [
         (
             "spool_target_spooled",

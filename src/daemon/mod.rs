@@ -11,8 +11,8 @@
 //! [`framing`], which also holds a unary call to one message) and `ferry.v1.Send`
 //! ([`send`]). Each resolves routes and checks access against the config in force, which
 //! [`live`] holds and a reload replaces, and hands each message to the forwarder.
-//! [`report`] is what [`http`] serves as `/stats` and [`metrics`] renders for Prometheus,
-//! built by [`source`]; [`health`] says from it whether the daemon is serving, degraded
+//! [`crate::report`] is what [`http`] serves as `/stats` and [`metrics`] renders for
+//! Prometheus, built by [`source`]; [`health`] says from it whether the daemon is serving, degraded
 //! or not serving (`/healthz`, `ferry check`).
 //! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload, and
 //! [`notify`] tells systemd (a `Type=notify` unit) when the daemon serves, reloads, stops;
@@ -33,7 +33,6 @@ pub mod live;
 pub mod log_budget;
 pub mod metrics;
 pub mod notify;
-pub mod report;
 pub mod send;
 pub mod server;
 pub mod signal;

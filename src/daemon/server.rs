@@ -29,8 +29,8 @@ use crate::daemon::http::OpsEndpoint;
 use crate::daemon::ingress::Refused;
 use crate::daemon::listeners::{bind, bind_ops, raise_open_file_limit};
 use crate::daemon::live::Live;
-use crate::daemon::report::Limits;
 use crate::daemon::source::Source;
+use crate::report::Limits;
 use crate::wire::RequestLimits;
 
 /// A running daemon; dropping it stops it.

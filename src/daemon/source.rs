@@ -12,7 +12,7 @@ use crate::config::ops::HealthRules;
 use crate::daemon::connections::ConnectionLimit;
 use crate::daemon::health::assess;
 use crate::daemon::ingress::Refused;
-use crate::daemon::report::{
+use crate::report::{
     Limits, ProducerReport, Report, SpoolReport, SpoolTarget, Totals, rfc3339, round_ms,
 };
 

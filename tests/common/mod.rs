@@ -55,7 +55,7 @@ pub async fn client_at(address: &str) -> MessageBrokerClient<Channel> {
 }
 
 /// The `/stats` report of the daemon whose operations endpoint is `ops_address`.
-pub async fn report(ops_address: impl std::fmt::Display) -> ferry::daemon::report::Report {
+pub async fn report(ops_address: impl std::fmt::Display) -> ferry::report::Report {
     let uri = format!("http://{ops_address}/stats").parse().expect("uri");
     let body = ferry::cli::ops::fetch(uri).await.expect("GET /stats");
     serde_json::from_slice(&body).expect("a stats report")
@@ -236,8 +236,8 @@ pub async fn wait_for_spool(
     ops: impl std::fmt::Display,
     within: Duration,
     what: &str,
-    done: impl Fn(&ferry::daemon::report::SpoolReport) -> bool,
-) -> ferry::daemon::report::SpoolReport {
+    done: impl Fn(&ferry::report::SpoolReport) -> bool,
+) -> ferry::report::SpoolReport {
     let deadline = Instant::now() + within;
     loop {
         let spool = report(&ops).await.spool.expect("a spool");

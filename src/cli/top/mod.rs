@@ -9,13 +9,13 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use axum::http::Uri;
 use clap::Args;
+use http::Uri;
 
 use crate::cli::ops::{read_report, stats_uri, table};
 use crate::cli::{EXIT_USAGE, fail};
-use crate::config::DEFAULT_OPS_LISTEN;
-use crate::daemon::report::Report;
+use crate::contract::DEFAULT_OPS_LISTEN;
+use crate::report::Report;
 
 pub use rows::{Row, cells, daemon_line, rows, sort};
 

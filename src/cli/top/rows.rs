@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::daemon::report::{ProducerReport, Report, SpoolTarget, State};
+use crate::report::{ProducerReport, Report, SpoolTarget, State};
 
 /// One target of one daemon.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,9 +1,12 @@
 //! The daemon's stats document: what `/stats` serves as JSON, `/metrics` renders for
 //! Prometheus and `ferry stats` prints as a table.
 
+#[cfg(feature = "daemon")]
 use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "daemon")]
 use chrono::{DateTime, SecondsFormat, Utc};
+#[cfg(feature = "daemon")]
 use ferry_actors::StatsSnapshot;
 use serde::{Deserialize, Serialize};
 
@@ -32,14 +35,14 @@ pub struct Report {
     /// The named routes the daemon serves: names and kinds only, never an address or a
     /// credential.
     #[serde(default)]
-    pub routes: Vec<crate::config::routes::RouteSummary>,
+    pub routes: Vec<RouteSummary>,
     /// The config now serving and its reloads.
     #[serde(default)]
-    pub config: crate::daemon::live::ConfigStatus,
+    pub config: ConfigStatus,
     /// Per-client counts, when access is decided per client (`[[access.clients]]`): by
     /// name, never by credential.
     #[serde(default)]
-    pub clients: Vec<crate::config::clients::ClientReport>,
+    pub clients: Vec<ClientReport>,
     /// Serving, degraded (with reasons) or not serving: what `/healthz` says. `None` from
     /// a daemon older than the field: [`Self::health`] falls back to `serving`.
     #[serde(default)]
@@ -237,6 +240,7 @@ pub struct ProducerReport {
     pub latency: ferry_actors::LatencySnapshot,
 }
 
+#[cfg(feature = "daemon")]
 impl ProducerReport {
     /// The entry of one snapshot taken at `now`, counting restarts within `window`.
     pub(crate) fn of(snapshot: StatsSnapshot, now: SystemTime, window: Duration) -> Self {
@@ -272,11 +276,13 @@ impl ProducerReport {
 }
 
 /// A time as RFC 3339 in UTC with milliseconds.
+#[cfg(feature = "daemon")]
 pub(crate) fn rfc3339(time: SystemTime) -> String {
     DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Seconds with millisecond precision.
+#[cfg(feature = "daemon")]
 pub(crate) fn round_ms(duration: Duration) -> f64 {
     (duration.as_millis() as f64) / 1e3
 }
@@ -323,4 +329,53 @@ impl Health {
             format!("{}: {}", self.state.as_str(), self.reasons.join("; "))
         }
     }
+}
+
+/// The config's identity and reload history, as `/stats` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// When the config now serving was loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+    /// CRC-32 of the config file now serving, hex ("" without a file).
+    pub hash: String,
+    /// Reloads applied since start.
+    pub reloads: u64,
+    /// Reloads refused (the file unreadable or invalid; the old config kept serving).
+    pub reload_failures: u64,
+    /// Why the last refused reload was refused ("" if none was).
+    pub last_error: String,
+    /// Whether the last reload was refused (a later one applied clears it).
+    #[serde(default)]
+    pub last_reload_failed: bool,
+    /// Fields changed in the file that apply only after a restart.
+    pub needs_restart: Vec<String>,
+    /// What the last reload allows that the config before it did not (routes added or
+    /// pointing elsewhere, targets the allowlist now names, the bearer token removed), one
+    /// sentence each; `ferry reload` prints them.
+    #[serde(default)]
+    pub widened: Vec<String>,
+}
+
+/// What the ops endpoint shows of a route: never an address or a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSummary {
+    /// The route's name.
+    pub name: String,
+    /// `kafka` or `rabbitmq`.
+    pub kind: String,
+}
+
+/// What `/stats` shows of one client: its name and counts, never its credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientReport {
+    /// The client's name.
+    pub name: String,
+    /// Messages it sent since start (calls and streamed messages).
+    pub requests: u64,
+    /// Refused over its `max_rate` or `max_in_flight` (5).
+    pub rate_limited: u64,
+    /// Refused as not given to it (7).
+    pub not_allowed: u64,
+    /// Its messages in flight now.
+    pub in_flight: u64,
 }

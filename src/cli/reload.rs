@@ -1,0 +1,203 @@
+//! `ferry reload`: SIGHUP to the daemon of a pid file, then its `/stats` until the outcome
+//! shows (the daemon's build only: it signals a process on the login node).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use http::Uri;
+
+use super::ops::{read_report, stats_uri};
+use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, fail};
+use crate::contract::DEFAULT_OPS_LISTEN;
+use crate::report::{ConfigStatus, Report};
+
+/// Flags of `ferry reload`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The daemon re-reads its config file: routes, the allowlist and the token change at once;
+messages in flight are untouched. An invalid file is refused whole and the old config keeps
+serving. Fields that cannot change live (listeners, workers, bounds) are reported as
+needing a restart. SIGHUP does the same.
+
+Examples:
+  ferry reload --config /etc/ferry/ferry.toml      # pid file and ops endpoint from the config
+  ferry reload --pid-file /var/run/ferry/ferry.pid --http 127.0.0.1:33384")]
+pub struct ReloadArgs {
+    /// The daemon's config file, for its ops.pid_file and ops.listen.
+    /// Example: --config /etc/ferry/ferry.toml
+    #[arg(long, env = "FERRY_CONFIG", value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// The daemon's pid file (instead of the config's ops.pid_file).
+    /// Example: --pid-file /var/run/ferry/ferry.pid
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
+    /// The daemon's operations endpoint, to confirm the reload (instead of the config's
+    /// ops.listen). Example: --http 127.0.0.1:33384
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// Wait this long for the daemon to confirm. Example: --timeout-ms 5000
+    #[arg(long, default_value_t = 5_000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+/// Sends SIGHUP to the daemon of the pid file and waits for `/stats` to show the outcome:
+/// exit 0 when the new config serves, 1 when it was refused (with the reason) or no
+/// answer came, 2 for a usage error.
+pub fn reload(args: ReloadArgs) -> ExitCode {
+    // Only [ops] is read here, leniently: the daemon judges the rest, and an invalid
+    // file must reach it to be refused (and counted) there.
+    let ops = match &args.config {
+        Some(path) => match ops_section(path) {
+            Ok(ops) => ops,
+            Err(error) => return fail(EXIT_USAGE, error),
+        },
+        None => OpsSection::default(),
+    };
+    let pid_file = args.pid_file.clone().or(ops.pid_file);
+    let Some(pid_file) = pid_file else {
+        return fail(
+            EXIT_USAGE,
+            "no pid file: give --pid-file, or --config with ops.pid_file set",
+        );
+    };
+    let pid = match read_pid(&pid_file) {
+        Ok(pid) => pid,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    let http = args
+        .http
+        .clone()
+        .or(ops.listen)
+        .unwrap_or_else(|| DEFAULT_OPS_LISTEN.to_owned());
+    let uri = match stats_uri(&http) {
+        Ok(uri) => uri,
+        Err(code) => return code,
+    };
+    let before = read_report(&uri, args.timeout_ms).ok().map(|r| r.config);
+    if let Err(error) = rustix::process::kill_process(pid, rustix::process::Signal::HUP) {
+        return fail(
+            EXIT_NOT_DELIVERED,
+            format!("cannot signal process {pid:?}: {error}"),
+        );
+    }
+    let Some(before) = before else {
+        // The reload may have been refused, or have widened access: not knowing is a failure.
+        return fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "sent SIGHUP to {pid:?}, but {http} does not answer, so the outcome is unknown: \
+                 give --http with the daemon's ops address (ops.listen when it started) and \
+                 look at config in ferry stats"
+            ),
+        );
+    };
+    match await_reload(&uri, &before, args.timeout_ms) {
+        Some(Ok(report)) => {
+            print_reloaded(&report);
+            ExitCode::SUCCESS
+        }
+        Some(Err(last_error)) => fail(
+            EXIT_NOT_DELIVERED,
+            format!("reload refused, the old config keeps serving: {last_error}"),
+        ),
+        None => fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "sent SIGHUP to {pid:?}, and {http} showed no reload within {} ms",
+                args.timeout_ms
+            ),
+        ),
+    }
+}
+
+/// The pid in `pid_file`: a positive pid other than init's ("-1" or "0" would signal a
+/// whole group, and rustix asserts on a negative one).
+fn read_pid(pid_file: &std::path::Path) -> Result<rustix::process::Pid, String> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|pid| *pid > 1)
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("{} holds no pid", pid_file.display()))
+}
+
+/// Polls `/stats` at `uri` for `timeout_ms` until the daemon counts a reload beyond
+/// `before`: the report once one is applied, the reason once one is refused, `None` if
+/// neither happened in time.
+fn await_reload(
+    uri: &Uri,
+    before: &ConfigStatus,
+    timeout_ms: u64,
+) -> Option<Result<Report, String>> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let Ok(report) = read_report(uri, timeout_ms) else {
+            continue;
+        };
+        if report.config.reload_failures > before.reload_failures {
+            return Some(Err(report.config.last_error));
+        }
+        if report.config.reloads > before.reloads {
+            return Some(Ok(report));
+        }
+    }
+    None
+}
+
+/// What `ferry reload` prints of an applied reload: the config's hash, its routes, the
+/// fields that need a restart and what it widens.
+fn print_reloaded(report: &Report) {
+    let config = &report.config;
+    let restart = if config.needs_restart.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; needs a restart to apply: {}",
+            config.needs_restart.join(", ")
+        )
+    };
+    println!(
+        "reloaded: config {} with {} routes{restart}",
+        config.hash,
+        report.routes.len()
+    );
+    for widened in &config.widened {
+        println!("widens access: {widened}");
+    }
+}
+
+/// What `ferry reload` needs of a config file.
+#[derive(Debug, Default)]
+struct OpsSection {
+    /// `ops.pid_file`, if set.
+    pid_file: Option<std::path::PathBuf>,
+    /// `ops.listen`, if set.
+    listen: Option<String>,
+}
+
+/// Reads `[ops]` of the config at `path` as plain TOML, whatever the rest holds.
+fn ops_section(path: &std::path::Path) -> Result<OpsSection, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        format!(
+            "{} is not TOML ({e}); give --pid-file and --http to signal the daemon anyway",
+            path.display()
+        )
+    })?;
+    let ops = table.get("ops").and_then(toml::Value::as_table);
+    let text_of = |key: &str| {
+        ops.and_then(|ops| ops.get(key))
+            .and_then(toml::Value::as_str)
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    Ok(OpsSection {
+        pid_file: text_of("pid_file").map(Into::into),
+        listen: text_of("listen"),
+    })
+}

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -34,17 +34,27 @@ fn stdout_of(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// An empty directory of its own (`name`) holding only the client, as `/ferry`.
-fn jail(name: &str) -> PathBuf {
+/// A directory of its own holding only the client, as `/ferry`; removed when dropped (the
+/// client is 10 MB).
+struct Jail(PathBuf);
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An empty directory named after `name` with only the client in it.
+fn jail(name: &str) -> Jail {
     let root = scratch_dir(name);
     std::fs::copy(static_client(), root.join("ferry")).expect("copy the client");
-    root
+    Jail(root)
 }
 
 /// Runs `/ferry args` chrooted into `root`, with an empty environment but `env`.
-fn in_jail(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+fn in_jail(root: &Jail, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new("/usr/sbin/chroot")
-        .arg(root)
+        .arg(&root.0)
         .arg("/ferry")
         .args(args)
         .env_clear()

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use ferry::cli::{self, Cli};
 
+/// The portable daemon is built for musl, whose malloc is slow under many threads.
+#[cfg(feature = "portable")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = cli.command.default_log_level();

@@ -22,6 +22,20 @@
 //! The forwarding itself (producer actors, supervisor, retry policy, spool) is the
 //! `ferry-actors` crate, which knows nothing of gRPC; the durable store is `ferry-spool`.
 
+#[cfg(all(
+    feature = "daemon",
+    not(any(feature = "system-libs", feature = "portable"))
+))]
+compile_error!(
+    "the daemon needs its Kafka client's TLS from somewhere: add feature `system-libs` (the \
+     system's OpenSSL and SASL) or `portable` (OpenSSL built in)"
+);
+#[cfg(all(feature = "system-libs", feature = "portable"))]
+compile_error!(
+    "`portable` excludes the default `system-libs`: build the portable daemon with \
+     --no-default-features --features portable (scripts/portable-daemon)"
+);
+
 pub mod cli;
 pub mod client;
 #[cfg(feature = "daemon")]

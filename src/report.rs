@@ -160,7 +160,7 @@ pub struct Totals {
 impl Report {
     /// A report of a serving daemon with `producers` and `spool` as JSON (as `/stats`
     /// serves them) and every count 0, for unit tests.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "daemon"))]
     #[allow(clippy::unwrap_used)]
     pub(crate) fn for_tests(producers: serde_json::Value, spool: serde_json::Value) -> Self {
         serde_json::from_value(serde_json::json!({

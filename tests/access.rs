@@ -7,6 +7,8 @@
 //! client certificates) is `tests/clients.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

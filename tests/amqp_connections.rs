@@ -4,6 +4,8 @@
 //! `rabbitmq.mandatory` answers unroutable messages 3.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

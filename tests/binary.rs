@@ -2,6 +2,8 @@
 //! sends, stops cleanly on SIGTERM, and refuses a bad config with exit code 64.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! across daemons that are dead or killed mid-run, and the bound when all are down.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

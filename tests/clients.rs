@@ -4,6 +4,8 @@
 //! served as before. Real Kafka (tansu); real TLS with certificates made for the test.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

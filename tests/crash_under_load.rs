@@ -10,6 +10,8 @@
 //! `FERRY_FAULT_SECONDS=30 FERRY_FAULT_DOWN_SECONDS=5 scripts/test --test crash_under_load -- --nocapture`
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

@@ -7,6 +7,8 @@
 //! the daemon and the broker share a loopback nothing else can reach.
 
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! Invalid requests are `tests/malformed_input.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

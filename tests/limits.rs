@@ -9,6 +9,8 @@
 //! clients (`common::http2`) send what tonic's client will not (stalled bodies).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

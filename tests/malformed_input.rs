@@ -7,6 +7,8 @@
 //! raw HTTP/2 client (`common::http2`) sends the two-message body tonic's client will not.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

@@ -5,6 +5,8 @@
 //! `config/prometheus/ferry-rules.test.yml` (promtool, run by scripts/test).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

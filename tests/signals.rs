@@ -5,6 +5,8 @@
 //! for messages that must still be waiting.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

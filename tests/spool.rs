@@ -7,6 +7,8 @@
 //! `FERRY_SPOOL_SECONDS=15 FERRY_SPOOL_DOWN_SECONDS=5 scripts/test --test spool -- --nocapture`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

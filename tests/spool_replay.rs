@@ -4,6 +4,8 @@
 //! finds it. Real RabbitMQ nodes of the tests' own; real daemons.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

@@ -5,6 +5,8 @@
 //! the config allows it again. Real RabbitMQ nodes of the tests' own; real daemons.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 

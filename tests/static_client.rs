@@ -7,6 +7,8 @@
 //! scripts/test builds the client and names it in `FERRY_TEST_STATIC_CLIENT`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 
@@ -21,8 +23,8 @@ use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
 fn static_client() -> PathBuf {
     std::env::var_os("FERRY_TEST_STATIC_CLIENT")
         .expect(
-            "FERRY_TEST_STATIC_CLIENT names the static client (scripts/test builds it: cargo \
-             build --release --target x86_64-unknown-linux-musl --no-default-features)",
+            "FERRY_TEST_STATIC_CLIENT names the static client (scripts/test builds it with \
+             scripts/static-client)",
         )
         .into()
 }

@@ -24,7 +24,7 @@
 //!   cache of producers), [`producer`] (the actor, its [`producer::Backend`] trait and the
 //!   [`Producer`] handle), [`policy`], [`stats`], [`target`], [`metadata`], [`line`](mod@line),
 //!   [`error`], [`settings`], and `backends.rs` (which backend starts a target's producer);
-//! - [`kafka`]: the librdkafka backend, its configuration and its event serving;
+//! - `kafka` (feature `kafka`): the librdkafka backend, its configuration and its event serving;
 //! - [`amqp`]: the RabbitMQ backend and the per-server connection actor;
 //! - [`spool`]: the spooler, each line's spooling state, and the replay tasks.
 

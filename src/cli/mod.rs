@@ -7,8 +7,9 @@
 //!   RabbitMQ exchange or a named route, through daemons with failover
 //!   ([`crate::client::deliver`]).
 //! - [`event`]: the predecessor's `ecflow-client`, `production` and `log` commands, drop-in.
-//! - [`ops`]: `check` (for ecFlow), `stats` (for a human), `routes` (a daemon's named
-//!   routes) and `reload` (SIGHUP, then the outcome).
+//! - [`ops`]: `check` (for ecFlow), `stats` (for a human) and `routes` (a daemon's named
+//!   routes); `reload`: SIGHUP, then the outcome; `top`: the live
+//!   view.
 //! - [`spool`]: `ferry spool`: list what a spool holds; export, requeue or purge dead
 //!   letters; salvage a damaged database (the writing ones with the daemon stopped).
 

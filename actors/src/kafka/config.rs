@@ -46,6 +46,12 @@ pub(super) fn client_config(
         // A topic the cluster does not know fails its messages after 1 s (not librdkafka's
         // 30 s), so a misspelt topic is answered "rejected" instead of timing out.
         .set("topic.metadata.propagation.max.ms", "1000");
+    // The portable build's OpenSSL is built in and does not know where this system keeps
+    // its trusted CAs: librdkafka then looks in the usual places (Debian's, RHEL's, SUSE's
+    // bundles), unless the config names a CA file.
+    if cfg!(feature = "kafka-vendored-libs") {
+        config.set("ssl.ca.location", "probe");
+    }
     for (key, value) in &s.properties {
         config.set(key, value);
     }
@@ -77,6 +83,20 @@ pub fn check_settings(settings: &KafkaSettings) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_portable_build_finds_the_systems_cas_unless_a_config_names_one() {
+        let settings = KafkaSettings::default();
+        let config = client_config("b:9092", &settings, None);
+        let probe = cfg!(feature = "kafka-vendored-libs").then_some("probe");
+        assert_eq!(config.get("ssl.ca.location"), probe);
+        let mut named = KafkaSettings::default();
+        named
+            .properties
+            .push(("ssl.ca.location".into(), "/etc/site/ca.pem".into()));
+        let config = client_config("b:9092", &named, None);
+        assert_eq!(config.get("ssl.ca.location"), Some("/etc/site/ca.pem"));
+    }
 
     #[test]
     fn every_reserved_property_is_set_with_ferry_s_value() {

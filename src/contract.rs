@@ -11,6 +11,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:33383";
 /// default.
 pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:33384";
 
+/// The largest message a daemon takes by default (`server.max_message_bytes`: 4 MiB,
+/// tonic's own bound of a decoded request); the client refuses a larger payload unless told
+/// the daemons take more (`--max-bytes`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The service name grpc.health.v1 reports for the ingress.
 pub const HEALTH_SERVICE: &str = "messagebroker.MessageBroker";
 /// The service name grpc.health.v1 reports for the streaming ingress.

@@ -3,6 +3,8 @@
 //! process or as a `ferry serve` child, against real brokers. SIGTERM is `tests/signals.rs`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
 
 mod common;
 
@@ -315,9 +317,10 @@ async fn a_spool_that_does_not_drain_makes_the_daemon_degraded_until_it_drains()
     broker.stop();
 }
 
-#[test]
-fn the_pid_file_is_written_guarded_and_removed() {
-    let dir = std::env::temp_dir().join(unique("ferry-pid"));
+/// A directory named after `name` with a config whose `ops.pid_file` is in it: the
+/// directory, the pid file and the config's path.
+fn pid_file_config(name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(unique(name));
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("ferry.pid");
     let config = dir.join("ferry.toml");
@@ -326,7 +329,13 @@ fn the_pid_file_is_written_guarded_and_removed() {
         format!("[ops]\npid_file = {:?}\n", pid_file.to_str().unwrap()),
     )
     .unwrap();
-    let config = config.to_str().unwrap();
+    (dir, pid_file, config.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn the_pid_file_is_written_guarded_and_removed() {
+    let (dir, pid_file, config) = pid_file_config("ferry-pid");
+    let config = config.as_str();
     let daemon = serve_with(&free_address(), &["--config", config]);
     let written: u32 = std::fs::read_to_string(&pid_file)
         .unwrap()
@@ -340,9 +349,79 @@ fn the_pid_file_is_written_guarded_and_removed() {
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("is another ferry serving"));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("is held by a running ferry"), "{said}");
     assert_eq!(daemon.terminate().0, Some(0));
     assert!(!pid_file.exists(), "removed at exit");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Waits (at most 5 s) until process `pid` has died: a zombie, or gone.
+fn wait_dead(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state is the field after the command name's closing parenthesis.
+        let state = state
+            .rsplit(") ")
+            .next()
+            .and_then(|rest| rest.chars().next());
+        if matches!(state, None | Some('Z' | 'X')) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stale_pid_file_never_blocks_a_start_and_is_never_signalled() {
+    let (dir, pid_file, config) = pid_file_config("ferry-pid-stale");
+    let config = config.as_str();
+    let pid_in_file = || -> u32 {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+
+    // Left by a crash, naming a live process that is no ferry (a PID reused after a reboot).
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::write(&pid_file, format!("{}\n", bystander.id())).unwrap();
+    let first = serve_with(&free_address(), &["--config", config]);
+    assert_eq!(pid_in_file(), first.pid());
+
+    // SIGKILLed and not reaped (a zombie whose /proc entry remains): a restart at once.
+    first.signal("KILL");
+    wait_dead(first.pid());
+    assert!(std::path::Path::new(&format!("/proc/{}", first.pid())).exists());
+    let second = serve_with(&free_address(), &["--config", config]);
+    assert_eq!(pid_in_file(), second.pid());
+    drop(first);
+
+    // `ferry reload` signals only a daemon that holds its pid file.
+    let ops = free_address();
+    second.signal("KILL");
+    wait_dead(second.pid());
+    std::fs::write(&pid_file, format!("{}\n", bystander.id())).unwrap();
+    let pid_file_arg = pid_file.to_str().unwrap();
+    let reload = ferry(&["reload", "--pid-file", pid_file_arg, "--http", &ops])
+        .output()
+        .unwrap();
+    assert_eq!(reload.status.code(), Some(1), "{reload:?}");
+    let said = String::from_utf8_lossy(&reload.stderr);
+    assert!(said.contains("no running ferry holds it"), "{said}");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander was signalled"
+    );
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+    drop(second);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -61,9 +61,9 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
             "no pid file: give --pid-file, or --config with ops.pid_file set",
         );
     };
-    let pid = match read_pid(&pid_file) {
+    let pid = match held_pid(&pid_file) {
         Ok(pid) => pid,
-        Err(error) => return fail(EXIT_USAGE, error),
+        Err(code) => return code,
     };
     let http = args
         .http
@@ -108,6 +108,27 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
                 args.timeout_ms
             ),
         ),
+    }
+}
+
+/// The pid of `pid_file` when a running ferry holds the file (a stale file may name any
+/// process, which must not be signalled); else the exit code, the reason printed.
+fn held_pid(pid_file: &std::path::Path) -> Result<rustix::process::Pid, ExitCode> {
+    let pid = read_pid(pid_file).map_err(|error| fail(EXIT_USAGE, error))?;
+    match crate::daemon::pid_file::is_held(pid_file) {
+        Ok(true) => Ok(pid),
+        Ok(false) => Err(fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "{} names pid {pid:?}, but no running ferry holds it (the file is stale): is \
+                 the daemon running, with this pid file?",
+                pid_file.display()
+            ),
+        )),
+        Err(error) => Err(fail(
+            EXIT_USAGE,
+            format!("cannot read {}: {error}", pid_file.display()),
+        )),
     }
 }
 

@@ -12,10 +12,10 @@ use clap::{Args, Subcommand};
 use super::{
     ConnectArgs, EXIT_NOT_DELIVERED, EXIT_USAGE, LimitArgs, block_on, exit, fail, options, report,
 };
-use crate::client::deliver::{Options, Way, deliver};
+use crate::client::deliver::{Options, Outcome, Way, deliver};
 use crate::client::lines::{describe_failures, split_lines};
 use crate::client::{Destination, MessageMetadata};
-use crate::contract::DEFAULT_LISTEN;
+use crate::contract::{DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::proto::ferry::v1;
 
 /// Examples shown by `ferry send kafka --help`.
@@ -79,6 +79,9 @@ pub struct SendArgs {
     /// The daemons and the time limits.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+    /// What to print when the message was taken.
+    #[command(flatten)]
+    pub print: PrintArgs,
 }
 
 /// What a message carries besides its bytes. Kafka takes --key, --partition and
@@ -243,6 +246,9 @@ pub enum SendCommand {
         /// The daemons and the time limits.
         #[command(flatten)]
         delivery: DeliveryArgs,
+        /// What to print when the message was taken.
+        #[command(flatten)]
+        print: PrintArgs,
     },
     /// Send to a RabbitMQ exchange (persistent, with a publisher confirm).
     #[command(after_help = RABBITMQ_EXAMPLES)]
@@ -265,6 +271,9 @@ pub enum SendCommand {
         /// The daemons and the time limits.
         #[command(flatten)]
         delivery: DeliveryArgs,
+        /// What to print when the message was taken.
+        #[command(flatten)]
+        print: PrintArgs,
     },
 }
 
@@ -286,42 +295,147 @@ pub struct PayloadArgs {
     /// otherwise 1, with the failed line numbers and why on stderr. Example: --lines
     #[arg(long)]
     pub lines: bool,
+    /// The most bytes one message may have: the daemons' server.max_message_bytes. A larger
+    /// payload is refused here (exit 2) before it is read whole or sent.
+    /// Example: --max-bytes 8388608
+    #[arg(
+        long,
+        env = "FERRY_MAX_MESSAGE_BYTES",
+        default_value_t = DEFAULT_MAX_MESSAGE_BYTES,
+        value_name = "BYTES"
+    )]
+    pub max_bytes: u64,
+    /// Send an empty payload; without it an empty --data, file or standard input is refused
+    /// (an empty pipe is usually a job script's mistake). Example: --allow-empty
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 impl PayloadArgs {
-    /// The payload from `--data`, `--file` or standard input (which must not be a terminal),
-    /// at most [`MAX_INPUT_BYTES`].
+    /// The payload from `--data`, `--file` or standard input (which must not be a terminal):
+    /// at most `--max-bytes` (with `--lines`, at most [`MAX_INPUT_BYTES`] in all), and not
+    /// empty unless `--allow-empty`. A file is measured before it is read.
     fn read(self) -> Result<Bytes, String> {
-        if let Some(data) = self.data {
-            return Ok(Bytes::from(data));
-        }
-        let (reader, name): (Box<dyn Read>, String) = match self.file {
-            Some(path) => {
-                let file = std::fs::File::open(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                (Box::new(file), path.display().to_string())
-            }
-            None => {
-                let stdin = std::io::stdin();
-                if stdin.is_terminal() {
-                    return Err(
-                        "no payload: give --data, --file, or pipe it on standard input".into(),
-                    );
-                }
-                (Box::new(stdin), "standard input".to_owned())
+        let limit = if self.lines {
+            MAX_INPUT_BYTES
+        } else {
+            self.max_bytes.min(MAX_INPUT_BYTES)
+        };
+        let too_large = |name: &str, size: Option<u64>| {
+            let size = size.map_or_else(String::new, |n| format!("{n} bytes, "));
+            if self.lines {
+                format!(
+                    "{name} holds {size}more than the {MAX_INPUT_BYTES} bytes one --lines send takes"
+                )
+            } else {
+                format!(
+                    "{name} holds {size}more than the {limit} bytes a message may have \
+                     (--max-bytes; the daemons' server.max_message_bytes)"
+                )
             }
         };
-        let mut buffer = Vec::new();
-        reader
-            .take(MAX_INPUT_BYTES + 1)
-            .read_to_end(&mut buffer)
-            .map_err(|e| format!("cannot read {name}: {e}"))?;
-        if buffer.len() as u64 > MAX_INPUT_BYTES {
-            return Err(format!(
-                "{name} holds more than {MAX_INPUT_BYTES} bytes, the most one send takes"
-            ));
+        let payload = match self.data {
+            Some(data) if data.len() as u64 > limit => {
+                return Err(too_large("--data", Some(data.len() as u64)));
+            }
+            Some(data) => Bytes::from(data),
+            None => read_bounded(self.file.as_deref(), limit, &too_large)?,
+        };
+        if payload.is_empty() && !self.allow_empty {
+            return Err(
+                "empty payload: nothing to send (give --allow-empty to send an empty message)"
+                    .into(),
+            );
         }
-        Ok(Bytes::from(buffer))
+        Ok(payload)
+    }
+}
+
+/// The bytes of the file at `path` (standard input without one), at most `limit`: a file
+/// larger than that is refused by its size, before any of it is read; standard input by
+/// reading one byte past the limit.
+fn read_bounded(
+    path: Option<&std::path::Path>,
+    limit: u64,
+    too_large: &dyn Fn(&str, Option<u64>) -> String,
+) -> Result<Bytes, String> {
+    let (reader, name): (Box<dyn Read>, String) = match path {
+        Some(path) => {
+            let name = path.display().to_string();
+            let file = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+            let size = file.metadata().map(|m| m.is_file().then_some(m.len()));
+            if let Ok(Some(size)) = size
+                && size > limit
+            {
+                return Err(too_large(&name, Some(size)));
+            }
+            (Box::new(file), name)
+        }
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                return Err("no payload: give --data, --file, or pipe it on standard input".into());
+            }
+            (Box::new(stdin), "standard input".to_owned())
+        }
+    };
+    let mut buffer = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut buffer)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if buffer.len() as u64 > limit {
+        return Err(too_large(&name, None));
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// What `ferry send` prints on standard output once the message was taken (nothing by
+/// default: a job script's output stays its own).
+#[derive(Debug, Args, Default)]
+pub struct PrintArgs {
+    /// Print the message's id, and for Kafka the partition and offset the broker gave it:
+    /// `id=… partition=… offset=…` (`spooled` instead when a daemon spooled it).
+    /// Example: --print-id
+    #[arg(long, conflicts_with_all = ["json", "lines"])]
+    pub print_id: bool,
+    /// Print the outcome as one JSON object: outcome (delivered or spooled), id, daemon,
+    /// attempts, partition and offset (null for RabbitMQ). Example: --json
+    #[arg(long, conflicts_with = "lines")]
+    pub json: bool,
+}
+
+impl PrintArgs {
+    /// Prints what came of a message taken by a daemon, as asked.
+    fn print(&self, outcome: &Outcome) {
+        let (Outcome::Delivered(taken) | Outcome::Spooled(taken)) = outcome else {
+            return;
+        };
+        let spooled = matches!(outcome, Outcome::Spooled(_));
+        let answer = &taken.answer;
+        if self.json {
+            let line = serde_json::json!({
+                "outcome": if spooled { "spooled" } else { "delivered" },
+                "id": answer.id,
+                "daemon": taken.daemon,
+                "attempts": taken.attempts,
+                "partition": answer.partition,
+                "offset": answer.offset,
+            });
+            println!("{line}");
+        } else if self.print_id {
+            let mut line = format!("id={}", answer.id);
+            if let Some(partition) = answer.partition {
+                line.push_str(&format!(" partition={partition}"));
+            }
+            if let Some(offset) = answer.offset {
+                line.push_str(&format!(" offset={offset}"));
+            }
+            if spooled {
+                line.push_str(" spooled");
+            }
+            println!("{line}");
+        }
     }
 }
 
@@ -351,54 +465,77 @@ pub struct DeliveryArgs {
     pub connect: ConnectArgs,
 }
 
-/// Sends one message; exit 0 when delivered, 1 with one line on stderr when not, 2 for a
-/// usage error.
-pub fn send(args: SendArgs) -> ExitCode {
-    let (destination, kind, payload, metadata, delivery) = match args.target {
-        Some(SendCommand::Kafka {
-            brokers,
-            topic,
-            payload,
-            metadata,
-            delivery,
-        }) => (
-            Destination::Kafka { brokers, topic },
-            Some(Kind::Kafka),
-            payload,
-            metadata,
-            delivery,
-        ),
-        Some(SendCommand::Rabbitmq {
-            server,
-            exchange,
-            routing_key,
-            payload,
-            metadata,
-            delivery,
-        }) => (
-            Destination::RabbitMq {
+/// What one `ferry send` names: where, the target's kind when the client knows it, the
+/// payload, its metadata, the daemons and what to print.
+type SendParts = (
+    Destination,
+    Option<Kind>,
+    PayloadArgs,
+    MetadataArgs,
+    DeliveryArgs,
+    PrintArgs,
+);
+
+impl SendArgs {
+    /// The parts of a send, from a route or from the subcommand naming the target.
+    fn into_parts(self) -> SendParts {
+        match self.target {
+            Some(SendCommand::Kafka {
+                brokers,
+                topic,
+                payload,
+                metadata,
+                delivery,
+                print,
+            }) => (
+                Destination::Kafka { brokers, topic },
+                Some(Kind::Kafka),
+                payload,
+                metadata,
+                delivery,
+                print,
+            ),
+            Some(SendCommand::Rabbitmq {
                 server,
                 exchange,
                 routing_key,
-            },
-            Some(Kind::RabbitMq),
-            payload,
-            metadata,
-            delivery,
-        ),
-        None => (
-            Destination::Route {
-                // clap requires --route when no subcommand is given.
-                name: args.route.unwrap_or_default(),
-                topic: args.topic,
-                routing_key: args.routing_key,
-            },
-            None,
-            args.payload,
-            args.metadata,
-            args.delivery,
-        ),
-    };
+                payload,
+                metadata,
+                delivery,
+                print,
+            }) => (
+                Destination::RabbitMq {
+                    server,
+                    exchange,
+                    routing_key,
+                },
+                Some(Kind::RabbitMq),
+                payload,
+                metadata,
+                delivery,
+                print,
+            ),
+            None => (
+                Destination::Route {
+                    // clap requires --route when no subcommand is given.
+                    name: self.route.unwrap_or_default(),
+                    topic: self.topic,
+                    routing_key: self.routing_key,
+                },
+                None,
+                self.payload,
+                self.metadata,
+                self.delivery,
+                self.print,
+            ),
+        }
+    }
+}
+
+/// Sends one message; exit 0 when delivered, 1 with one line on stderr when not, 2 for a
+/// usage error.
+pub fn send(args: SendArgs) -> ExitCode {
+    let (destination, kind, payload, metadata, delivery, print) = args.into_parts();
     let metadata = match metadata.to_wire(kind) {
         Ok(metadata) => metadata,
         Err(error) => return fail(EXIT_USAGE, error),
@@ -426,12 +563,11 @@ pub fn send(args: SendArgs) -> ExitCode {
         }
         return send_lines(&options, &destination, &payload);
     }
-    report(deliver(
-        &options,
-        &Way::Daemons(destination),
-        payload,
-        &metadata,
-    ))
+    let result = deliver(&options, &Way::Daemons(destination), payload, &metadata);
+    if let Ok(outcome) = &result {
+        print.print(outcome);
+    }
+    report(result)
 }
 
 /// How many line ranges `--lines` prints per reason on failure.

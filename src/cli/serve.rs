@@ -1,6 +1,6 @@
 //! `ferry serve`: the daemon.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -58,7 +58,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let _pid_file = match &settings.ops.pid_file {
-        Some(path) => match PidFile::create(path) {
+        Some(path) => match crate::daemon::pid_file::PidFile::create(path) {
             Ok(pid_file) => Some(pid_file),
             Err(error) => {
                 log::error!("{error}");
@@ -215,35 +215,6 @@ fn apply_reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
             log::error!(error:% = error; "Config reload refused, the old config keeps serving");
             live.refused(error.to_string());
         }
-    }
-}
-
-/// The pid file: written at start, removed at exit; refuses to start while it names a
-/// running process.
-struct PidFile(PathBuf);
-
-impl PidFile {
-    /// Writes this process's id to `path`, unless the file names another live process.
-    fn create(path: &Path) -> Result<Self, String> {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(pid) = text.trim().parse::<u32>()
-            && pid != std::process::id()
-            && Path::new(&format!("/proc/{pid}")).exists()
-        {
-            return Err(format!(
-                "pid file {} names running process {pid}: is another ferry serving?",
-                path.display()
-            ));
-        }
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", path.display()))?;
-        Ok(Self(path.to_owned()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -218,7 +218,10 @@ impl AttemptError {
                         | ErrorNo::ShuttingDown
                 )
             ),
-            _ => false,
+            // The daemon's gRPC decoder refused the message as too large (over its
+            // server.max_message_bytes): the next daemon would refuse it too.
+            Self::Rpc(status) => status.code() == tonic::Code::OutOfRange,
+            Self::Connect(_) | Self::Timeout(_) => false,
         }
     }
 }
@@ -227,6 +230,12 @@ impl fmt::Display for AttemptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Connect(reason) => write!(f, "cannot connect: {reason}"),
+            Self::Rpc(status) if status.code() == tonic::Code::OutOfRange => write!(
+                f,
+                "the message is larger than this daemon takes (its server.max_message_bytes; \
+                 give --max-bytes to match): {}",
+                status.message()
+            ),
             Self::Rpc(status) => write!(f, "gRPC {:?}: {}", status.code(), status.message()),
             Self::Timeout(limit) => write!(f, "no answer within {} ms", limit.as_millis()),
             Self::Answered { error_no, message } => write!(f, "error_no {error_no}: {message}"),

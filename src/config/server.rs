@@ -247,7 +247,7 @@ impl ServerConfig {
 
 /// 4 MiB, tonic's own default bound of a decoded request.
 const fn default_max_message_bytes() -> usize {
-    4 * 1024 * 1024
+    crate::contract::DEFAULT_MAX_MESSAGE_BYTES as usize
 }
 
 impl ServerConfig {

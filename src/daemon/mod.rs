@@ -12,11 +12,12 @@
 //! ([`send`]). Each resolves routes and checks access against the config in force, which
 //! [`live`] holds and a reload replaces, and hands each message to the forwarder.
 //! [`crate::report`] is what [`http`] serves as `/stats` and [`metrics`] renders for
-//! Prometheus, built by [`source`]; [`health`] says from it whether the daemon is serving, degraded
-//! or not serving (`/healthz`, `ferry check`).
-//! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload, and
-//! [`notify`] tells systemd (a `Type=notify` unit) when the daemon serves, reloads, stops;
-//! [`log_budget`] bounds the log lines a client can cause.
+//! Prometheus, built by [`source`]; [`health`] says from it whether the daemon is serving,
+//! degraded or not serving (`/healthz`, `ferry check`).
+//! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload; [`pid_file`]
+//! is `ops.pid_file`, locked while the daemon runs; [`notify`] tells systemd (a
+//! `Type=notify` unit) when the daemon serves, reloads, stops; [`log_budget`] bounds the
+//! log lines a client can cause.
 
 pub mod access;
 pub mod connections;
@@ -33,6 +34,7 @@ pub mod live;
 pub mod log_budget;
 pub mod metrics;
 pub mod notify;
+pub mod pid_file;
 pub mod send;
 pub mod server;
 pub mod signal;

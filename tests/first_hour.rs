@@ -1,0 +1,315 @@
+//! What a new user meets in the first hour, through the real binaries: a payload too large
+//! or empty is refused before anything is sent (and a large one is never read whole), a
+//! message too large for a daemon is not tried on the next one, and `ferry send` can print
+//! the message's id and, for Kafka, where the broker put it.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+// The end-to-end tests start daemons: they need the daemon's build.
+#![cfg(feature = "daemon")]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::process::{ferry, free_address, scratch_dir, serve};
+use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
+
+/// The peak memory, in KiB, GNU time reported for a command it ran (`-f %M` on the last
+/// line of stderr).
+fn peak_kib(output: &Output) -> u64 {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    last.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no peak memory in {stderr}"))
+}
+
+/// `ferry args` under GNU time, `stdin` on its standard input, with its output.
+fn timed_ferry(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut command = std::process::Command::new("/usr/bin/time");
+    command
+        .args(["-f", "%M", env!("CARGO_BIN_EXE_ferry")])
+        .args(args)
+        .env_remove("FERRY_PROXY")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("/usr/bin/time runs (Debian's time)");
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        // The client stops reading past its limit: a broken pipe here is the point.
+        let _ = pipe.write_all(bytes);
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_payload_over_the_limit_is_refused_before_it_is_read_or_sent() {
+    // Two "daemons" that must not be contacted: the client refuses first.
+    let first = TcpListener::bind("127.0.0.1:0").unwrap();
+    let second = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!(
+        "{},{}",
+        first.local_addr().unwrap(),
+        second.local_addr().unwrap()
+    );
+    let dir = scratch_dir("first-hour-size");
+    let send = [
+        "send",
+        "kafka",
+        "--brokers",
+        "k:9092",
+        "--topic",
+        "t",
+        "--proxy",
+        &proxy,
+    ];
+    for (name, size) in [
+        ("five.bin", 5_000_000u64),
+        ("three-hundred.bin", 300_000_000),
+    ] {
+        let path = dir.join(name);
+        // Sparse: the size is real, the disk is not used.
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let path = path.to_str().unwrap();
+        let output = timed_ferry(&[&send[..], &["--file", path]].concat(), None);
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains(&format!(
+                "{path} holds {size} bytes, more than the 4194304 bytes"
+            )),
+            "{said}"
+        );
+        let peak = peak_kib(&output);
+        println!("{name}: refused, client peak RSS {peak} KiB");
+        assert!(peak < 64 * 1024, "the client's peak RSS was {peak} KiB");
+    }
+    // Standard input is read one byte past the limit, no further.
+    let big = vec![b'x'; 300_000_000];
+    let output = timed_ferry(&send, Some(&big));
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("standard input holds more than the 4194304 bytes"),
+        "{said}"
+    );
+    let peak = peak_kib(&output);
+    println!("300 MB on standard input: refused, client peak RSS {peak} KiB");
+    assert!(peak < 64 * 1024, "the client's peak RSS was {peak} KiB");
+    // Nothing reached either listener: the client refused before connecting.
+    for listener in [&first, &second] {
+        listener.set_nonblocking(true).unwrap();
+        let accepted = listener.accept().map(drop);
+        let error = accepted.expect_err("no connection");
+        assert_eq!(error.kind(), std::io::ErrorKind::WouldBlock);
+    }
+    // --max-bytes raises the limit for daemons configured to take more: this one is sent
+    // (to listeners that never answer).
+    let path = dir.join("five.bin");
+    let raised = ferry(&send)
+        .args(["--file", path.to_str().unwrap(), "--max-bytes", "8000000"])
+        .args(["--attempt-timeout-ms", "200", "--timeout-ms", "500"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        raised.status.code(),
+        Some(1),
+        "tried the daemons: {raised:?}"
+    );
+    let said = String::from_utf8_lossy(&raised.stderr);
+    assert!(said.contains("not delivered"), "{said}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_empty_payload_is_refused_unless_allowed() {
+    let listen = free_address();
+    let daemon = serve(&listen);
+    let url = shared_amqp_url();
+    let exchange = kafka::unique_topic("ferry.test.first-hour");
+    let queue = kafka::unique_topic("first-hour-empty");
+    amqp::bind_queue(&url, &exchange, &queue, "#").await;
+    let send = |extra: &[&str]| {
+        let mut command = ferry(&[
+            "send",
+            "rabbitmq",
+            "--server",
+            &url,
+            "--exchange",
+            &exchange,
+        ]);
+        command
+            .args(["--routing-key", "empty", "--proxy", &listen])
+            .args(extra)
+            .stdin(Stdio::null());
+        command.output().unwrap()
+    };
+    let refused = send(&[]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("empty payload") && said.contains("--allow-empty"),
+        "{said}"
+    );
+    let refused = send(&["--data", ""]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+
+    let allowed = send(&["--allow-empty"]);
+    assert!(allowed.status.success(), "{allowed:?}");
+    let received = amqp::read_queue(&url, &queue, 2, Duration::from_secs(3)).await;
+    assert_eq!(received.len(), 1, "only the allowed one was sent");
+    assert!(received[0].data.is_empty());
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn a_message_too_large_for_a_daemon_is_not_tried_on_the_next() {
+    let first = free_address();
+    let second = free_address();
+    let daemon_a = serve(&first);
+    let daemon_b = serve(&second);
+    let brokers = shared_kafka();
+    let topic = kafka::unique_topic("first-hour-large");
+    kafka::create_topic(&brokers, &topic).await;
+    let dir = scratch_dir("first-hour-large");
+    let payload = dir.join("five.bin");
+    std::fs::write(&payload, vec![b'x'; 5_000_000]).unwrap();
+    // The client is told the daemons take 8 MB; they take 4 MiB (the default).
+    let output = ferry(&["send", "kafka", "--brokers", &brokers, "--topic", &topic])
+        .args([
+            "--proxy",
+            &format!("{first},{second}"),
+            "--max-bytes",
+            "8000000",
+        ])
+        .args(["--file", payload.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("larger than this daemon takes"), "{said}");
+    assert!(said.contains(&first) && !said.contains(&second), "{said}");
+    daemon_a.terminate();
+    daemon_b.terminate();
+}
+
+#[tokio::test]
+async fn send_prints_the_id_and_where_kafka_put_the_message() {
+    let listen = free_address();
+    let daemon = serve(&listen);
+    let brokers = shared_kafka();
+    let topic = kafka::unique_topic("first-hour-id");
+    kafka::create_topic(&brokers, &topic).await;
+    let send = |data: &str, flag: &str| {
+        let output = ferry(&["send", "kafka", "--brokers", &brokers, "--topic", &topic])
+            .args(["--partition", "0", "--proxy", &listen, "--data", data, flag])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let printed = send("first", "--print-id");
+    let fields: Vec<&str> = printed.trim().split(' ').collect();
+    assert_eq!(fields.len(), 3, "{printed}");
+    let id = fields[0].strip_prefix("id=").unwrap().to_owned();
+    assert_eq!(fields[1], "partition=0", "{printed}");
+    let offset: i64 = fields[2].strip_prefix("offset=").unwrap().parse().unwrap();
+
+    let printed = send("second", "--json");
+    let json: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
+    assert_eq!(json["outcome"], "delivered", "{json}");
+    assert_eq!(json["daemon"], listen.as_str());
+    assert_eq!(json["partition"], 0);
+    assert_eq!(json["offset"], offset + 1);
+
+    let records = kafka::read_records(&brokers, &topic, 0, 2, Duration::from_secs(10));
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].offset, offset);
+    assert_eq!(records[0].ferry_id().as_deref(), Some(id.as_str()));
+    assert_eq!(
+        records[1].ferry_id().as_deref(),
+        json["id"].as_str(),
+        "{json}"
+    );
+    // Without a flag, success prints nothing: a job script's output stays its own.
+    assert_eq!(send("third", "--attempts=2"), "");
+    daemon.terminate();
+}
+
+#[tokio::test]
+async fn the_wrapper_reports_through_a_route_with_no_password_on_the_node() {
+    let url = shared_amqp_url();
+    let exchange = kafka::unique_topic("ferry.test.first-hour-route");
+    let queue = kafka::unique_topic("first-hour-route");
+    amqp::bind_queue(&url, &exchange, &queue, "ecflow.command.ecflow_client").await;
+    // The daemon's route holds the server, the exchange and the password (in a file).
+    let dir = scratch_dir("first-hour-route");
+    let password = dir.join("mq.password");
+    std::fs::write(&password, "guest\n").unwrap();
+    let server = url.replacen("guest:guest@", "guest@", 1);
+    assert_ne!(server, url, "the test broker's URL carries guest:guest");
+    let config = dir.join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[routes.workflow]\nkind = \"rabbitmq\"\nserver = \"{server}\"\n\
+             password_file = \"{}\"\nexchange = \"{exchange}\"\n\
+             routing_key = \"ecflow.command.ecflow_client\"\n",
+            password.display()
+        ),
+    )
+    .unwrap();
+    let listen = free_address();
+    let daemon = common::process::serve_with(&listen, &["--config", config.to_str().unwrap()]);
+
+    let wrapper =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ecflow/bin/ecflow_client");
+    let run = |route: &str| {
+        std::process::Command::new(&wrapper)
+            .arg("--complete")
+            .env("ECFLOW_CLIENT_REAL", "/bin/true")
+            .env("FERRY", common::process::FERRY)
+            .env("FERRY_PROXY", &listen)
+            .env("FERRY_ROUTE_WORKFLOW", route)
+            // What a node without the route would use: no such server.
+            .env(
+                "FERRY_RABBITMQ_SERVER",
+                "amqp://nobody:wrong@127.0.0.1:1/%2f",
+            )
+            .env("FERRY_TIMEOUT_MS", "3000")
+            .envs([("ECF_HOST", "login_b01"), ("ECF_PORT", "31067")])
+            .envs([
+                ("ECF_NAME", "/suite/task"),
+                ("ECF_RID", "7"),
+                ("ECF_TRYNO", "1"),
+            ])
+            .env("ECF_DATE", "20261205")
+            .output()
+            .unwrap()
+    };
+    let routed = run("workflow");
+    assert!(routed.status.success(), "{routed:?}");
+    assert!(routed.stderr.is_empty(), "{routed:?}");
+    let received = amqp::read_queue(&url, &queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1);
+    let envelope: serde_json::Value = serde_json::from_slice(&received[0].data).unwrap();
+    assert_eq!(envelope["data"]["command"], "complete");
+    assert_eq!(envelope["data"]["ecf_name"], "/suite/task");
+    // Without the route the wrapper uses the URL, which goes nowhere: the job is told so
+    // and goes on (the real command's status).
+    let unrouted = run("");
+    assert!(unrouted.status.success(), "{unrouted:?}");
+    let said = String::from_utf8_lossy(&unrouted.stderr);
+    assert!(said.contains("ferry did not report '--complete'"), "{said}");
+    daemon.terminate();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -231,6 +231,21 @@ fn ferry_check_says_serving_or_not_in_one_line() {
     let line = String::from_utf8_lossy(&down.stdout);
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(line.contains("down"), "{line}");
+
+    // FERRY_PROXY's list, as the README's failover set-up has it: each daemon checked.
+    let both = format!("{},{dead}", daemon.address);
+    let listed = ferry(&["check"])
+        .env("FERRY_PROXY", &both)
+        .output()
+        .unwrap();
+    assert_eq!(listed.status.code(), Some(3), "{listed:?}");
+    let lines = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        lines.contains(&format!("ferry at {}: serving", daemon.address)),
+        "{lines}"
+    );
+    assert!(lines.contains(&format!("ferry at {dead}: down")), "{lines}");
+    assert!(lines.contains("1 of 2 daemons serve"), "{lines}");
     let (code, _) = daemon.terminate();
     assert_eq!(code, Some(0));
 }

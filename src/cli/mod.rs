@@ -51,7 +51,8 @@ Exit codes of the client commands (send, ecflow-client, production, log):
   1  not delivered: one line on stderr says why, for each daemon tried
   2  usage error: a flag or the payload cannot be used
 `ferry check` exits 0 when the daemon serves, 1 when it does not (restart it) and, with
---http, 3 when it serves but is degraded (look at the reasons it prints; do not restart).",
+--http, 3 when it serves but is degraded (look at the reasons it prints; do not restart);
+given several daemons, 0 when all serve, 1 when none does, 3 when some do.",
     daemon_exit_codes!()
 );
 

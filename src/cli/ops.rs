@@ -25,9 +25,16 @@ use crate::report::{ProducerReport, Report, State};
     after_help = "Example (an ecFlow task): ferry check --address 127.0.0.1:33383 || restart_ferry"
 )]
 pub struct CheckArgs {
-    /// The daemon's gRPC address. Example: --address 127.0.0.1:33383
-    #[arg(long, env = "FERRY_PROXY", default_value = DEFAULT_LISTEN, value_name = "HOST:PORT")]
-    pub address: String,
+    /// The daemon's gRPC address, or several, comma-separated (FERRY_PROXY's list): each is
+    /// checked. Example: --address 127.0.0.1:33383
+    #[arg(
+        long,
+        env = "FERRY_PROXY",
+        value_delimiter = ',',
+        default_value = DEFAULT_LISTEN,
+        value_name = "HOST:PORT,..."
+    )]
+    pub address: Vec<String>,
     /// Give up after this long. Example: --timeout-ms 2000
     #[arg(long, default_value_t = 2_000, value_name = "MS")]
     pub timeout_ms: u64,
@@ -161,15 +168,48 @@ pub(crate) fn read_report(uri: &Uri, timeout_ms: u64) -> Result<Report, String> 
     serde_json::from_slice(&body).map_err(|e| format!("unexpected /stats document: {e}"))
 }
 
-/// Asks the daemon's grpc.health.v1 service; exit 0 and "serving" when it serves, else 1.
+/// Asks each daemon's grpc.health.v1 service and prints one line per daemon. One daemon:
+/// exit 0 when it serves, 3 when it serves degraded (with `--http`), 1 when it does not. A
+/// list (`FERRY_PROXY=a,b`): 0 when every one serves, 1 when none does, 3 when some do.
 pub fn check(args: CheckArgs) -> ExitCode {
+    if args.http.is_some() && args.address.len() > 1 {
+        return fail(
+            EXIT_USAGE,
+            "--http is one daemon's operations endpoint: give one --address with it",
+        );
+    }
+    let codes: Vec<ExitCode> = args
+        .address
+        .iter()
+        .map(|address| check_one(address, &args))
+        .collect();
+    if let [code] = codes[..] {
+        return code;
+    }
+    let serving = codes.iter().filter(|c| **c == ExitCode::SUCCESS).count();
+    if codes.contains(&ExitCode::from(EXIT_USAGE)) {
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match serving {
+        0 => ExitCode::from(EXIT_NOT_DELIVERED),
+        n if n == codes.len() => ExitCode::SUCCESS,
+        n => {
+            println!("{n} of {} daemons serve", codes.len());
+            ExitCode::from(EXIT_DEGRADED)
+        }
+    }
+}
+
+/// Asks the daemon at `address`; exit 0 and "serving" when it serves, else 1 (3 when
+/// degraded, with `--http`).
+fn check_one(address: &str, args: &CheckArgs) -> ExitCode {
     let scheme = if args.tls_ca.is_some() {
         "https"
     } else {
         "http"
     };
-    let Ok(mut endpoint) = Endpoint::from_shared(format!("{scheme}://{}", args.address)) else {
-        return fail(EXIT_USAGE, format!("invalid address {:?}", args.address));
+    let Ok(mut endpoint) = Endpoint::from_shared(format!("{scheme}://{address}")) else {
+        return fail(EXIT_USAGE, format!("invalid address {:?}", address));
     };
     if let Some(path) = &args.tls_ca {
         let ca = match std::fs::read(path) {
@@ -209,22 +249,18 @@ pub fn check(args: CheckArgs) -> ExitCode {
     let ms = started.elapsed().as_millis();
     match answer {
         Ok(ServingStatus::Serving) => match &args.http {
-            Some(http) => check_health(&args.address, http, args.timeout_ms),
+            Some(http) => check_health(address, http, args.timeout_ms),
             None => {
-                println!("ferry at {}: serving ({ms} ms)", args.address);
+                println!("ferry at {}: serving ({ms} ms)", address);
                 ExitCode::SUCCESS
             }
         },
         Ok(status) => {
-            println!(
-                "ferry at {}: {} ({ms} ms)",
-                args.address,
-                status.as_str_name()
-            );
+            println!("ferry at {}: {} ({ms} ms)", address, status.as_str_name());
             ExitCode::from(EXIT_NOT_DELIVERED)
         }
         Err(error) => {
-            println!("ferry at {}: down: {error}", args.address);
+            println!("ferry at {}: down: {error}", address);
             ExitCode::from(EXIT_NOT_DELIVERED)
         }
     }

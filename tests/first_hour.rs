@@ -34,6 +34,7 @@ fn timed_ferry(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .args(["-f", "%M", env!("CARGO_BIN_EXE_ferry")])
         .args(args)
         .env_remove("FERRY_PROXY")
+        .env_remove("FERRY_MAX_MESSAGE_BYTES")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -104,6 +105,17 @@ fn a_payload_over_the_limit_is_refused_before_it_is_read_or_sent() {
     let peak = peak_kib(&output);
     println!("300 MB on standard input: refused, client peak RSS {peak} KiB");
     assert!(peak < 64 * 1024, "the client's peak RSS was {peak} KiB");
+    // --lines: a line over the limit refuses the whole send; no input is no lines, exit 0.
+    let lines = [&send[..], &["--lines", "--max-bytes", "10"]].concat();
+    let output = timed_ferry(&lines, Some(b"short\nthis line is longer than ten\n"));
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("line 2 holds 28 bytes") && said.contains("nothing was sent"),
+        "{said}"
+    );
+    let nothing = timed_ferry(&[&send[..], &["--lines"]].concat(), Some(b""));
+    assert_eq!(nothing.status.code(), Some(0), "{nothing:?}");
     // Nothing reached either listener: the client refused before connecting.
     for listener in [&first, &second] {
         listener.set_nonblocking(true).unwrap();

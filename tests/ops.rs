@@ -371,8 +371,9 @@ fn the_pid_file_is_written_guarded_and_removed() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Waits (at most 5 s) until process `pid` has died: a zombie, or gone.
-fn wait_dead(pid: u32) {
+/// Waits (at most 5 s) until process `pid` is a zombie or gone, and none of its threads
+/// holds `pid_file`'s lock any more (a process's threads exit after its main thread).
+fn wait_dead(pid: u32, pid_file: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -381,7 +382,8 @@ fn wait_dead(pid: u32) {
             .rsplit(") ")
             .next()
             .and_then(|rest| rest.chars().next());
-        if matches!(state, None | Some('Z' | 'X')) {
+        let dead = matches!(state, None | Some('Z' | 'X'));
+        if dead && std::fs::File::open(pid_file).is_ok_and(|file| file.try_lock().is_ok()) {
             return;
         }
         assert!(Instant::now() < deadline, "process {pid} did not die");
@@ -412,7 +414,7 @@ fn a_stale_pid_file_never_blocks_a_start_and_is_never_signalled() {
 
     // SIGKILLed and not reaped (a zombie whose /proc entry remains): a restart at once.
     first.signal("KILL");
-    wait_dead(first.pid());
+    wait_dead(first.pid(), &pid_file);
     assert!(std::path::Path::new(&format!("/proc/{}", first.pid())).exists());
     let second = serve_with(&free_address(), &["--config", config]);
     assert_eq!(pid_in_file(), second.pid());
@@ -421,7 +423,7 @@ fn a_stale_pid_file_never_blocks_a_start_and_is_never_signalled() {
     // `ferry reload` signals only a daemon that holds its pid file.
     let ops = free_address();
     second.signal("KILL");
-    wait_dead(second.pid());
+    wait_dead(second.pid(), &pid_file);
     std::fs::write(&pid_file, format!("{}\n", bystander.id())).unwrap();
     let pid_file_arg = pid_file.to_str().unwrap();
     let reload = ferry(&["reload", "--pid-file", pid_file_arg, "--http", &ops])
@@ -429,7 +431,7 @@ fn a_stale_pid_file_never_blocks_a_start_and_is_never_signalled() {
         .unwrap();
     assert_eq!(reload.status.code(), Some(1), "{reload:?}");
     let said = String::from_utf8_lossy(&reload.stderr);
-    assert!(said.contains("no running ferry holds it"), "{said}");
+    assert!(said.contains("no running ferry holds"), "{said}");
     assert!(
         bystander.try_wait().unwrap().is_none(),
         "the bystander was signalled"

@@ -111,38 +111,35 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
     }
 }
 
-/// The pid of `pid_file` when a running ferry holds the file (a stale file may name any
-/// process, which must not be signalled); else the exit code, the reason printed.
+/// The process that holds `pid_file` locked, as the kernel says (not the number in the
+/// file: a stale file may name any process, and a daemon that is starting has locked its
+/// file before writing its pid); else the exit code, the reason printed.
 fn held_pid(pid_file: &std::path::Path) -> Result<rustix::process::Pid, ExitCode> {
-    let pid = read_pid(pid_file).map_err(|error| fail(EXIT_USAGE, error))?;
-    match crate::daemon::pid_file::is_held(pid_file) {
-        Ok(true) => Ok(pid),
-        Ok(false) => Err(fail(
-            EXIT_NOT_DELIVERED,
-            format!(
-                "{} names pid {pid:?}, but no running ferry holds it (the file is stale): is \
-                 the daemon running, with this pid file?",
-                pid_file.display()
-            ),
-        )),
-        Err(error) => Err(fail(
+    let holder = crate::daemon::pid_file::holder(pid_file).map_err(|error| {
+        fail(
             EXIT_USAGE,
             format!("cannot read {}: {error}", pid_file.display()),
-        )),
-    }
-}
-
-/// The pid in `pid_file`: a positive pid other than init's ("-1" or "0" would signal a
-/// whole group, and rustix asserts on a negative one).
-fn read_pid(pid_file: &std::path::Path) -> Result<rustix::process::Pid, String> {
-    let text = std::fs::read_to_string(pid_file)
-        .map_err(|e| format!("cannot read {}: {e}", pid_file.display()))?;
-    text.trim()
-        .parse::<i32>()
+        )
+    })?;
+    let Some(pid) = holder else {
+        return Err(fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "no running ferry holds {} (the file is stale): is the daemon running, with \
+                 this pid file?",
+                pid_file.display()
+            ),
+        ));
+    };
+    let pid = i32::try_from(pid)
         .ok()
-        .filter(|pid| *pid > 1)
-        .and_then(rustix::process::Pid::from_raw)
-        .ok_or_else(|| format!("{} holds no pid", pid_file.display()))
+        .and_then(rustix::process::Pid::from_raw);
+    pid.ok_or_else(|| {
+        fail(
+            EXIT_USAGE,
+            format!("{} is held by no valid pid", pid_file.display()),
+        )
+    })
 }
 
 /// Polls `/stats` at `uri` for `timeout_ms` until the daemon counts a reload beyond

@@ -341,7 +341,8 @@ impl PayloadArgs {
             Some(data) => Bytes::from(data),
             None => read_bounded(self.file.as_deref(), limit, &too_large)?,
         };
-        if payload.is_empty() && !self.allow_empty {
+        // With --lines, no input is no lines: nothing to send, and nothing wrong.
+        if payload.is_empty() && !self.allow_empty && !self.lines {
             return Err(
                 "empty payload: nothing to send (give --allow-empty to send an empty message)"
                     .into(),
@@ -549,7 +550,7 @@ pub fn send(args: SendArgs) -> ExitCode {
     if let Err(error) = options.policy() {
         return exit(error);
     }
-    let lines = payload.lines;
+    let (lines, max_bytes) = (payload.lines, payload.max_bytes);
     let payload = match payload.read() {
         Ok(payload) => payload,
         Err(error) => return fail(EXIT_USAGE, error),
@@ -561,7 +562,7 @@ pub fn send(args: SendArgs) -> ExitCode {
                 "--lines sends bytes only: metadata flags are for single messages",
             );
         }
-        return send_lines(&options, &destination, &payload);
+        return send_lines(&options, &destination, &payload, max_bytes);
     }
     let result = deliver(&options, &Way::Daemons(destination), payload, &metadata);
     if let Ok(outcome) = &result {
@@ -573,13 +574,31 @@ pub fn send(args: SendArgs) -> ExitCode {
 /// How many line ranges `--lines` prints per reason on failure.
 const MAX_RANGES_SHOWN: usize = 20;
 
-/// `ferry send --lines`: every line of `input` as its own message over one stream.
-fn send_lines(options: &Options, destination: &Destination, input: &Bytes) -> ExitCode {
+/// `ferry send --lines`: every line of `input` as its own message over one stream; a line
+/// over `max_bytes` refuses the whole send (exit 2) before any is sent.
+fn send_lines(
+    options: &Options,
+    destination: &Destination,
+    input: &Bytes,
+    max_bytes: u64,
+) -> ExitCode {
+    let lines = split_lines(input);
+    let too_large = lines.iter().position(|line| line.len() as u64 > max_bytes);
+    if let Some(index) = too_large {
+        return fail(
+            EXIT_USAGE,
+            format!(
+                "line {} holds {} bytes, more than the {max_bytes} bytes a message may have \
+                 (--max-bytes; the daemons' server.max_message_bytes): nothing was sent",
+                index + 1,
+                lines[index].len()
+            ),
+        );
+    }
     let client = match options.client() {
         Ok(client) => client,
         Err(error) => return exit(error),
     };
-    let lines = split_lines(input);
     let outcome = match block_on(client.send_many(destination, &lines)) {
         Ok(outcome) => outcome,
         Err(code) => return code,

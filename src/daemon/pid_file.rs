@@ -5,7 +5,10 @@
 //! before the process is reaped — so whether a daemon runs is read from the lock, never
 //! from the number in the file: a file left behind by a crash is stale whatever PID it
 //! names (a PID reused after a reboot, a zombie's), and two daemons starting at once
-//! cannot both take it. `ferry reload` signals only the PID of a file that is locked.
+//! cannot both take it. `ferry reload` signals the process the kernel says holds the lock
+//! ([`holder`], from `/proc/locks`), never the number in the file, which a daemon that is
+//! starting has locked but not yet rewritten. The file is 0600: a lock needs only read
+//! access, and another user must not be able to hold it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
@@ -13,8 +16,12 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// How often [`PidFile::create`] tries again when the file it locked was replaced in the
-/// meantime (by a daemon removing it on its way out while this one opened it).
-const ATTEMPTS: usize = 3;
+/// meantime (by a daemon removing it on its way out while this one opened it), or was
+/// locked by someone else (a daemon holds it for its whole life; anything else briefly).
+const ATTEMPTS: usize = 5;
+
+/// The pause between two of those attempts.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(40);
 
 /// Why the pid file cannot be taken.
 #[derive(Debug, thiserror::Error)]
@@ -58,15 +65,17 @@ impl PidFile {
             path: path.display().to_string(),
             reason,
         };
-        for _ in 0..ATTEMPTS {
-            let file = open(path, true).map_err(|e| unusable(e.to_string()))?;
+        let mut held = false;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            let file = open(path, true).map_err(|e| unusable(describe(&e)))?;
             match file.try_lock() {
-                Ok(()) => {}
+                Ok(()) => held = false,
                 Err(TryLockError::WouldBlock) => {
-                    return Err(PidFileError::Held {
-                        path: path.display().to_string(),
-                        pid: pid_text(path),
-                    });
+                    held = true;
+                    continue;
                 }
                 Err(TryLockError::Error(error)) => return Err(unusable(error.to_string())),
             }
@@ -81,37 +90,71 @@ impl PidFile {
                 _file: file,
             });
         }
+        if held {
+            let pid = holder(path).ok().flatten();
+            return Err(PidFileError::Held {
+                path: path.display().to_string(),
+                pid: pid.map_or_else(|| pid_text(path), |pid| pid.to_string()),
+            });
+        }
         Err(unusable("it was replaced each time it was locked".into()))
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // Removed while still locked; the lock goes with the file when `_file` closes.
-        let _ = std::fs::remove_file(&self.path);
+        // Removed while still locked (the lock goes with the file when `_file` closes), and
+        // only if the path is still this file.
+        if names_file(&self.path, &self._file).unwrap_or(false) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Whether a running process holds the pid file at `path` (false when it is stale).
-pub fn is_held(path: &Path) -> std::io::Result<bool> {
-    let file = open(path, false)?;
-    match file.try_lock_shared() {
-        Ok(()) => Ok(false),
-        Err(TryLockError::WouldBlock) => Ok(true),
-        Err(TryLockError::Error(error)) => Err(error),
+/// The process holding the exclusive lock on the pid file at `path`, as the kernel lists it
+/// in `/proc/locks`: `None` when no process does (the file is stale).
+pub fn holder(path: &Path) -> std::io::Result<Option<u32>> {
+    let named = std::fs::metadata(path)?;
+    let device = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(named.dev()),
+        rustix::fs::minor(named.dev()),
+        named.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks")?;
+    Ok(locks.lines().find_map(|line| lock_holder(line, &device)))
+}
+
+/// The PID of a `/proc/locks` line (`1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF`) that
+/// is an exclusive flock on the file `device` (`major:minor:inode`).
+fn lock_holder(line: &str, device: &str) -> Option<u32> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    match fields[..] {
+        [_, "FLOCK", _, "WRITE", pid, file, ..] if file == device => pid.parse().ok(),
+        _ => None,
     }
 }
 
-/// Opens `path` for reading and writing (creating it when `create`), refusing a symlink.
+/// Opens `path` for reading and writing (creating it, 0600, when `create`), refusing a
+/// symlink.
 fn open(path: &Path, create: bool) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(create)
         .create(create)
         .truncate(false)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
+}
+
+/// The reason an open failed, in words (O_NOFOLLOW's ELOOP is a symlink).
+fn describe(error: &std::io::Error) -> String {
+    if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        "it is a symlink, which a pid file may not be".into()
+    } else {
+        error.to_string()
+    }
 }
 
 /// Whether `path` still names the file `file` has open.
@@ -144,6 +187,25 @@ fn pid_text(path: &Path) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_proc_locks_line_names_its_holder_only_for_an_exclusive_flock_on_the_file() {
+        let device = "08:01:1234";
+        let line = |kind: &str, mode: &str, file: &str| {
+            format!("1: {kind}  ADVISORY  {mode} 4242 {file} 0 EOF")
+        };
+        assert_eq!(
+            lock_holder(&line("FLOCK", "WRITE", device), device),
+            Some(4242)
+        );
+        assert_eq!(lock_holder(&line("FLOCK", "READ", device), device), None);
+        assert_eq!(lock_holder(&line("POSIX", "WRITE", device), device), None);
+        assert_eq!(
+            lock_holder(&line("FLOCK", "WRITE", "08:01:12345"), device),
+            None
+        );
+        assert_eq!(lock_holder("", device), None);
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ferry-pidfile-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -156,13 +218,18 @@ mod tests {
         let path = scratch("stale");
         // PID 1 is alive and is not a ferry: the old check refused this.
         std::fs::write(&path, "1\n").unwrap();
-        assert!(!is_held(&path).unwrap());
+        assert_eq!(holder(&path).unwrap(), None);
         let taken = PidFile::create(&path).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             format!("{}\n", std::process::id())
         );
-        assert!(is_held(&path).unwrap());
+        assert_eq!(holder(&path).unwrap(), Some(std::process::id()));
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         drop(taken);
         assert!(!path.exists(), "removed when dropped");
     }

@@ -23,7 +23,10 @@ pub fn free_address() -> String {
 /// A `ferry` command with `args`.
 pub fn ferry(args: &[&str]) -> Command {
     let mut command = Command::new(FERRY);
-    command.args(args).env_remove("FERRY_PROXY");
+    command
+        .args(args)
+        .env_remove("FERRY_PROXY")
+        .env_remove("FERRY_MAX_MESSAGE_BYTES");
     command
 }
 

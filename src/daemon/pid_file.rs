@@ -84,6 +84,9 @@ impl PidFile {
             if !names_file(path, &file).map_err(|e| unusable(e.to_string()))? {
                 continue;
             }
+            // A file an older ferry (or someone) left readable by others: 0600 from now on,
+            // as far as this user may change it.
+            let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
             write_pid(&file).map_err(|e| unusable(e.to_string()))?;
             return Ok(Self {
                 path: path.to_owned(),

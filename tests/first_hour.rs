@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::process::{ferry, free_address, scratch_dir, serve};
+use common::process::{ferry, free_address, scratch_dir, serve, serve_config_only};
 use ferry_testkit::{amqp, kafka, shared_amqp_url, shared_kafka};
 
 /// The peak memory, in KiB, GNU time reported for a command it ran (`-f %M` on the last
@@ -322,6 +322,59 @@ async fn the_wrapper_reports_through_a_route_with_no_password_on_the_node() {
     assert!(unrouted.status.success(), "{unrouted:?}");
     let said = String::from_utf8_lossy(&unrouted.stderr);
     assert!(said.contains("ferry did not report '--complete'"), "{said}");
+    daemon.terminate();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn operator_commands_find_the_daemon_from_its_config() {
+    let dir = scratch_dir("first-hour-config");
+    let (listen, ops) = (free_address(), free_address());
+    let config = dir.join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"{listen}\"\n\n[ops]\nlisten = \"{ops}\"\n"),
+    )
+    .unwrap();
+    let daemon = serve_config_only(&config, &listen, &ops, &dir.join("ferry.log"));
+    let path = config.to_str().unwrap();
+
+    // check reads server.listen, and with the config checks the health too (ops.listen).
+    let check = ferry(&["check", "--config", path]).output().unwrap();
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.starts_with(&format!("ferry at {listen}: serving")),
+        "{said}"
+    );
+    // FERRY_CONFIG, as `ferry serve` reads it, works for every operator command.
+    for command in [&["stats"][..], &["routes"], &["top", "--once"]] {
+        let output = ferry(command).env("FERRY_CONFIG", path).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{command:?}: {output:?}");
+    }
+    let stats = ferry(&["stats", "--config", path]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&stats.stdout).contains("KIND"),
+        "{stats:?}"
+    );
+    // An explicit flag wins over the file.
+    let elsewhere = free_address();
+    let flagged = ferry(&["stats", "--config", path, "--http", &elsewhere])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&flagged.stderr);
+    assert!(
+        said.contains(&format!("cannot connect to {elsewhere}")),
+        "{said}"
+    );
+    // A file that is not TOML is named.
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "[server\n").unwrap();
+    let refused = ferry(&["check", "--config", broken.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not TOML"));
     daemon.terminate();
     let _ = std::fs::remove_dir_all(dir);
 }

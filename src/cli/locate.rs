@@ -43,11 +43,20 @@ impl ConfigArg {
     }
 }
 
+impl Located {
+    /// The operations endpoint: `flag` if given, else the config's, else the default.
+    pub fn ops_address(&self, flag: Option<&str>) -> String {
+        flag.map(str::to_owned)
+            .or_else(|| self.ops_listen.clone())
+            .unwrap_or_else(|| crate::contract::DEFAULT_OPS_LISTEN.to_owned())
+    }
+}
+
 /// Reads the addresses of the config at `path`.
 fn read(path: &Path) -> Result<Located, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let table: toml::Table = text.parse().map_err(|e| {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         let e = e.to_string().replace('\n', " ");
         format!(
             "{} is not TOML ({e}); give the daemon's addresses as flags instead",
@@ -64,8 +73,8 @@ fn read(path: &Path) -> Result<Located, String> {
             .map(str::to_owned)
     };
     Ok(Located {
-        listen: text_of("server", "listen").map(|a| reachable(&a)),
-        ops_listen: text_of("ops", "listen").map(|a| reachable(&a)),
+        listen: text_of("server", "listen").map(|a: String| reachable(&a)),
+        ops_listen: text_of("ops", "listen").map(|a: String| reachable(&a)),
         pid_file: text_of("ops", "pid_file").map(PathBuf::from),
     })
 }

@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::deliver::{self, DeliverError, Options, Outcome};
 
 pub mod event;
+pub mod locate;
 pub mod ops;
 #[cfg(feature = "daemon")]
 pub mod reload;

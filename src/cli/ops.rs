@@ -15,8 +15,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::locate::ConfigArg;
 use super::{EXIT_DEGRADED, EXIT_NOT_DELIVERED, EXIT_USAGE, block_on, fail};
-use crate::contract::{DEFAULT_LISTEN, DEFAULT_OPS_LISTEN, HEALTH_SERVICE};
+use crate::contract::{DEFAULT_LISTEN, HEALTH_SERVICE};
 use crate::report::{ProducerReport, Report, State};
 
 /// Flags of `ferry check`.
@@ -26,12 +27,12 @@ use crate::report::{ProducerReport, Report, State};
 )]
 pub struct CheckArgs {
     /// The daemon's gRPC address, or several, comma-separated (FERRY_PROXY's list): each is
-    /// checked. Example: --address 127.0.0.1:33383
+    /// checked [default: the config's server.listen, else 127.0.0.1:33383].
+    /// Example: --address 127.0.0.1:33383
     #[arg(
         long,
         env = "FERRY_PROXY",
         value_delimiter = ',',
-        default_value = DEFAULT_LISTEN,
         value_name = "HOST:PORT,..."
     )]
     pub address: Vec<String>,
@@ -43,18 +44,26 @@ pub struct CheckArgs {
     #[arg(long, env = "FERRY_TLS_CA", value_name = "PATH")]
     pub tls_ca: Option<std::path::PathBuf>,
     /// The daemon's operations endpoint ([ops] listen): with it, a serving daemon that is
-    /// degraded exits 3 and the reasons are printed. Example: --http 127.0.0.1:33384
+    /// degraded exits 3 and the reasons are printed [default with --config: the config's
+    /// ops.listen]. Example: --http 127.0.0.1:33384
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<String>,
+    /// Where the daemon is, from its config file.
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// Flags of `ferry stats`.
 #[derive(Debug, Args)]
 #[command(after_help = "Example: ferry stats --http 127.0.0.1:33384")]
 pub struct StatsArgs {
-    /// The daemon's operations endpoint ([ops] listen). Example: --http 127.0.0.1:33384
-    #[arg(long, default_value = DEFAULT_OPS_LISTEN, value_name = "HOST:PORT")]
-    pub http: String,
+    /// The daemon's operations endpoint ([ops] listen) [default: the config's ops.listen,
+    /// else 127.0.0.1:33384]. Example: --http 127.0.0.1:33384
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// Where the daemon is, from its config file.
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Print the JSON document as served by /stats instead of the table. Example: --json
     #[arg(long)]
     pub json: bool,
@@ -67,17 +76,28 @@ pub struct StatsArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Example: ferry routes --http 127.0.0.1:33384")]
 pub struct RoutesArgs {
-    /// The daemon's operations endpoint ([ops] listen). Example: --http 127.0.0.1:33384
-    #[arg(long, default_value = DEFAULT_OPS_LISTEN, value_name = "HOST:PORT")]
-    pub http: String,
+    /// The daemon's operations endpoint ([ops] listen) [default: the config's ops.listen,
+    /// else 127.0.0.1:33384]. Example: --http 127.0.0.1:33384
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
+    /// Where the daemon is, from its config file.
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Give up after this long. Example: --timeout-ms 2000
     #[arg(long, default_value_t = 2_000, value_name = "MS")]
     pub timeout_ms: u64,
 }
 
+/// The `/stats` URI of the operations endpoint `http`, else the config's, else the
+/// default; the exit code (the reason printed) when it cannot be used.
+fn ops_uri(http: Option<&str>, config: &ConfigArg) -> Result<Uri, ExitCode> {
+    let located = config.locate().map_err(|error| fail(EXIT_USAGE, error))?;
+    stats_uri(&located.ops_address(http))
+}
+
 /// Reads the routes from `/stats` and prints one line per route: name and kind.
 pub fn routes(args: RoutesArgs) -> ExitCode {
-    let uri = match stats_uri(&args.http) {
+    let uri = match ops_uri(args.http.as_deref(), &args.config) {
         Ok(uri) => uri,
         Err(code) => return code,
     };
@@ -171,7 +191,19 @@ pub(crate) fn read_report(uri: &Uri, timeout_ms: u64) -> Result<Report, String> 
 /// Asks each daemon's grpc.health.v1 service and prints one line per daemon. One daemon:
 /// exit 0 when it serves, 3 when it serves degraded (with `--http`), 1 when it does not. A
 /// list (`FERRY_PROXY=a,b`): 0 when every one serves, 1 when none does, 3 when some do.
-pub fn check(args: CheckArgs) -> ExitCode {
+pub fn check(mut args: CheckArgs) -> ExitCode {
+    let located = match args.config.locate() {
+        Ok(located) => located,
+        Err(error) => return fail(EXIT_USAGE, error),
+    };
+    if args.address.is_empty() {
+        let listen = located.listen.clone();
+        args.address = vec![listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned())];
+    }
+    // Given the config, one daemon is checked whole: its health too.
+    if args.http.is_none() && args.config.config.is_some() && args.address.len() == 1 {
+        args.http = Some(located.ops_address(None));
+    }
     if args.http.is_some() && args.address.len() > 1 {
         return fail(
             EXIT_USAGE,
@@ -292,7 +324,7 @@ fn check_health(address: &str, http: &str, timeout_ms: u64) -> ExitCode {
 
 /// Reads `/stats` and prints it as an aligned table (or the JSON with `--json`).
 pub fn stats(args: StatsArgs) -> ExitCode {
-    let uri = match stats_uri(&args.http) {
+    let uri = match ops_uri(args.http.as_deref(), &args.config) {
         Ok(uri) => uri,
         Err(code) => return code,
     };

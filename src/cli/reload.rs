@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use http::Uri;
 
+use super::locate::ConfigArg;
 use super::ops::{read_report, stats_uri};
 use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, fail};
-use crate::contract::DEFAULT_OPS_LISTEN;
 use crate::report::{ConfigStatus, Report};
 
 /// Flags of `ferry reload`.
@@ -25,9 +25,8 @@ Examples:
   ferry reload --pid-file /var/run/ferry/ferry.pid --http 127.0.0.1:33384")]
 pub struct ReloadArgs {
     /// The daemon's config file, for its ops.pid_file and ops.listen.
-    /// Example: --config /etc/ferry/ferry.toml
-    #[arg(long, env = "FERRY_CONFIG", value_name = "PATH")]
-    pub config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// The daemon's pid file (instead of the config's ops.pid_file).
     /// Example: --pid-file /var/run/ferry/ferry.pid
     #[arg(long, value_name = "PATH")]
@@ -47,14 +46,11 @@ pub struct ReloadArgs {
 pub fn reload(args: ReloadArgs) -> ExitCode {
     // Only [ops] is read here, leniently: the daemon judges the rest, and an invalid
     // file must reach it to be refused (and counted) there.
-    let ops = match &args.config {
-        Some(path) => match ops_section(path) {
-            Ok(ops) => ops,
-            Err(error) => return fail(EXIT_USAGE, error),
-        },
-        None => OpsSection::default(),
+    let ops = match args.config.locate() {
+        Ok(located) => located,
+        Err(error) => return fail(EXIT_USAGE, error),
     };
-    let pid_file = args.pid_file.clone().or(ops.pid_file);
+    let pid_file = args.pid_file.clone().or_else(|| ops.pid_file.clone());
     let Some(pid_file) = pid_file else {
         return fail(
             EXIT_USAGE,
@@ -65,11 +61,7 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
         Ok(pid) => pid,
         Err(code) => return code,
     };
-    let http = args
-        .http
-        .clone()
-        .or(ops.listen)
-        .unwrap_or_else(|| DEFAULT_OPS_LISTEN.to_owned());
+    let http = ops.ops_address(args.http.as_deref());
     let uri = match stats_uri(&http) {
         Ok(uri) => uri,
         Err(code) => return code,
@@ -186,36 +178,4 @@ fn print_reloaded(report: &Report) {
     for widened in &config.widened {
         println!("widens access: {widened}");
     }
-}
-
-/// What `ferry reload` needs of a config file.
-#[derive(Debug, Default)]
-struct OpsSection {
-    /// `ops.pid_file`, if set.
-    pid_file: Option<std::path::PathBuf>,
-    /// `ops.listen`, if set.
-    listen: Option<String>,
-}
-
-/// Reads `[ops]` of the config at `path` as plain TOML, whatever the rest holds.
-fn ops_section(path: &std::path::Path) -> Result<OpsSection, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let table: toml::Table = text.parse().map_err(|e| {
-        format!(
-            "{} is not TOML ({e}); give --pid-file and --http to signal the daemon anyway",
-            path.display()
-        )
-    })?;
-    let ops = table.get("ops").and_then(toml::Value::as_table);
-    let text_of = |key: &str| {
-        ops.and_then(|ops| ops.get(key))
-            .and_then(toml::Value::as_str)
-            .filter(|value| !value.is_empty())
-            .map(str::to_owned)
-    };
-    Ok(OpsSection {
-        pid_file: text_of("pid_file").map(Into::into),
-        listen: text_of("listen"),
-    })
 }

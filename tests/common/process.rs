@@ -26,6 +26,7 @@ pub fn ferry(args: &[&str]) -> Command {
     command
         .args(args)
         .env_remove("FERRY_PROXY")
+        .env_remove("FERRY_CONFIG")
         .env_remove("FERRY_MAX_MESSAGE_BYTES");
     command
 }

@@ -14,7 +14,6 @@ use http::Uri;
 
 use crate::cli::ops::{read_report, stats_uri, table};
 use crate::cli::{EXIT_USAGE, fail};
-use crate::contract::DEFAULT_OPS_LISTEN;
 use crate::report::Report;
 
 pub use rows::{Row, cells, daemon_line, rows, sort};
@@ -24,9 +23,13 @@ pub use rows::{Row, cells, daemon_line, rows, sort};
 #[command(after_help = "Examples:\n  ferry top --http 127.0.0.1:33384\n  \
     ferry top --http login1:33384,login2:33384 --once\nKeys: q or Esc quits.")]
 pub struct TopArgs {
-    /// The daemons' operations endpoints ([ops] listen), comma-separated.
-    #[arg(long, default_value = DEFAULT_OPS_LISTEN, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    /// The daemons' operations endpoints ([ops] listen), comma-separated [default: the
+    /// config's ops.listen, else 127.0.0.1:33384].
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
     pub http: Vec<String>,
+    /// Where the daemon is, from its config file.
+    #[command(flatten)]
+    pub config: crate::cli::locate::ConfigArg,
     /// Print one table (rates over one interval) and exit: for scripts.
     #[arg(long)]
     pub once: bool,
@@ -99,8 +102,14 @@ impl Daemons {
 }
 
 /// Runs `ferry top`.
-pub fn top(args: TopArgs) -> ExitCode {
-    if args.http.is_empty() || args.http.len() > MAX_DAEMONS {
+pub fn top(mut args: TopArgs) -> ExitCode {
+    if args.http.is_empty() {
+        match args.config.locate() {
+            Ok(located) => args.http = vec![located.ops_address(None)],
+            Err(error) => return fail(EXIT_USAGE, error),
+        }
+    }
+    if args.http.len() > MAX_DAEMONS {
         return fail(
             EXIT_USAGE,
             format!("--http takes 1 to {MAX_DAEMONS} addresses"),

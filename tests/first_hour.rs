@@ -326,6 +326,100 @@ async fn the_wrapper_reports_through_a_route_with_no_password_on_the_node() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A daemon config with one RabbitMQ route per event kind, the password in a file: the
+/// scratch directory holding it as `ferry.toml` (remove it after).
+fn event_routes_config(url: &str, exchanges: &[(&str, &str, &str)]) -> std::path::PathBuf {
+    let dir = scratch_dir("first-hour-routes");
+    let password = dir.join("mq.password");
+    std::fs::write(&password, "guest\n").unwrap();
+    let server = url.replacen("guest:guest@", "guest@", 1);
+    let mut text = String::new();
+    for (name, exchange, allow) in exchanges {
+        text.push_str(&format!(
+            "[routes.{name}]\nkind = \"rabbitmq\"\nserver = \"{server}\"\n\
+             password_file = \"{}\"\nexchange = \"{exchange}\"\n\
+             routing_key = \"unset\"\nallow_routing_key = [\"{allow}\"]\n\n",
+            password.display()
+        ));
+    }
+    std::fs::write(dir.join("ferry.toml"), text).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn event_commands_take_their_route_from_the_environment() {
+    let url = shared_amqp_url();
+    let production = kafka::unique_topic("ferry.test.env-production");
+    let log = kafka::unique_topic("ferry.test.env-log");
+    let dir = event_routes_config(
+        &url,
+        &[
+            ("production", &production, "*.production.*"),
+            ("log", &log, "*.log.*"),
+        ],
+    );
+    let (production_queue, log_queue) = (format!("{production}.q"), format!("{log}.q"));
+    amqp::bind_queue(&url, &production, &production_queue, "#").await;
+    amqp::bind_queue(&url, &log, &log_queue, "#").await;
+    let listen = free_address();
+    let config = dir.join("ferry.toml");
+    let daemon = common::process::serve_with(&listen, &["--config", config.to_str().unwrap()]);
+    let product = [
+        "production",
+        "--system=gfs",
+        "--production-type=grib2",
+        "--production-stream=oper",
+        "--production-name=orig",
+        "--event=storage",
+        "--start-time=2026120500",
+        "--forecast-time=24h",
+    ];
+    let sent = ferry(&product)
+        .env("FERRY_PROXY", &listen)
+        .env("FERRY_ROUTE_PRODUCTION", "production")
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{sent:?}");
+    let log_event = [
+        "log",
+        "--system=gfs",
+        "--start-time=2026120500",
+        "--level=info",
+    ];
+    let sent = ferry(&[&log_event[..], &["--log-type=prepare"]].concat())
+        .env("FERRY_PROXY", &listen)
+        .env("FERRY_ROUTE_LOG", "log")
+        .output()
+        .unwrap();
+    assert!(sent.status.success(), "{sent:?}");
+    let wait = Duration::from_secs(10);
+    let received = amqp::read_queue(&url, &production_queue, 1, wait).await;
+    assert_eq!(received[0].routing_key, "gfs.production.grib2");
+    let received = amqp::read_queue(&url, &log_queue, 1, wait).await;
+    assert_eq!(received[0].routing_key, "gfs.log.prepare");
+
+    // Without a route or a server, the user is told every way to give one.
+    let refused = ferry(&product)
+        .env("FERRY_PROXY", &listen)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("--rabbitmq-server=URL, --route=NAME or FERRY_ROUTE_PRODUCTION=NAME"),
+        "{said}"
+    );
+    // --disable-send needs no server: it only prints.
+    let printed = ferry(&[&product[..], &["--disable-send"]].concat())
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let envelope: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    assert_eq!(envelope["data"]["system"], "gfs");
+    daemon.terminate();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn operator_commands_find_the_daemon_from_its_config() {
     let dir = scratch_dir("first-hour-config");

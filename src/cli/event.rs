@@ -71,11 +71,15 @@ Example:
 #[derive(Debug, Args)]
 pub struct EventTargetArgs {
     /// AMQP URL of the RabbitMQ server. Example: --rabbitmq-server=amqp://user:pass@mq1:5672/%2f
-    #[arg(long, value_name = "URL", required_unless_present = "route")]
+    /// Needed unless --route (or its environment variable) is given, or --disable-send.
+    #[arg(long, value_name = "URL")]
     pub rabbitmq_server: Option<String>,
     /// A route of the daemons' config instead of --rabbitmq-server (implies --with-broker):
     /// the daemons know the server, the exchange and the password; the event's routing key
-    /// is sent where the route allows it. Example: --route=workflow
+    /// is sent where the route allows it. Without this flag and --rabbitmq-server, the
+    /// route is read from FERRY_ROUTE_WORKFLOW (ecflow-client), FERRY_ROUTE_PRODUCTION
+    /// (production) or FERRY_ROUTE_LOG (log), so job scripts carry no password.
+    /// Example: --route=workflow
     #[arg(long, value_name = "NAME", conflicts_with = "rabbitmq_server")]
     pub route: Option<String>,
     /// Send through ferry daemons (--broker-address) instead of straight to RabbitMQ.
@@ -215,12 +219,12 @@ pub fn ecflow_client(args: EcflowClientArgs) -> ExitCode {
         std::env::var(name).ok()
     });
     let envelope = Envelope::now(&args.target.app, ECFLOW_CLIENT_TYPE, data);
-    send_event(
-        &args.target,
-        &envelope,
-        args.exchange_name,
-        args.route_key_name,
-    )
+    let address = EventAddress {
+        exchange: args.exchange_name,
+        routing_key: args.route_key_name,
+        route_env: ROUTE_ENV_WORKFLOW,
+    };
+    send_event(&args.target, &envelope, address)
 }
 
 /// Builds and sends a product event.
@@ -241,7 +245,12 @@ pub fn production(args: ProductionArgs) -> ExitCode {
     }
     let routing_key = args.route_key_name.unwrap_or_else(|| data.routing_key());
     let envelope = Envelope::now(&args.target.app, PRODUCTION_TYPE, data);
-    send_event(&args.target, &envelope, args.exchange_name, routing_key)
+    let address = EventAddress {
+        exchange: args.exchange_name,
+        routing_key,
+        route_env: ROUTE_ENV_PRODUCTION,
+    };
+    send_event(&args.target, &envelope, address)
 }
 
 /// Builds and sends a log event.
@@ -267,15 +276,47 @@ pub fn log(args: LogArgs) -> ExitCode {
     };
     let routing_key = args.route_key_name.unwrap_or_else(|| data.routing_key());
     let envelope = Envelope::now(&args.target.app, PRODUCTION_TYPE, data);
-    send_event(&args.target, &envelope, args.exchange_name, routing_key)
+    let address = EventAddress {
+        exchange: args.exchange_name,
+        routing_key,
+        route_env: ROUTE_ENV_LOG,
+    };
+    send_event(&args.target, &envelope, address)
 }
 
-/// Prints (`--disable-send`) or sends `envelope` to `exchange` with `routing_key`.
+/// The route of `ferry ecflow-client` when neither --route nor --rabbitmq-server is given.
+pub const ROUTE_ENV_WORKFLOW: &str = "FERRY_ROUTE_WORKFLOW";
+/// The route of `ferry production` when neither --route nor --rabbitmq-server is given.
+pub const ROUTE_ENV_PRODUCTION: &str = "FERRY_ROUTE_PRODUCTION";
+/// The route of `ferry log` when neither --route nor --rabbitmq-server is given.
+pub const ROUTE_ENV_LOG: &str = "FERRY_ROUTE_LOG";
+
+/// Where one kind of event goes: its exchange and routing key, and the environment
+/// variable that may name a route for it instead.
+struct EventAddress {
+    exchange: String,
+    routing_key: String,
+    route_env: &'static str,
+}
+
+impl EventAddress {
+    /// The route to use: `--route`, else (when no `--rabbitmq-server` names a server) the
+    /// kind's environment variable, if set and not empty. An explicit flag always wins.
+    fn route(&self, target: &EventTargetArgs) -> Option<String> {
+        if target.route.is_some() || target.rabbitmq_server.is_some() {
+            return target.route.clone();
+        }
+        std::env::var(self.route_env)
+            .ok()
+            .filter(|route| !route.is_empty())
+    }
+}
+
+/// Prints (`--disable-send`) or sends `envelope` to the event's exchange and routing key.
 fn send_event<T: Serialize>(
     target: &EventTargetArgs,
     envelope: &Envelope<T>,
-    exchange: String,
-    routing_key: String,
+    address: EventAddress,
 ) -> ExitCode {
     if target.disable_send {
         return match envelope.to_pretty_json() {
@@ -300,12 +341,20 @@ fn send_event<T: Serialize>(
     if let Err(error) = options.policy() {
         return exit(error);
     }
+    let route = address.route(target);
+    if route.is_none() && target.rabbitmq_server.is_none() {
+        let reason = format!(
+            "give --rabbitmq-server=URL, --route=NAME or {}=NAME (a route of the daemons' config)",
+            address.route_env
+        );
+        return fail(EXIT_USAGE, reason);
+    }
     let way = event_way(
-        target.route.as_deref(),
+        route.as_deref(),
         target.rabbitmq_server.as_deref(),
         target.with_broker,
-        exchange,
-        routing_key,
+        address.exchange,
+        address.routing_key,
     );
     report(way.and_then(|way| deliver(&options, &way, payload, &Default::default())))
 }

@@ -219,11 +219,18 @@ fn parse_ttl_ms(text: &str) -> Result<u64, String> {
         .ok_or_else(invalid)
 }
 
+/// Hides a flag from one subcommand's `--help`: AMQP properties under `send kafka`, Kafka's
+/// key and partition under `send rabbitmq`. Still parsed, so using one says why it does
+/// not apply rather than "unexpected argument".
+fn hide(arg: clap::Arg) -> clap::Arg {
+    arg.hide(true)
+}
+
 /// Targets of `ferry send`.
 #[derive(Debug, Subcommand)]
 pub enum SendCommand {
     /// Send to a Kafka topic (acknowledged by all in-sync replicas).
-    #[command(after_help = KAFKA_EXAMPLES)]
+    #[command(after_help = KAFKA_EXAMPLES, mut_arg("ttl", hide), mut_arg("content_type", hide), mut_arg("content_encoding", hide), mut_arg("correlation_id", hide), mut_arg("message_id", hide), mut_arg("kind", hide), mut_arg("app_id", hide), mut_arg("priority", hide))]
     Kafka {
         /// Bootstrap brokers of the cluster, host:port, comma-separated.
         /// Example: --brokers kafka1:9092,kafka2:9092
@@ -251,7 +258,7 @@ pub enum SendCommand {
         print: PrintArgs,
     },
     /// Send to a RabbitMQ exchange (persistent, with a publisher confirm).
-    #[command(after_help = RABBITMQ_EXAMPLES)]
+    #[command(after_help = RABBITMQ_EXAMPLES, mut_arg("key", hide), mut_arg("partition", hide))]
     Rabbitmq {
         /// AMQP URL of the server. Example: --server amqp://user:pass@mq1:5672/%2f
         #[arg(long, value_name = "URL")]

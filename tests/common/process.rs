@@ -27,7 +27,10 @@ pub fn ferry(args: &[&str]) -> Command {
         .args(args)
         .env_remove("FERRY_PROXY")
         .env_remove("FERRY_CONFIG")
-        .env_remove("FERRY_MAX_MESSAGE_BYTES");
+        .env_remove("FERRY_MAX_MESSAGE_BYTES")
+        .env_remove("FERRY_ROUTE_WORKFLOW")
+        .env_remove("FERRY_ROUTE_PRODUCTION")
+        .env_remove("FERRY_ROUTE_LOG");
     command
 }
 

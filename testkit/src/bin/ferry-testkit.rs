@@ -16,10 +16,34 @@ use ferry_testkit::{amqp, kafka};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// What `ferry-testkit --help` prints.
+const USAGE: &str = "\
+ferry-testkit: broker chores for the demo and for trying ferry by hand
+
+Usage:
+  ferry-testkit create-topic BROKERS TOPIC
+  ferry-testkit bind-queue AMQP_URL EXCHANGE QUEUE BINDING_KEY
+  ferry-testkit read-topic BROKERS TOPIC COUNT    print COUNT messages, one per line
+  ferry-testkit read-queue AMQP_URL QUEUE COUNT   print COUNT messages, one per line
+
+read-* wait up to 10 s and exit 1 if nothing arrived. read-topic reads partition 0 from its
+start; read-queue takes the messages off the queue (bind it before sending).
+
+Examples:
+  ferry-testkit create-topic 127.0.0.1:9092 nwp.events
+  ferry-testkit read-topic 127.0.0.1:9092 nwp.events 1
+  ferry-testkit bind-queue amqp://guest:guest@127.0.0.1:5672/%2f nwp.events mine '#'
+  ferry-testkit read-queue amqp://guest:guest@127.0.0.1:5672/%2f mine 1
+";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if matches!(args.as_slice(), ["--help" | "-h" | "help", ..]) {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let count = |n: &str| n.parse::<usize>().expect("COUNT is a number");
     let messages: Vec<Vec<u8>> = match args.as_slice() {
         ["create-topic", brokers, topic] => {
@@ -42,7 +66,7 @@ async fn main() -> ExitCode {
             .map(|m| m.data)
             .collect(),
         _ => {
-            eprintln!("usage: see the top of testkit/src/bin/ferry-testkit.rs");
+            eprint!("{USAGE}");
             return ExitCode::from(2);
         }
     };

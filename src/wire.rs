@@ -231,7 +231,9 @@ fn metadata(
             if amqp.is_some() {
                 return Err(InvalidRequest::new(
                     "amqp_metadata",
-                    "AMQP metadata for a Kafka target",
+                    "AMQP properties (--ttl, --content-type, --priority, …) for a Kafka \
+                     target, whose records carry a key, a partition and headers only: \
+                     drop them, or send to a RabbitMQ route",
                 ));
             }
             let kafka = kafka.unwrap_or_default();
@@ -255,7 +257,8 @@ fn metadata(
             if kafka.is_some() {
                 return Err(InvalidRequest::new(
                     "kafka_metadata",
-                    "Kafka metadata for a RabbitMQ target",
+                    "a Kafka key or partition (--key, --partition) for a RabbitMQ target: \
+                     drop them (--header works for both), or send to a Kafka route",
                 ));
             }
             if amqp.is_none() && headers.is_empty() {

@@ -326,6 +326,79 @@ async fn the_wrapper_reports_through_a_route_with_no_password_on_the_node() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// What `ferry send` says on stderr when it exits 1, sending `data` through `daemon` with
+/// one attempt.
+fn refusal(daemon: &str, target: &[&str]) -> String {
+    let output = ferry(&["send"])
+        .args(target)
+        .args(["--data", "x", "--attempts", "1", "--proxy", daemon])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn broker_failures_say_what_happened_and_what_to_do() {
+    let listen = free_address();
+    let daemon = serve(&listen);
+    let amqp_url = shared_amqp_url();
+    let amqp_port = amqp_url
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap();
+    let (kafka, refused) = (shared_kafka(), free_address());
+    let kafka_to = |brokers: &str, topic: &str| {
+        refusal(&listen, &["kafka", "--brokers", brokers, "--topic", topic])
+    };
+    // Nothing listens: librdkafka's "PurgeQueue (Local: Purged in queue)" before.
+    let said = kafka_to(&refused, "t");
+    assert!(
+        said.contains(&format!(
+            "error_no 4: broker unavailable: cannot connect to {refused}: connection refused"
+        )),
+        "{said}"
+    );
+    // RabbitMQ's port given as Kafka's: "AllBrokersDown … 1/1 brokers are down" before.
+    let amqp_address = format!("127.0.0.1:{amqp_port}");
+    let said = kafka_to(&amqp_address, "t");
+    assert!(
+        said.contains(&format!("{amqp_address} does not speak Kafka")),
+        "{said}"
+    );
+    let said = kafka_to("nosuchhost.invalid:9092", "t");
+    assert!(
+        said.contains("cannot resolve nosuchhost.invalid:9092"),
+        "{said}"
+    );
+    let topic = kafka::unique_topic("first-hour-no-such-topic");
+    let said = kafka_to(&kafka, &topic);
+    assert!(said.contains(&format!("error_no 3: broker rejected the message: topic {topic} does not exist on {kafka}: create it")), "{said}");
+
+    let rabbitmq_to = |server: &str| {
+        refusal(
+            &listen,
+            &[
+                "rabbitmq",
+                "--server",
+                server,
+                "--exchange",
+                "ferry.test.first-hour",
+            ],
+        )
+    };
+    let wrong_password = amqp_url.replacen("guest:guest@", "guest:wrong@", 1);
+    let said = rabbitmq_to(&wrong_password);
+    assert!(said.contains(&format!("error_no 3: broker rejected the message: RabbitMQ at 127.0.0.1:{amqp_port} refused the login of user \"guest\": check its password")), "{said}");
+    let no_vhost = format!("{}/nosuchvhost", amqp_url.rsplit_once('/').unwrap().0);
+    let said = rabbitmq_to(&no_vhost);
+    assert!(said.contains("error_no 3: broker rejected the message: NOT_ALLOWED - vhost nosuchvhost not found: create the vhost"), "{said}");
+    daemon.terminate();
+}
+
 /// A daemon config with one RabbitMQ route per event kind, the password in a file: the
 /// scratch directory holding it as `ferry.toml` (remove it after).
 fn event_routes_config(url: &str, exchanges: &[(&str, &str, &str)]) -> std::path::PathBuf {

@@ -148,7 +148,7 @@ async fn a_password_rotated_during_the_outage_is_the_one_replay_uses() {
         |s| {
             s.targets
                 .iter()
-                .any(|t| t.last_error.contains("ACCESS_REFUSED"))
+                .any(|t| t.last_error.contains("refused the login"))
         },
     )
     .await;

@@ -393,13 +393,14 @@ impl<B: Backend> ProducerActor<B> {
                         act.stats.set_state(ProducerState::Ready);
                     }
                     Ok(Err(error)) => act.fail(error, ctx),
-                    Err(_) => act.fail(
-                        ProduceError::Unavailable(format!(
-                            "no connection within {} ms",
+                    Err(_) => {
+                        let error = ProduceError::Unavailable(format!(
+                            "no connection within {} ms: packets dropped on the way, or a \
+                             port that does not speak the broker's protocol",
                             timeout.as_millis()
-                        )),
-                        ctx,
-                    ),
+                        ));
+                        act.fail(error, ctx)
+                    }
                 }),
         );
     }
@@ -638,7 +639,9 @@ mod tests {
         assert_eq!(
             send(&producer, "m").await,
             Err(ProduceError::Unavailable(
-                "no connection within 2000 ms".into()
+                "no connection within 2000 ms: packets dropped on the way, or a port that \
+                 does not speak the broker's protocol"
+                    .into()
             )),
             "the message waited in the mailbox for the attempt, then got its error"
         );

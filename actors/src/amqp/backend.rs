@@ -13,7 +13,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::oneshot;
 
-use super::server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, classify, connect};
+use super::explain::classify;
+use super::server::{AmqpServer, ChannelSlot, OpenChannel, bounded_uri, connect};
 use crate::error::ProduceError;
 use crate::metadata::{AmqpMetadata, HeaderValue, Metadata};
 use crate::producer::{Backend, Delivery, LostSignal, Outgoing, ProducerActor};

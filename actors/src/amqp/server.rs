@@ -30,6 +30,7 @@ use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{oneshot, watch};
 use tokio_stream::StreamExt;
 
+use super::explain::{self, classify};
 use crate::error::ProduceError;
 use crate::settings::{AmqpSettings, AmqpTls};
 use crate::target::AmqpTarget;
@@ -260,8 +261,11 @@ impl Handler<OpenChannel> for AmqpServer {
                 }
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(ProduceError::Unavailable(format!(
-                    "no AMQP connection within {} ms",
-                    timeout.as_millis()
+                    "no AMQP connection within {} ms to {}: packets dropped on the way, or \
+                     a port that does not speak AMQP (is it RabbitMQ's AMQP port? amqps for \
+                     a TLS port?)",
+                    timeout.as_millis(),
+                    act.label
                 ))),
             };
             if let Err(error) = &outcome {
@@ -379,10 +383,11 @@ pub(crate) async fn connect(
     // means lapin is only asked to connect where a listener answered, so a broker that is
     // down costs nothing however often it is retried.
     let address = (uri.authority.host.as_str(), uri.authority.port);
+    let user = uri.authority.userinfo.username.clone();
     drop(
         tokio::net::TcpStream::connect(address)
             .await
-            .map_err(|e| ProduceError::Unavailable(format!("cannot connect to {server}: {e}")))?,
+            .map_err(|e| ProduceError::Unavailable(unreachable(&server, &e)))?,
     );
     let connected = match tls {
         None => Connection::connect_uri(uri, properties).await,
@@ -399,9 +404,20 @@ pub(crate) async fn connect(
                  give the CA that signed it in rabbitmq.tls_ca_file"
             ))
         } else {
-            classify(&e)
+            explain::login(&e, &server, &user)
         }
     })
+}
+
+/// Why `server` could not be reached over TCP: a name that does not resolve, or the OS
+/// error of the connection.
+fn unreachable(server: &str, error: &std::io::Error) -> String {
+    let text = error.to_string();
+    // tokio's resolver: "failed to lookup address information: Name or service not known".
+    match text.strip_prefix("failed to lookup address information: ") {
+        Some(reason) => format!("cannot resolve {server}: {reason}"),
+        None => format!("cannot connect to {server}: {text}"),
+    }
 }
 
 /// The AMQP client's TLS settings: `tls`'s CA (besides the system's roots) and client
@@ -413,16 +429,5 @@ fn tls_config(tls: &AmqpTls) -> OwnedTLSConfig {
             key: id.key_pem.clone(),
         }),
         cert_chain: tls.ca_pem.clone(),
-    }
-}
-
-/// Maps a lapin failure to a [`ProduceError`].
-pub(crate) fn classify(error: &lapin::Error) -> ProduceError {
-    // Soft protocol errors are the broker's answer about what we asked (access refused,
-    // exchange of another type, …); everything else is about reaching the broker.
-    if error.is_amqp_soft_error() {
-        ProduceError::Rejected(error.to_string())
-    } else {
-        ProduceError::Unavailable(error.to_string())
     }
 }

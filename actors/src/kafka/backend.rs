@@ -24,6 +24,7 @@ use crate::settings::KafkaSettings;
 use crate::target::KafkaTarget;
 
 use super::config::client_config;
+use super::explain::{self, Causes};
 
 /// The Kafka header that carries a message's id, for consumers to drop duplicates.
 pub const ID_HEADER: &str = "ferry-id";
@@ -103,6 +104,7 @@ fn start_producer(
     .create_with_context(LossReporter {
         lost,
         label: backend.target.bootstrap_servers().to_owned(),
+        causes: Causes::default(),
     })
     .map_err(|e| ProduceError::Rejected(format!("invalid Kafka producer settings: {e}")))?;
     let producer = Arc::new(producer);
@@ -235,7 +237,7 @@ impl ProducerContext for LossReporter {
                 partition: Some(written.partition()),
                 offset: Some(written.offset()),
             }),
-            Err((error, _)) => Err(classify(error)),
+            Err((error, message)) => Err(self.explain(error, message.topic())),
         };
         // The caller may have given up (its budget ran out): nothing to tell.
         let _ = confirmed.send(outcome);
@@ -248,6 +250,24 @@ pub struct LossReporter {
     lost: LostSignal<KafkaBackend>,
     /// The broker set, for logs.
     label: String,
+    /// Why the cluster was last unreachable, in words a user acts on.
+    causes: Causes,
+}
+
+impl LossReporter {
+    /// A failed delivery to `topic` as its sender should read it: a broker's refusal with
+    /// the topic named and what to do, a failure to reach the cluster with the reason
+    /// librdkafka gave for it (the original text goes to the debug log).
+    fn explain(&self, error: &KafkaError, topic: &str) -> ProduceError {
+        if let Some(refused) = error
+            .rdkafka_error_code()
+            .and_then(|code| explain::refusal(code, topic, &self.label))
+        {
+            log::debug!("target":% = self.label; "librdkafka said: {error}");
+            return refused;
+        }
+        self.causes.explain(classify(error))
+    }
 }
 
 impl ClientContext for LossReporter {
@@ -270,7 +290,12 @@ impl ClientContext for LossReporter {
 
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
-            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::Fatal) => {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                let original = format!("{error}: {reason}");
+                self.lost
+                    .signal(self.causes.explain(ProduceError::Unavailable(original)));
+            }
+            Some(RDKafkaErrorCode::Fatal) => {
                 self.lost
                     .signal(ProduceError::Unavailable(format!("{error}: {reason}")));
             }
@@ -293,6 +318,11 @@ impl ClientContext for LossReporter {
                 self.lost.signal(ProduceError::Rejected(format!(
                     "authentication failed: {reason}"
                 )));
+            }
+            // A broker that cannot be reached: librdkafka's own log line (a warning) has
+            // said so; the translation is kept for the messages it fails.
+            _ if self.causes.note(reason).is_some() => {
+                log::debug!("target":% = self.label, reason:% = reason; "librdkafka error: {error}")
             }
             _ => {
                 log::warn!(

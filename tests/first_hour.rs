@@ -399,6 +399,53 @@ async fn broker_failures_say_what_happened_and_what_to_do() {
     daemon.terminate();
 }
 
+#[test]
+fn a_target_never_reached_is_spooled_with_a_warning_and_logged_rarely() {
+    let dir = scratch_dir("first-hour-unreached");
+    let config = dir.join("ferry.toml");
+    let spool = dir.join("spool");
+    std::fs::write(&config, format!("[spool]\ndir = \"{}\"\n", spool.display())).unwrap();
+    let (listen, log) = (free_address(), dir.join("daemon.log"));
+    let daemon =
+        common::process::serve_logged(&listen, &["--config", config.to_str().unwrap()], &log);
+    // The wrapper's default server, never edited: a host that does not resolve.
+    let output = ferry(&[
+        "send",
+        "rabbitmq",
+        "--server",
+        "amqp://user:pass@mq1.invalid/%2f",
+    ])
+    .args([
+        "--exchange",
+        "nwpc.operation.workflow",
+        "--data",
+        "x",
+        "--proxy",
+        &listen,
+    ])
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "spooled: {output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("cannot resolve mq1.invalid:5672"), "{said}");
+    assert!(
+        said.contains("no message has reached this target since the daemon started using it: check its address"),
+        "{said}"
+    );
+    // Replay keeps failing; each failure is a warning once, not once a second.
+    std::thread::sleep(Duration::from_secs(12));
+    daemon.terminate();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<&str> = logged.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(
+        (1..=4).contains(&warnings.len()),
+        "{} warnings in 12 s:\n{}",
+        warnings.len(),
+        warnings.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A daemon config with one RabbitMQ route per event kind, the password in a file: the
 /// scratch directory holding it as `ferry.toml` (remove it after).
 fn event_routes_config(url: &str, exchanges: &[(&str, &str, &str)]) -> std::path::PathBuf {

@@ -13,8 +13,8 @@ use crate::metadata::Metadata;
 use crate::policy::RetryPolicy;
 use crate::producer::{Delivery, Outgoing, Producer};
 use crate::registry::Registry;
-use crate::spool::{Spooler, ToSpool};
-use crate::stats::{InFlight, InFlightGuard};
+use crate::spool::{Spooler, ToSpool, UNREACHED_BACKOFF_MAX};
+use crate::stats::{InFlight, InFlightGuard, TargetStats};
 use crate::target::Target;
 
 /// A message the daemon took responsibility for.
@@ -188,7 +188,7 @@ impl Forwarder {
                             metadata: metadata.as_deref(),
                         };
                         let line = line_of(target, via);
-                        spool(spooler, &line, message, error.to_string()).await
+                        spool(spooler, &line, message, spooled_because(&error, stats)).await
                     }
                     _ => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -332,6 +332,21 @@ fn line_of(target: &Target, via: Option<&Arc<str>>) -> Line {
 
 /// Writes a message to the spool: accepted once durable, or refused as overloaded when the
 /// spool is full (nothing spooled before is dropped).
+/// Why a message was spooled, as its sender reads it: the failure, and for a target that
+/// has not taken a message since the daemon started using it, that its address may be
+/// wrong (a misspelt host is spooled like an outage, and would wait forever unnoticed).
+fn spooled_because(error: &ForwardError, stats: &TargetStats) -> String {
+    if stats.delivered() > 0 {
+        return error.to_string();
+    }
+    format!(
+        "{error}; no message has reached this target since the daemon started using it: \
+         check its address (until one does, its spooled messages are retried ever more \
+         rarely, down to once every {} s)",
+        UNREACHED_BACKOFF_MAX.as_secs()
+    )
+}
+
 async fn spool(
     spooler: &Arc<Spooler>,
     target: &Line,

@@ -41,6 +41,7 @@ pub mod metadata;
 pub mod policy;
 pub mod producer;
 pub mod registry;
+mod repeats;
 pub mod settings;
 pub mod spool;
 pub mod stats;

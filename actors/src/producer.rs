@@ -32,6 +32,7 @@ use futures_util::future::{self, BoxFuture, LocalBoxFuture};
 use tokio::time::Instant;
 
 use crate::error::ProduceError;
+use crate::repeats::Repeats;
 use crate::settings::ProducerSettings;
 use crate::stats::{ProducerState, TargetStats};
 
@@ -339,6 +340,11 @@ pub struct ProducerActor<B: Backend> {
     delivered_at_ready: u64,
     /// Where the ready connection is lent to publishers outside the actor.
     direct: Arc<Direct<B>>,
+    /// The failure last warned about: one that repeats on every restart is logged once a
+    /// minute, until a delivery shows it is over.
+    repeats: Repeats,
+    /// Deliveries confirmed when the last failure was logged.
+    delivered_at_warning: u64,
 }
 
 impl<B: Backend> ProducerActor<B> {
@@ -361,6 +367,8 @@ impl<B: Backend> ProducerActor<B> {
             delivered_at_ready: 0,
             reconnect_at: Instant::now(),
             direct,
+            repeats: Repeats::default(),
+            delivered_at_warning: 0,
         }
     }
 
@@ -385,7 +393,13 @@ impl<B: Backend> ProducerActor<B> {
                 .into_actor(self)
                 .map(move |outcome, act, ctx| match outcome {
                     Ok(Ok(connection)) => {
-                        log::info!("target":% = act.label; "Producer connected");
+                        if act.repeats.is_quiet() {
+                            log::info!("target":% = act.label; "Producer connected");
+                        } else {
+                            // Between two failures that repeat (Kafka "connects" without
+                            // reaching a broker): not news.
+                            log::debug!("target":% = act.label; "Producer connected");
+                        }
                         let publisher = act.backend.publisher(&connection, act.lost_signal(ctx));
                         act.direct.set(Some(publisher));
                         act.link = Link::Ready(connection, Instant::now());
@@ -407,7 +421,22 @@ impl<B: Backend> ProducerActor<B> {
 
     /// Gives up the current connection; the supervisor restarts the actor.
     fn fail(&mut self, error: ProduceError, ctx: &mut Context<Self>) {
-        log::warn!("target":% = self.label, error:% = error; "Producer failed, restarting");
+        let delivered = self.stats.delivered();
+        if delivered != self.delivered_at_warning {
+            self.repeats.clear();
+            self.delivered_at_warning = delivered;
+        }
+        match self.repeats.warn(&error.to_string()) {
+            Some(left_out) => log::warn!(
+                "target":% = self.label,
+                error:% = error,
+                suppressed_before = left_out;
+                "Producer failed, restarting"
+            ),
+            None => {
+                log::debug!("target":% = self.label, error:% = error; "Producer failed, restarting")
+            }
+        }
         self.stats
             .record_error(format!("producer restarted: {error}"));
         if matches!(self.link, Link::Ready(..)) && self.stats.delivered() > self.delivered_at_ready

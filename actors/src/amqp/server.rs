@@ -32,6 +32,7 @@ use tokio_stream::StreamExt;
 
 use super::explain::{self, classify};
 use crate::error::ProduceError;
+use crate::repeats::Repeats;
 use crate::settings::{AmqpSettings, AmqpTls};
 use crate::target::AmqpTarget;
 
@@ -131,6 +132,9 @@ pub struct AmqpServer {
     next_id: u64,
     /// The last failed attempt, and when.
     failure: Option<(Instant, ProduceError)>,
+    /// The failure last warned about: one that repeats on every attempt is logged once a
+    /// minute, until a connection is made.
+    repeats: Repeats,
 }
 
 impl AmqpServer {
@@ -151,6 +155,7 @@ impl AmqpServer {
             connections: Vec::new(),
             next_id: 0,
             failure: None,
+            repeats: Repeats::default(),
         }
     }
 
@@ -257,6 +262,7 @@ impl Handler<OpenChannel> for AmqpServer {
             let outcome = match outcome {
                 Ok(Ok(connection)) => {
                     act.failure = None;
+                    act.repeats.clear();
                     Ok(act.add(connection, ctx).lease())
                 }
                 Ok(Err(error)) => Err(error),
@@ -269,7 +275,17 @@ impl Handler<OpenChannel> for AmqpServer {
                 ))),
             };
             if let Err(error) = &outcome {
-                log::warn!(server:% = act.label, error:% = error; "AMQP connection failed");
+                match act.repeats.warn(&error.to_string()) {
+                    Some(left_out) => log::warn!(
+                        server:% = act.label,
+                        error:% = error,
+                        suppressed_before = left_out;
+                        "AMQP connection failed"
+                    ),
+                    None => {
+                        log::debug!(server:% = act.label, error:% = error; "AMQP connection failed")
+                    }
+                }
                 act.failure = Some((Instant::now(), error.clone()));
             }
             let _ = answer.send(outcome);

@@ -7,7 +7,7 @@
 //! of a message whose caller runs on another arbiter still wakes that arbiter.)
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::{self, FutureExt, LocalBoxFuture};
@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::error::ProduceError;
 use crate::metadata::Metadata;
 use crate::producer::{Backend, Confirmation, Delivery, LostSignal, Outgoing, ProducerActor};
+use crate::repeats::Repeats;
 use crate::settings::KafkaSettings;
 use crate::target::KafkaTarget;
 
@@ -38,12 +39,19 @@ pub struct KafkaBackend {
     target: KafkaTarget,
     /// Tuning, extra properties and each cluster's properties.
     settings: Arc<KafkaSettings>,
+    /// librdkafka's warning last logged, kept across the producers of this cluster (one
+    /// per restart): a broker that stays unreachable is logged once a minute.
+    repeats: Arc<Mutex<Repeats>>,
 }
 
 impl KafkaBackend {
     /// A backend for `target`.
     pub fn new(target: KafkaTarget, settings: Arc<KafkaSettings>) -> Self {
-        Self { target, settings }
+        Self {
+            target,
+            settings,
+            repeats: Arc::default(),
+        }
     }
 }
 
@@ -105,6 +113,7 @@ fn start_producer(
         lost,
         label: backend.target.bootstrap_servers().to_owned(),
         causes: Causes::default(),
+        repeats: Arc::clone(&backend.repeats),
     })
     .map_err(|e| ProduceError::Rejected(format!("invalid Kafka producer settings: {e}")))?;
     let producer = Arc::new(producer);
@@ -252,6 +261,8 @@ pub struct LossReporter {
     label: String,
     /// Why the cluster was last unreachable, in words a user acts on.
     causes: Causes,
+    /// librdkafka's warning last logged for this cluster.
+    repeats: Arc<Mutex<Repeats>>,
 }
 
 impl LossReporter {
@@ -277,7 +288,23 @@ impl ClientContext for LossReporter {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
-                log::warn!("target":% = self.label, facility = facility; "librdkafka: {line}")
+                // The same failure, however timed: "… (after 3ms in state CONNECT)".
+                let failure = line.split(" (after ").next().unwrap_or(line);
+                let warn = self
+                    .repeats
+                    .lock()
+                    .map_or(Some(0), |mut repeats| repeats.warn(failure));
+                match warn {
+                    Some(left_out) => log::warn!(
+                        "target":% = self.label,
+                        facility = facility,
+                        suppressed_before = left_out;
+                        "librdkafka: {line}"
+                    ),
+                    None => log::debug!(
+                        "target":% = self.label, facility = facility; "librdkafka: {line}"
+                    ),
+                }
             }
             L::Notice | L::Info => {
                 log::info!("target":% = self.label, facility = facility; "librdkafka: {line}")

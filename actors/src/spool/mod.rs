@@ -16,6 +16,6 @@ mod replay;
 mod spooler;
 
 pub use lines::{SpoolSnapshot, SpoolStats, SpoolTotals};
-pub use replay::ReplaySettings;
+pub use replay::{ReplaySettings, UNREACHED_BACKOFF_MAX};
 pub use spooler::Spooler;
 pub(crate) use spooler::ToSpool;

@@ -54,6 +54,14 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// Confirmed records removed in one transaction, at most.
 const REMOVE_BATCH: usize = 256;
+/// The longest wait between replay rounds of a target that has not taken a message since
+/// the daemon started using it (a misspelt host, a wrong port; or an outage that began
+/// before the daemon did). Its wait grows with how long it has been failing — a quarter
+/// of that, at least the producer's backoff — up to this: a target that may never answer
+/// costs a try every two minutes rather than every two seconds, and a broker that comes
+/// back after an outage of t is tried again within t/4. A target that has taken a message
+/// (or answered one, even with a refusal) is tried at the producer's pace.
+pub const UNREACHED_BACKOFF_MAX: Duration = Duration::from_secs(120);
 
 /// How spooled records are replayed, and when replay gives a record up to the dead letters.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +99,13 @@ impl Replayer {
     }
 }
 
+/// The wait after a failure at a target not yet reached, failing for `failing_for`: a
+/// quarter of that, at least the producer's `usual` backoff, at most
+/// [`UNREACHED_BACKOFF_MAX`].
+fn unreached_delay(usual: Duration, failing_for: Duration) -> Duration {
+    (failing_for / 4).clamp(usual, UNREACHED_BACKOFF_MAX.max(usual))
+}
+
 /// A record's publish and its outcome.
 type Outcome = (Record, Result<Delivery, ProduceError>);
 
@@ -119,6 +134,11 @@ pub(crate) struct Replay {
     streaming: bool,
     /// Consecutive failures, for the backoff.
     failures: u32,
+    /// Whether the target has taken or answered a message (replayed or live) since its
+    /// producer started: until it has, failures back off to [`UNREACHED_BACKOFF_MAX`].
+    reached: bool,
+    /// Since when replay has failed without a confirmation in between.
+    failing_since: Option<Instant>,
     /// The record that failed last, and how it has been failing.
     head: Head,
     /// The token bucket of `replay_max_rate`.
@@ -143,6 +163,8 @@ impl Replay {
             confirmed: Vec::new(),
             streaming: false,
             failures: 0,
+            reached: false,
+            failing_since: None,
             head: Head::default(),
             pace: Pace {
                 tokens: 0.0,
@@ -216,6 +238,7 @@ impl Replay {
             Ok(producer) => producer,
             Err(error) => return Err(error.to_string()),
         };
+        self.reached |= producer.stats().delivered() > 0;
         if self.window.is_empty() && self.confirmed.is_empty() {
             let oldest = self.ahead.front().map_or(0, |r| r.created_ms);
             self.stats.oldest_ms.store(oldest, Ordering::Relaxed);
@@ -298,6 +321,8 @@ impl Replay {
     /// The broker confirmed `record`: it waits for the next removal batch.
     fn on_confirmed(&mut self, record: Record) {
         self.streaming = true;
+        self.reached = true;
+        self.failing_since = None;
         self.failures = 0;
         if self.head.seq == record.seq {
             self.head = Head::default();
@@ -335,7 +360,10 @@ impl Replay {
         {
             self.bury(record, &error).await;
         }
-        self.back_off(&error.to_string()).await;
+        // A refusal is an answer: the broker was reached.
+        self.reached |= !error.is_retriable() && !matches!(error, ProduceError::Overloaded(_));
+        let unreached = !self.reached;
+        self.wait_after_failure(&error.to_string(), unreached).await;
     }
 
     /// Moves `record` (the head, refused for too long) to the dead letters.
@@ -457,16 +485,37 @@ impl Replay {
 
     /// Counts a failure and waits the producer's backoff for that many.
     async fn back_off(&mut self, error: &str) {
+        self.wait_after_failure(error, false).await;
+    }
+
+    /// Counts a failure and waits the producer's backoff for that many, or, for a target
+    /// not yet reached (`unreached`), a quarter of how long it has been failing, up to
+    /// [`UNREACHED_BACKOFF_MAX`]. Returns early when the daemon stops.
+    async fn wait_after_failure(&mut self, error: &str, unreached: bool) {
         self.failures = self.failures.saturating_add(1);
-        let delay = self.replayer.registry.restart_delay(self.failures);
+        let failing_for = self
+            .failing_since
+            .get_or_insert_with(Instant::now)
+            .elapsed();
+        let mut delay = self.replayer.registry.restart_delay(self.failures);
+        if unreached {
+            delay = unreached_delay(delay, failing_for);
+        }
         log::debug!(
             "target":% = self.target,
             failures = self.failures as u64,
             delay_ms = delay.as_millis() as u64,
+            unreached = unreached,
             error:% = error;
             "Spool replay waiting"
         );
-        tokio::time::sleep(delay).await;
+        // Appends wake the wait (and are let be); shutdown ends it.
+        let until = Instant::now() + delay;
+        while !self.replayer.lines.is_closing()
+            && tokio::time::timeout_at(until, self.appended.notified())
+                .await
+                .is_ok()
+        {}
     }
 
     /// The daemon stops: lets the publishes in flight finish (each within its attempt
@@ -705,6 +754,52 @@ mod tests {
         gate.open();
         fake::until("the spool is empty", || !spooler.has_lines()).await;
         script.payloads().split_off(1)
+    }
+
+    #[actix_rt::test]
+    async fn a_target_never_reached_is_tried_ever_more_rarely_up_to_two_minutes() {
+        use crate::fake::{self, Gate, Script, target};
+        tokio::time::pause();
+        let script = Script::new();
+        script.fail_connects(u32::MAX);
+        let registry = fake::registry(&script, crate::settings::RegistrySettings::default());
+        let gate = Arc::new(Gate::default());
+        let (spooler, _dir) = fake::spooler("unreached", &registry, 1, gate.clone());
+        let forwarder = crate::Forwarder::new(
+            registry,
+            crate::RetryPolicy::default(),
+            100,
+            1 << 20,
+            Some(spooler),
+        );
+        let payload = bytes::Bytes::from_static(b"m1");
+        let accepted = forwarder
+            .forward(&target(1), None, "topic".into(), payload, None)
+            .await
+            .unwrap();
+        let why = accepted.spooled.unwrap();
+        assert!(why.contains("no message has reached this target"), "{why}");
+        gate.open();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(1800) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // The producer's own backoff stops at 1 s here: at that pace 30 min would be
+        // hundreds of attempts; a quarter of the failing time, up to 2 min, is about 40.
+        // (The gaps are not exact: paused time jumps while the spool's writer thread
+        // works in real time.)
+        let connects = script.connects().len();
+        assert!(connects < 60, "{connects} attempts in 30 min");
+    }
+
+    #[test]
+    fn the_unreached_backoff_is_a_quarter_of_the_failing_time_up_to_two_minutes() {
+        let usual = Duration::from_secs(2);
+        let delays: Vec<u64> = [0, 4, 8, 60, 240, 480, 3600]
+            .into_iter()
+            .map(|s| unreached_delay(usual, Duration::from_secs(s)).as_secs())
+            .collect();
+        assert_eq!(delays, [2, 2, 2, 15, 60, 120, 120]);
     }
 
     #[actix_rt::test]

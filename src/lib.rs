@@ -46,5 +46,6 @@ pub mod daemon;
 pub mod logging;
 pub mod proto;
 pub mod report;
+pub mod toml_place;
 #[cfg(feature = "daemon")]
 pub mod wire;

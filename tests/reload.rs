@@ -159,6 +159,15 @@ async fn sighup_under_load_adds_changes_and_removes_routes_without_failing_a_cal
     assert_eq!((stats.config.reloads, stats.config.reload_failures), (1, 1));
     assert!(stats.config.last_error.contains("routes.broken.topic"));
     assert!(stats.config.last_reload_failed, "FerryReloadFailed's gauge");
+    // `ferry stats` says so under its first line.
+    let table = ferry(&["stats", "--http", &ops]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let second_line = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        second_line.starts_with("config: the last reload was refused")
+            && second_line.contains("routes.broken.topic"),
+        "{table}"
+    );
     let names: Vec<&str> = stats.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,

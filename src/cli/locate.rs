@@ -57,9 +57,9 @@ fn read(path: &Path) -> Result<Located, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let e = e.to_string().replace('\n', " ");
+        let (place, message) = crate::toml_place::describe(&text, &e);
         format!(
-            "{} is not TOML ({e}); give the daemon's addresses as flags instead",
+            "{} is not TOML ({place}{message}); give the daemon's addresses as flags instead",
             path.display()
         )
     })?;

@@ -107,13 +107,16 @@ pub fn routes(args: RoutesArgs) -> ExitCode {
     };
     if report.routes.is_empty() {
         println!("no routes (the daemon's config has no [routes.NAME])");
+        return ExitCode::SUCCESS;
     }
     let width = report
         .routes
         .iter()
         .map(|r| r.name.len())
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max("ROUTE".len());
+    println!("{:width$}  KIND", "ROUTE");
     for route in &report.routes {
         println!("{:width$}  {}", route.name, route.kind);
     }
@@ -398,10 +401,25 @@ pub fn render(report: &Report) -> String {
     out
 }
 
-/// The first line of `ferry stats`: the daemon's state and totals.
+/// The first line of `ferry stats`: the daemon's state and totals; then, when the config
+/// needs attention, a line on it (a refused reload, fields that wait for a restart).
 fn summary(report: &Report) -> String {
     let t = &report.totals;
-    format!(
+    let config = &report.config;
+    let mut attention = String::new();
+    if config.last_reload_failed {
+        attention.push_str(&format!(
+            "config: the last reload was refused, the config loaded at {} serves: {}\n",
+            config.loaded_at, config.last_error
+        ));
+    }
+    if !config.needs_restart.is_empty() {
+        attention.push_str(&format!(
+            "config: changed, applied only after a restart: {}\n",
+            config.needs_restart.join(", ")
+        ));
+    }
+    let line = format!(
         "ferry {} up {}s, {}; in flight {}; sent {} failed {} invalid {} not allowed {} retried {}; \
          producers {} evictions {}\n",
         report.version,
@@ -415,7 +433,8 @@ fn summary(report: &Report) -> String {
         t.retried,
         t.producers,
         t.evictions
-    )
+    );
+    line + &attention
 }
 
 /// Rows under `header` in aligned columns: the columns `numeric` right-aligned, the others

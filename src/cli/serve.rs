@@ -122,7 +122,15 @@ fn load(args: &ServeArgs) -> Result<(Settings, String), ConfigError> {
     let settings = config.validate()?;
     // From here on, lines take the config's form (unless --log-format chose one).
     crate::logging::configure(settings.ops.log_format);
+    warn_of(&settings);
     Ok((settings, hash))
+}
+
+/// Logs what the config accepts but should fix, in the config's log format.
+fn warn_of(settings: &Settings) {
+    for warning in settings.routes.warnings() {
+        log::warn!("{warning}");
+    }
 }
 
 /// Reads the config (the file of `--config`, or the defaults) with the command line's
@@ -171,7 +179,7 @@ fn load_for_reload(
         ),
     ];
     for (wanted, in_force, field) in in_force {
-        if wanted.parse::<std::net::SocketAddr>().ok() != Some(in_force) {
+        if crate::config::listen_address(wanted) != Some(in_force) {
             moved.push(format!(
                 "{field} (still {in_force} until a restart; access is decided for it)"
             ));
@@ -199,6 +207,7 @@ fn apply_reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
     match load_for_reload(args, started_with) {
         Ok((settings, hash, moved)) => {
             crate::logging::configure(settings.ops.log_format);
+            warn_of(&settings);
             let applied = live.apply(started_with, &settings, hash.clone(), moved);
             log::info!(
                 hash:% = hash,

@@ -80,12 +80,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema (unknown field, wrong type, …).
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}: {place}{message}")]
     Parse {
         /// The config file.
         path: PathBuf,
-        /// TOML's message: the line and column, and what was expected there.
-        source: Box<toml::de::Error>,
+        /// Where: `line L, column C: `, or "" when TOML gave no place.
+        place: String,
+        /// TOML's message: what was expected there, on one line.
+        message: String,
     },
     /// A route cannot be used.
     #[error("invalid config: {0}")]
@@ -139,10 +141,7 @@ impl Config {
 
     /// Parses `text`, read from `path` (named in errors).
     pub fn from_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        toml::from_str(text).map_err(|error| ConfigError::parse(path, text, &error))
     }
 
     /// Checks every field and builds the typed settings, table by table, in the order the
@@ -185,6 +184,30 @@ impl Config {
 }
 
 /// Refuses a zero where only a positive bound makes sense.
+/// A listen address: an IP address and port, or `localhost:PORT` (taken as 127.0.0.1,
+/// the address `localhost` means to most users; other names are refused, so what the
+/// daemon binds never depends on a resolver).
+pub fn listen_address(text: &str) -> Option<std::net::SocketAddr> {
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port = port.parse().ok()?;
+        return Some((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    text.parse().ok()
+}
+
+impl ConfigError {
+    /// TOML's `error` in `text` (read from `path`), on one line, placed where the mistake
+    /// is ([`crate::toml_place`]).
+    pub fn parse(path: &Path, text: &str, error: &toml::de::Error) -> Self {
+        let (place, message) = crate::toml_place::describe(text, error);
+        ConfigError::Parse {
+            path: path.to_owned(),
+            place,
+            message,
+        }
+    }
+}
+
 fn positive<N: Default + PartialEq>(field: &'static str, value: N) -> Result<(), ConfigError> {
     if value == N::default() {
         return Err(ConfigError::Invalid {

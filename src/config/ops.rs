@@ -92,9 +92,10 @@ pub struct OpsSettings {
 impl OpsConfig {
     /// The validated table.
     pub fn validate(&self) -> Result<OpsSettings, ConfigError> {
-        let listen = self.listen.parse().map_err(|_| ConfigError::Invalid {
+        let listen = super::listen_address(&self.listen).ok_or_else(|| ConfigError::Invalid {
             field: "ops.listen",
-            reason: "must be an IP address and port, e.g. 127.0.0.1:33384".into(),
+            reason: "must be an IP address and port (or localhost:PORT), e.g. 127.0.0.1:33384"
+                .into(),
         })?;
         let invalid = |field, reason: &str| ConfigError::Invalid {
             field,

@@ -4,7 +4,7 @@
 //! the route's patterns.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use crate::report::RouteSummary;
@@ -89,6 +89,9 @@ pub struct Route {
 pub struct Routes {
     /// The routes.
     by_name: BTreeMap<String, Route>,
+    /// What is accepted but should be fixed (a password file others may read), one
+    /// sentence each: logged by the daemon once its log format is set.
+    warnings: Vec<String>,
 }
 
 impl Routes {
@@ -109,6 +112,7 @@ impl Routes {
             });
         }
         let mut by_name = BTreeMap::new();
+        let mut warnings = Vec::new();
         for (name, route) in config {
             let error = |field, reason: String| RouteError {
                 route: name.clone(),
@@ -144,6 +148,12 @@ impl Routes {
                 } => {
                     let url = with_password(server, password_file.as_ref())
                         .map_err(|(field, reason)| error(field, reason))?;
+                    if let Some(mode) = password_file.as_deref().and_then(readable_by_others) {
+                        warnings.push(format!(
+                            "routes.{name}.password_file is readable by other users (mode \
+                             {mode:o}): chmod 600 it, owned by the daemon's user"
+                        ));
+                    }
                     let amqp = AmqpTarget::try_new(&url, exchange).map_err(field_error)?;
                     validate_routing_key(routing_key).map_err(field_error)?;
                     check_patterns(allow_routing_key).map_err(|r| error("allow_routing_key", r))?;
@@ -158,7 +168,12 @@ impl Routes {
             };
             by_name.insert(name.clone(), route);
         }
-        Ok(Self { by_name })
+        Ok(Self { by_name, warnings })
+    }
+
+    /// What the config's routes should fix, though accepted (see [`Routes::warnings`]).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The route called `name`.
@@ -304,6 +319,17 @@ fn with_password(
         ));
     }
     let Some(path) = password_file else {
+        if !url.username().is_empty() {
+            // lapin would log in as this user with the password "guest".
+            return Err((
+                "password_file",
+                format!(
+                    "missing: the server names user {:?} but no password; write it in a \
+                     file (mode 0600) and name it here, e.g. password_file = \"/etc/ferry/mq.password\"",
+                    url.username()
+                ),
+            ));
+        }
         return Ok(server.to_owned());
     };
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -326,6 +352,14 @@ fn with_password(
     url.set_password(Some(password))
         .map_err(|()| ("server", "cannot carry a password".to_owned()))?;
     Ok(url.to_string())
+}
+
+/// The permission bits of `path` when its group or others may read it (the password is
+/// only as safe as the file's mode).
+fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters (none
@@ -424,6 +458,15 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("secret"));
+        // A user with no password would log in with the password "guest".
+        let routes = parse(
+            "[routes.mq]\nkind = \"rabbitmq\"\nserver = \"amqp://ferry@mq/%2f\"\nexchange = \"x\"\n",
+        );
+        let error = Routes::from_config(&routes, 8).unwrap_err().to_string();
+        assert!(
+            error.starts_with("routes.mq.password_file: missing: the server names user \"ferry\""),
+            "{error}"
+        );
         let routes =
             parse("[routes.\"bad name\"]\nkind = \"kafka\"\nbrokers = [\"k:1\"]\ntopic = \"t\"\n");
         assert!(Routes::from_config(&routes, 8).is_err());
@@ -435,13 +478,27 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("mq.password");
         std::fs::write(&file, "s3cret/with:odd@chars\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(readable_by_others(&file), Some(0o640), "warned of");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(readable_by_others(&file), None);
         let routes = parse(&format!(
             "[routes.mq]\nkind = \"rabbitmq\"\nserver = \"amqp://ferry@mq1:5672/%2f\"\n\
              password_file = \"{}\"\nexchange = \"x\"\nrouting_key = \"a.b\"\n\
              allow_routing_key = [\"a.*\"]\n",
             file.display()
         ));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warned = Routes::from_config(&routes, 8).unwrap();
+        assert_eq!(warned.warnings().len(), 1, "{:?}", warned.warnings());
+        assert!(
+            warned.warnings()[0]
+                .starts_with("routes.mq.password_file is readable by other users (mode 644)")
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let routes = Routes::from_config(&routes, 8).unwrap();
+        assert!(routes.warnings().is_empty());
         let route = routes.get("mq").unwrap();
         let Target::Amqp(amqp) = &route.target else {
             panic!("an AMQP route");

@@ -143,10 +143,10 @@ impl ServerConfig {
             field,
             reason: reason.to_owned(),
         };
-        let listen = self.listen.parse().map_err(|_| {
+        let listen = super::listen_address(&self.listen).ok_or_else(|| {
             invalid(
                 "server.listen",
-                "must be an IP address and port, e.g. 127.0.0.1:33383",
+                "must be an IP address and port (or localhost:PORT), e.g. 127.0.0.1:33383",
             )
         })?;
         let workers = match self.workers {

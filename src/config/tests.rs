@@ -4,12 +4,23 @@ use super::allowlist::{Allowlist, ServerAccess};
 use super::*;
 
 fn parse(text: &str) -> Result<Settings, ConfigError> {
-    toml::from_str::<Config>(text)
-        .map_err(|source| ConfigError::Parse {
-            path: "test.toml".into(),
-            source: Box::new(source),
-        })?
-        .validate()
+    Config::from_text(std::path::Path::new("test.toml"), text)?.validate()
+}
+
+#[test]
+fn a_mistyped_key_is_placed_at_its_own_line_on_one_line() {
+    let text = "[routes.a]\nkind = \"kafka\"\nbrokers = [\"k:9092\"]\ntopc = \"t\"\n";
+    let error = parse(text).unwrap_err().to_string();
+    assert!(
+        error.starts_with("invalid config file test.toml: line 4, column 1: unknown field `topc`"),
+        "{error}"
+    );
+    assert!(!error.contains('\n'), "{error}");
+    let error = parse("[routes.a\n").unwrap_err().to_string();
+    assert!(
+        error.starts_with("invalid config file test.toml: line 1, column 10: "),
+        "{error}"
+    );
 }
 
 #[test]
@@ -19,6 +30,24 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(s.policy, RetryPolicy::default());
     assert_eq!(s.producer.kafka.message_timeout, Duration::from_secs(6));
     assert_eq!(s.server.workers, 1);
+}
+
+#[test]
+fn localhost_is_a_listen_address_and_other_names_are_not() {
+    let s = parse("[server]\nlisten = \"localhost:4000\"\n[ops]\nlisten = \"localhost:4001\"\n")
+        .unwrap();
+    assert_eq!(s.server.listen, "127.0.0.1:4000".parse().unwrap());
+    assert_eq!(s.ops.listen, "127.0.0.1:4001".parse().unwrap());
+    let refused = parse("[server]\nlisten = \"login1:4000\"\n").unwrap_err();
+    assert!(
+        refused.to_string().contains("or localhost:PORT"),
+        "{refused}"
+    );
+    assert_eq!(
+        listen_address("[::1]:4000"),
+        Some("[::1]:4000".parse().unwrap())
+    );
+    assert_eq!(listen_address("localhost:x"), None);
 }
 
 #[test]

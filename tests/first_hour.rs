@@ -446,6 +446,45 @@ fn a_target_never_reached_is_spooled_with_a_warning_and_logged_rarely() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn reload_without_a_pid_file_asks_the_ops_endpoint_and_reports_the_outcome() {
+    let dir = scratch_dir("first-hour-reload-http");
+    let config = dir.join("ferry.toml");
+    let (listen, ops) = (free_address(), free_address());
+    let route = |field: &str| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[ops]\nlisten = \"{ops}\"\n\
+             [routes.events]\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\n{field} = \"t\"\n"
+        )
+    };
+    std::fs::write(&config, route("topic")).unwrap();
+    let daemon = serve_config_only(&config, &listen, &ops, &dir.join("daemon.log"));
+    let reload = || {
+        ferry(&["reload", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    // No ops.pid_file: before, "no pid file: give --pid-file …" and exit 2.
+    let applied = reload();
+    assert_eq!(applied.status.code(), Some(0), "{applied:?}");
+    let said = String::from_utf8_lossy(&applied.stdout);
+    assert!(
+        said.starts_with("reloaded: config ") && said.contains("with 1 routes"),
+        "{said}"
+    );
+    std::fs::write(&config, route("topc")).unwrap();
+    let refused = reload();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("reload refused, the old config keeps serving: invalid config file")
+            && said.contains("line 8, column 1: unknown field `topc`"),
+        "{said}"
+    );
+    daemon.terminate();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A daemon config with one RabbitMQ route per event kind, the password in a file: the
 /// scratch directory holding it as `ferry.toml` (remove it after).
 fn event_routes_config(url: &str, exchanges: &[(&str, &str, &str)]) -> std::path::PathBuf {

@@ -370,6 +370,36 @@ pub async fn fetch(uri: Uri) -> Result<Bytes, String> {
     }
 }
 
+/// POSTs an empty body to `uri` within `timeout_ms`; the status and body of any answer.
+#[cfg(feature = "daemon")]
+pub(crate) fn post_within(uri: &Uri, timeout_ms: u64) -> Result<(u16, Bytes), String> {
+    let limit = Duration::from_millis(timeout_ms);
+    let uri = uri.clone();
+    let post = async move {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let request = http::Request::post(uri.clone())
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| describe(&e, &uri))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, body.to_bytes()))
+    };
+    block_on(async move {
+        tokio::time::timeout(limit, post)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
+    })
+    .map_err(|_| "cannot start a runtime".to_owned())?
+}
+
 /// The report as a summary line and a table with aligned columns.
 pub fn render(report: &Report) -> String {
     let mut out = summary(report);

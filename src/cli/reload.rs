@@ -1,5 +1,6 @@
 //! `ferry reload`: SIGHUP to the daemon of a pid file, then its `/stats` until the outcome
-//! shows (the daemon's build only: it signals a process on the login node).
+//! shows; without a pid file, `POST /reload` to its operations endpoint, which answers the
+//! outcome (the daemon's build only: it reloads a daemon on the login node).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use clap::Args;
 use http::Uri;
 
 use super::locate::ConfigArg;
-use super::ops::{read_report, stats_uri};
+use super::ops::{post_within, read_report, stats_uri};
 use super::{EXIT_NOT_DELIVERED, EXIT_USAGE, fail};
 use crate::report::{ConfigStatus, Report};
 
@@ -18,10 +19,13 @@ use crate::report::{ConfigStatus, Report};
 The daemon re-reads its config file: routes, the allowlist and the token change at once;
 messages in flight are untouched. An invalid file is refused whole and the old config keeps
 serving. Fields that cannot change live (listeners, workers, bounds) are reported as
-needing a restart. SIGHUP does the same.
+needing a restart. SIGHUP does the same. With a pid file (--pid-file, or ops.pid_file in
+--config) the daemon is signalled; without one it is asked over its operations endpoint
+(POST /reload, answered only from the daemon's own host).
 
 Examples:
   ferry reload --config /etc/ferry/ferry.toml      # pid file and ops endpoint from the config
+  ferry reload --http 127.0.0.1:33384              # no pid file: over the ops endpoint
   ferry reload --pid-file /var/run/ferry/ferry.pid --http 127.0.0.1:33384")]
 pub struct ReloadArgs {
     /// The daemon's config file, for its ops.pid_file and ops.listen.
@@ -52,10 +56,7 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
     };
     let pid_file = args.pid_file.clone().or_else(|| ops.pid_file.clone());
     let Some(pid_file) = pid_file else {
-        return fail(
-            EXIT_USAGE,
-            "no pid file: give --pid-file, or --config with ops.pid_file set",
-        );
+        return reload_over_http(&ops.ops_address(args.http.as_deref()), args.timeout_ms);
     };
     let pid = match held_pid(&pid_file) {
         Ok(pid) => pid,
@@ -98,6 +99,61 @@ pub fn reload(args: ReloadArgs) -> ExitCode {
             format!(
                 "sent SIGHUP to {pid:?}, and {http} showed no reload within {} ms",
                 args.timeout_ms
+            ),
+        ),
+    }
+}
+
+/// Asks the daemon at ops address `http` to reload (`POST /reload`) and reports the
+/// outcome it answers: exit 0 applied, 1 refused or unknown, 2 for a bad address.
+fn reload_over_http(http: &str, timeout_ms: u64) -> ExitCode {
+    let stats = match stats_uri(http) {
+        Ok(uri) => uri,
+        Err(code) => return code,
+    };
+    let Ok(uri) = format!(
+        "http://{}/reload",
+        stats.authority().map_or("", |a| a.as_str())
+    )
+    .parse::<Uri>() else {
+        return fail(EXIT_USAGE, format!("invalid ops address {http:?}"));
+    };
+    let (status, body) = match post_within(&uri, timeout_ms) {
+        Ok(answer) => answer,
+        Err(error) => {
+            return fail(
+                EXIT_NOT_DELIVERED,
+                format!(
+                    "cannot ask {http} to reload ({error}): give --http with the daemon's ops \
+                     address, or --pid-file with its pid file"
+                ),
+            );
+        }
+    };
+    let config: Option<ConfigStatus> = serde_json::from_slice(&body).ok();
+    match (status, config) {
+        (200, Some(_)) => match read_report(&stats, timeout_ms) {
+            Ok(report) => {
+                print_reloaded(&report);
+                ExitCode::SUCCESS
+            }
+            Err(_) => {
+                println!("reloaded");
+                ExitCode::SUCCESS
+            }
+        },
+        (409, Some(config)) => fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "reload refused, the old config keeps serving: {}",
+                config.last_error
+            ),
+        ),
+        (status, _) => fail(
+            EXIT_NOT_DELIVERED,
+            format!(
+                "{http} answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
             ),
         ),
     }

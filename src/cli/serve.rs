@@ -84,14 +84,28 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     daemon.live().set_hash(hash);
     let live = Arc::clone(daemon.live());
     let started_with = daemon.started_with().clone();
+    let mut reload_queue = daemon.take_reload_queue();
     runtime.block_on(async {
-        tokio::select! {
-            () = signals.stop_or(|| reload(&live, &started_with, &args)) => {}
-            () = daemon.ended() => {
-                log::error!("The daemon stopped on its own");
-                return;
+        // SIGHUP and `POST /reload` reload on this thread, one at a time.
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Signal::Stop => break,
+                    Signal::Hangup => reload(&live, &started_with, &args),
+                },
+                Some(done) = next_request(&mut reload_queue) => {
+                    log::info!("Reload asked for over the ops endpoint");
+                    reload(&live, &started_with, &args);
+                    let _ = done.send(());
+                }
+                () = daemon.ended() => {
+                    log::error!("The daemon stopped on its own");
+                    return;
+                }
             }
         }
+        // No more reloads: a request now waiting is told the daemon is stopping.
+        drop(reload_queue.take());
         // Shutting down: a second SIGTERM or SIGINT ends the grace period at once.
         daemon.begin_stop();
         loop {
@@ -187,6 +201,20 @@ fn load_for_reload(
         *wanted = in_force.to_string();
     }
     Ok((config.validate()?, hash, moved))
+}
+
+/// The next reload `POST /reload` asks for (never, without a queue or once the endpoint
+/// has gone).
+async fn next_request(
+    queue: &mut Option<crate::daemon::reloads::ReloadQueue>,
+) -> Option<crate::daemon::reloads::Done> {
+    if let Some(open) = queue {
+        match open.recv().await {
+            Some(done) => return Some(done),
+            None => *queue = None,
+        }
+    }
+    std::future::pending().await
 }
 
 /// Reloads the config at SIGHUP: applied whole, or refused whole (the old config keeps

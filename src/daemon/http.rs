@@ -1,21 +1,23 @@
 //! The operations endpoint (HTTP, on its own address): `/stats` (JSON), `/metrics`
-//! (OpenMetrics text for Prometheus) and `/healthz` (200 while serving, 503 otherwise).
+//! (OpenMetrics text for Prometheus), `/healthz` (200 while serving, 503 otherwise) and
+//! `POST /reload` (re-read the config, as SIGHUP does; from loopback only).
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::oneshot;
 
 use crate::daemon::error::ServeError;
 use crate::daemon::health::{self, Health};
 use crate::daemon::metrics;
+use crate::daemon::reloads::{NotQueued, ReloadRequests};
 use crate::daemon::source::Source;
 
 /// The operations endpoint, serving on an arbiter until stopped.
@@ -36,6 +38,7 @@ impl OpsEndpoint {
                 let addr = listener.local_addr().map_err(ServeError::Http)?;
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .map_err(|source| ServeError::Bind { addr, source })?;
+                let router = router.into_make_service_with_connect_info::<SocketAddr>();
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
                         let _ = stopped.await;
@@ -64,19 +67,74 @@ struct Ops {
     serving: Arc<AtomicBool>,
     /// The last health assessment and when it was made.
     health: Arc<Mutex<Option<(Instant, Health)>>>,
+    /// Where `POST /reload` queues its request.
+    reloads: ReloadRequests,
 }
 
-/// The HTTP routes over `source`, reporting `serving` on `/healthz`.
-pub fn router(source: Source, serving: Arc<AtomicBool>) -> Router {
+/// The HTTP routes over `source`, reporting `serving` on `/healthz`, queueing reloads on
+/// `reloads`.
+pub fn router(source: Source, serving: Arc<AtomicBool>, reloads: ReloadRequests) -> Router {
     Router::new()
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
+        .route("/reload", post(reload))
         .with_state(Ops {
             source,
             serving,
             health: Arc::default(),
+            reloads,
         })
+}
+
+/// The longest `POST /reload` waits for its reload (reading and checking a config, and
+/// the reload queued before it, take milliseconds).
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// `POST /reload`: re-reads the config as SIGHUP does and answers the outcome — 200 with
+/// the config status (JSON) when the new config serves, 409 with it when the file was
+/// refused (`last_error` says why) or there is no file to reload. Only from loopback: a
+/// reload can widen what the daemon allows, so only the daemon's own host may ask (the
+/// file itself is the admins'). 429 while another request waits, 503 while stopping.
+async fn reload(State(ops): State<Ops>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if !peer.ip().is_loopback() {
+        log::warn!(peer:% = peer; "Reload refused: not from loopback");
+        let text = "a reload may be asked for from the daemon's own host only (loopback)\n";
+        return (StatusCode::FORBIDDEN, text).into_response();
+    }
+    let before = ops.source.report().config;
+    let queued = tokio::time::timeout(RELOAD_WAIT, ops.reloads.reload()).await;
+    let text = match queued {
+        Ok(Ok(())) => None,
+        Ok(Err(NotQueued::Busy)) => Some((
+            StatusCode::TOO_MANY_REQUESTS,
+            "a reload is already waiting: try again\n",
+        )),
+        Ok(Err(NotQueued::Stopping)) => Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon cannot reload now (it is stopping)\n",
+        )),
+        Err(_) => Some((
+            StatusCode::GATEWAY_TIMEOUT,
+            "the reload did not finish within 30 s\n",
+        )),
+    };
+    if let Some(answer) = text {
+        return answer.into_response();
+    }
+    let after = ops.source.report().config;
+    if (after.reloads, after.reload_failures) == (before.reloads, before.reload_failures) {
+        let text =
+            "nothing to reload: the daemon started without --config (its built-in defaults)\n";
+        return (StatusCode::CONFLICT, text).into_response();
+    }
+    let applied = after.reload_failures == before.reload_failures;
+    let code = if applied {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    (code, Json(after)).into_response()
 }
 
 /// `/stats`: the report as JSON.

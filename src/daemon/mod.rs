@@ -14,7 +14,8 @@
 //! [`crate::report`] is what [`http`] serves as `/stats` and [`metrics`] renders for
 //! Prometheus, built by [`source`]; [`health`] says from it whether the daemon is serving,
 //! degraded or not serving (`/healthz`, `ferry check`).
-//! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload; [`pid_file`]
+//! [`signal`] turns SIGTERM, SIGINT and SIGHUP into the drain and the reload, and
+//! [`reloads`] queues the reloads `POST /reload` asks for; [`pid_file`]
 //! is `ops.pid_file`, locked while the daemon runs; [`notify`] tells systemd (a
 //! `Type=notify` unit) when the daemon serves, reloads, stops; [`log_budget`] bounds the
 //! log lines a client can cause.
@@ -35,6 +36,7 @@ pub mod log_budget;
 pub mod metrics;
 pub mod notify;
 pub mod pid_file;
+pub mod reloads;
 pub mod send;
 pub mod server;
 pub mod signal;

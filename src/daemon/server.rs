@@ -29,6 +29,7 @@ use crate::daemon::http::OpsEndpoint;
 use crate::daemon::ingress::Refused;
 use crate::daemon::listeners::{bind, bind_ops, raise_open_file_limit};
 use crate::daemon::live::Live;
+use crate::daemon::reloads::{ReloadQueue, ReloadRequests};
 use crate::daemon::source::Source;
 use crate::report::Limits;
 use crate::wire::RequestLimits;
@@ -54,6 +55,8 @@ pub struct Daemon {
     /// The settings the daemon started with (a reload reports fields that differ from them
     /// and cannot change live).
     started_with: Settings,
+    /// The reloads `POST /reload` asks for, until taken by whoever applies reloads.
+    reload_queue: Option<ReloadQueue>,
 }
 
 impl Daemon {
@@ -79,6 +82,7 @@ impl Daemon {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (hurry_tx, hurry_rx) = oneshot::channel();
         let (ended_tx, ended_rx) = oneshot::channel::<()>();
+        let (reloads, reload_queue) = crate::daemon::reloads::channel();
         let live = Arc::new(Live::new(&settings, String::new()));
         let started_with = settings.clone();
         let thread_live = Arc::clone(&live);
@@ -89,6 +93,7 @@ impl Daemon {
                 let control = Control {
                     stop: stop_rx,
                     hurry: hurry_rx,
+                    reloads,
                 };
                 run_system(
                     settings,
@@ -112,6 +117,7 @@ impl Daemon {
                 thread: Some(thread),
                 live,
                 started_with,
+                reload_queue: Some(reload_queue),
             }),
             Err(_) => Err(match thread.join() {
                 Ok(Err(error)) => error,
@@ -144,6 +150,13 @@ impl Daemon {
     /// that differ from them and cannot change live).
     pub fn started_with(&self) -> &Settings {
         &self.started_with
+    }
+
+    /// The reloads `POST /reload` asks for (once: whoever applies reloads takes them).
+    /// Until taken, a request waits (answered 504 after 30 s); once the queue is dropped,
+    /// 503.
+    pub fn take_reload_queue(&mut self) -> Option<ReloadQueue> {
+        self.reload_queue.take()
     }
 
     /// Resolves if the runtime ends without being told to (a server failed); the cause
@@ -210,6 +223,8 @@ struct Control {
     stop: oneshot::Receiver<()>,
     /// End the shutdown grace period now.
     hurry: oneshot::Receiver<()>,
+    /// Where `POST /reload` queues its requests.
+    reloads: ReloadRequests,
 }
 
 /// The runtime thread: an actix System, one Arbiter per listener.
@@ -298,7 +313,7 @@ async fn serve(
             max_in_flight_bytes: server.max_in_flight_bytes,
         },
     );
-    let router = crate::daemon::http::router(source, health.serving.clone());
+    let router = crate::daemon::http::router(source, health.serving.clone(), control.reloads);
     let ops = OpsEndpoint::spawn(&arbiters[0], ops_listener, router);
     log_started(&settings, arbiters.len());
     crate::daemon::notify::ready();

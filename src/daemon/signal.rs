@@ -56,14 +56,4 @@ impl Signals {
     pub async fn stop(&mut self) {
         while self.next().await != Signal::Stop {}
     }
-
-    /// Resolves at the next SIGTERM or SIGINT, calling `hangup` at each SIGHUP before it.
-    pub async fn stop_or(&mut self, mut hangup: impl FnMut()) {
-        loop {
-            match self.next().await {
-                Signal::Stop => return,
-                Signal::Hangup => hangup(),
-            }
-        }
-    }
 }

@@ -195,6 +195,7 @@ async fn a_message_too_large_for_a_daemon_is_not_tried_on_the_next() {
     let payload = dir.join("five.bin");
     std::fs::write(&payload, vec![b'x'; 5_000_000]).unwrap();
     // The client is told the daemons take 8 MB; they take 4 MiB (the default).
+    let started = std::time::Instant::now();
     let output = ferry(&["send", "kafka", "--brokers", &brokers, "--topic", &topic])
         .args([
             "--proxy",
@@ -206,10 +207,28 @@ async fn a_message_too_large_for_a_daemon_is_not_tried_on_the_next() {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(dir);
+    println!("ferry send of 5 MB refused in {:?}", started.elapsed());
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let said = String::from_utf8_lossy(&output.stderr);
-    assert!(said.contains("larger than this daemon takes"), "{said}");
+    // The daemon answers error 1 (before: tonic's OUT_OF_RANGE transport status).
+    assert!(
+        said.contains("error_no 1: invalid request: ") && said.contains("this daemon takes"),
+        "{said}"
+    );
     assert!(said.contains(&first) && !said.contains(&second), "{said}");
+    // So does the predecessor's API, to its own clients: an answer, not a status.
+    let mut grpc = common::client_at(&first).await;
+    let (answer, took) = common::send_kafka(
+        &mut grpc,
+        common::kafka(&brokers, &topic, vec![b'x'; 5_000_000]),
+    )
+    .await;
+    println!("a 5 MB request answered error 1 in {took:?}");
+    assert_eq!(answer.error_no, 1, "{answer:?}");
+    assert!(answer.error_message.contains("5000"), "{answer:?}");
+    // A message under the limit still goes through on the same connection.
+    let (answer, _) = common::send_kafka(&mut grpc, common::kafka(&brokers, &topic, "small")).await;
+    assert_eq!(answer.error_no, 0, "{answer:?}");
     daemon_a.terminate();
     daemon_b.terminate();
 }
@@ -628,6 +647,12 @@ fn operator_commands_find_the_daemon_from_its_config() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("is not TOML"));
+    // Flags that name the daemon need no file: a broken FERRY_CONFIG is not read.
+    let flagged = ferry(&["stats", "--http", &ops])
+        .env("FERRY_CONFIG", &broken)
+        .output()
+        .unwrap();
+    assert_eq!(flagged.status.code(), Some(0), "{flagged:?}");
     daemon.terminate();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -41,6 +41,16 @@ impl ConfigArg {
             None => Ok(Located::default()),
         }
     }
+
+    /// [`Self::locate`], unless `flags_suffice` (the command's flags already say all it
+    /// needs): then the file is not read at all, so an unreadable `FERRY_CONFIG` in the
+    /// environment does not fail a command that named its daemon.
+    pub fn locate_unless(&self, flags_suffice: bool) -> Result<Located, String> {
+        if flags_suffice {
+            return Ok(Located::default());
+        }
+        self.locate()
+    }
 }
 
 impl Located {
@@ -130,5 +140,11 @@ mod tests {
         assert!(error.contains("is not TOML"), "{error}");
         assert!(!error.contains('\n'), "{error}");
         assert_eq!(ConfigArg::default().locate().unwrap(), Located::default());
+        assert_eq!(
+            broken.locate_unless(true).unwrap(),
+            Located::default(),
+            "not read"
+        );
+        assert!(broken.locate_unless(false).is_err());
     }
 }

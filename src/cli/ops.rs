@@ -91,7 +91,9 @@ pub struct RoutesArgs {
 /// The `/stats` URI of the operations endpoint `http`, else the config's, else the
 /// default; the exit code (the reason printed) when it cannot be used.
 fn ops_uri(http: Option<&str>, config: &ConfigArg) -> Result<Uri, ExitCode> {
-    let located = config.locate().map_err(|error| fail(EXIT_USAGE, error))?;
+    let located = config
+        .locate_unless(http.is_some())
+        .map_err(|error| fail(EXIT_USAGE, error))?;
     stats_uri(&located.ops_address(http))
 }
 
@@ -195,7 +197,8 @@ pub(crate) fn read_report(uri: &Uri, timeout_ms: u64) -> Result<Report, String> 
 /// exit 0 when it serves, 3 when it serves degraded (with `--http`), 1 when it does not. A
 /// list (`FERRY_PROXY=a,b`): 0 when every one serves, 1 when none does, 3 when some do.
 pub fn check(mut args: CheckArgs) -> ExitCode {
-    let located = match args.config.locate() {
+    let flags_suffice = !args.address.is_empty() && (args.http.is_some() || args.address.len() > 1);
+    let located = match args.config.locate_unless(flags_suffice) {
         Ok(located) => located,
         Err(error) => return fail(EXIT_USAGE, error),
     };

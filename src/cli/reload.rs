@@ -50,7 +50,10 @@ pub struct ReloadArgs {
 pub fn reload(args: ReloadArgs) -> ExitCode {
     // Only [ops] is read here, leniently: the daemon judges the rest, and an invalid
     // file must reach it to be refused (and counted) there.
-    let ops = match args.config.locate() {
+    let ops = match args
+        .config
+        .locate_unless(args.pid_file.is_some() && args.http.is_some())
+    {
         Ok(located) => located,
         Err(error) => return fail(EXIT_USAGE, error),
     };

@@ -25,6 +25,7 @@ use crate::daemon::error::ServeError;
 use crate::daemon::framing::{Checks, Framed};
 use crate::daemon::ingress::{Ingress, Refused};
 use crate::daemon::live::Live;
+use crate::daemon::oversize::Oversize;
 use crate::daemon::send::SendService;
 use crate::daemon::stream::IngestService;
 use crate::proto::ferry::v1::ingest_server::IngestServer;
@@ -188,16 +189,22 @@ impl Grpc {
         let max_request_bytes = self.server.max_message_bytes + REQUEST_OVERHEAD_BYTES;
         let unary = Framed::new(
             InterceptedService::new(
-                MessageBrokerServer::from_arc(ingress.clone())
-                    .max_decoding_message_size(max_request_bytes),
+                Oversize::new(
+                    MessageBrokerServer::from_arc(ingress.clone())
+                        .max_decoding_message_size(max_request_bytes),
+                    max_request_bytes,
+                ),
                 self.token_check.clone(),
             ),
             Checks::OneMessage,
         );
         let send = Framed::new(
             InterceptedService::new(
-                SendServer::new(SendService::new(ingress.clone()))
-                    .max_decoding_message_size(max_request_bytes),
+                Oversize::new(
+                    SendServer::new(SendService::new(ingress.clone()))
+                        .max_decoding_message_size(max_request_bytes),
+                    max_request_bytes,
+                ),
                 self.token_check.clone(),
             ),
             Checks::OneMessage,

@@ -8,7 +8,8 @@
 //! Data flow: each gRPC server accepts connections (bounded by [`connections`]), identifies
 //! each call ([`access`]) and serves [`ingress`] (unary `messagebroker.MessageBroker`),
 //! [`stream`] (the `ferry.v1.Ingest` stream, each message under the read deadline of
-//! [`framing`], which also holds a unary call to one message) and `ferry.v1.Send`
+//! [`framing`], which also holds a unary call to one message; [`oversize`] answers a unary
+//! call too large to decode with error 1) and `ferry.v1.Send`
 //! ([`send`]). Each resolves routes and checks access against the config in force, which
 //! [`live`] holds and a reload replaces, and hands each message to the forwarder.
 //! [`crate::report`] is what [`http`] serves as `/stats` and [`metrics`] renders for
@@ -35,6 +36,7 @@ pub mod live;
 pub mod log_budget;
 pub mod metrics;
 pub mod notify;
+pub mod oversize;
 pub mod pid_file;
 pub mod reloads;
 pub mod send;

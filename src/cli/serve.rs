@@ -82,41 +82,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     daemon.live().set_hash(hash);
-    let live = Arc::clone(daemon.live());
-    let started_with = daemon.started_with().clone();
-    let mut reload_queue = daemon.take_reload_queue();
-    runtime.block_on(async {
-        // SIGHUP and `POST /reload` reload on this thread, one at a time.
-        loop {
-            tokio::select! {
-                signal = signals.next() => match signal {
-                    Signal::Stop => break,
-                    Signal::Hangup => reload(&live, &started_with, &args),
-                },
-                Some(done) = next_request(&mut reload_queue) => {
-                    log::info!("Reload asked for over the ops endpoint");
-                    reload(&live, &started_with, &args);
-                    let _ = done.send(());
-                }
-                () = daemon.ended() => {
-                    log::error!("The daemon stopped on its own");
-                    return;
-                }
-            }
-        }
-        // No more reloads: a request now waiting is told the daemon is stopping.
-        drop(reload_queue.take());
-        // Shutting down: a second SIGTERM or SIGINT ends the grace period at once.
-        daemon.begin_stop();
-        loop {
-            tokio::select! {
-                signal = signals.next() => if signal == Signal::Stop {
-                    daemon.end_grace();
-                },
-                () = daemon.ended() => return,
-            }
-        }
-    });
+    runtime.block_on(run_until_stopped(&mut daemon, &mut signals, &args));
     match daemon.stop() {
         Ok(()) => {
             log::info!("Stopped");
@@ -125,6 +91,43 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Err(error) => {
             log::error!("Stopped with an error: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, reloading at each SIGHUP and `POST /reload` (on this
+/// thread, one at a time); then begins the shutdown, and ends its grace period at a second
+/// SIGTERM or SIGINT. Returns when the daemon has ended (or ended on its own).
+async fn run_until_stopped(daemon: &mut Daemon, signals: &mut Signals, args: &ServeArgs) {
+    let live = Arc::clone(daemon.live());
+    let started_with = daemon.started_with().clone();
+    let mut reload_queue = daemon.take_reload_queue();
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop => break,
+                Signal::Hangup => reload(&live, &started_with, args),
+            },
+            Some(done) = next_request(&mut reload_queue) => {
+                log::info!("Reload asked for over the ops endpoint");
+                reload(&live, &started_with, args);
+                let _ = done.send(());
+            }
+            () = daemon.ended() => {
+                log::error!("The daemon stopped on its own");
+                return;
+            }
+        }
+    }
+    // No more reloads: a request now waiting is told the daemon is stopping.
+    drop(reload_queue.take());
+    daemon.begin_stop();
+    loop {
+        tokio::select! {
+            signal = signals.next() => if signal == Signal::Stop {
+                daemon.end_grace();
+            },
+            () = daemon.ended() => return,
         }
     }
 }

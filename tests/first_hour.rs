@@ -491,6 +491,18 @@ fn reload_without_a_pid_file_asks_the_ops_endpoint_and_reports_the_outcome() {
         said.starts_with("reloaded: config ") && said.contains("with 1 routes"),
         "{said}"
     );
+    // An AMQP property on a Kafka route says which flags do not apply (before: "invalid
+    // amqp_metadata: AMQP metadata for a Kafka target").
+    let ttl = ferry(&["send", "--route", "events", "--ttl", "30s", "--data", "x"])
+        .args(["--proxy", &listen])
+        .output()
+        .unwrap();
+    assert_eq!(ttl.status.code(), Some(1), "{ttl:?}");
+    let said = String::from_utf8_lossy(&ttl.stderr);
+    assert!(
+        said.contains("AMQP properties (--ttl, --content-type, --priority, …) for a Kafka target"),
+        "{said}"
+    );
     std::fs::write(&config, route("topc")).unwrap();
     let refused = reload();
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");

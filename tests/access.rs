@@ -138,6 +138,12 @@ async fn the_bearer_token_is_required_on_every_call_but_not_for_health() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    // A message too large to decode is refused for the token first, not answered error 1.
+    let status = grpc
+        .send_kafka_message(common::kafka(&brokers, &topic, vec![b'x'; 5_000_000]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     let destination = Destination::Kafka {
         brokers: vec![brokers.clone()],

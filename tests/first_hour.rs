@@ -414,7 +414,7 @@ async fn broker_failures_say_what_happened_and_what_to_do() {
     assert!(said.contains(&format!("error_no 3: broker rejected the message: RabbitMQ at 127.0.0.1:{amqp_port} refused the login of user \"guest\": check its password")), "{said}");
     let no_vhost = format!("{}/nosuchvhost", amqp_url.rsplit_once('/').unwrap().0);
     let said = rabbitmq_to(&no_vhost);
-    assert!(said.contains("error_no 3: broker rejected the message: NOT_ALLOWED - vhost nosuchvhost not found: create the vhost"), "{said}");
+    assert!(said.contains("error_no 4: broker unavailable: NOT_ALLOWED - vhost nosuchvhost not found: create the vhost"), "{said}");
     daemon.terminate();
 }
 

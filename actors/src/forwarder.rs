@@ -14,7 +14,7 @@ use crate::policy::RetryPolicy;
 use crate::producer::{Delivery, Outgoing, Producer};
 use crate::registry::Registry;
 use crate::spool::{Spooler, ToSpool, UNREACHED_BACKOFF_MAX};
-use crate::stats::{InFlight, InFlightGuard, TargetStats};
+use crate::stats::{InFlight, InFlightGuard};
 use crate::target::Target;
 
 /// A message the daemon took responsibility for.
@@ -188,7 +188,8 @@ impl Forwarder {
                             metadata: metadata.as_deref(),
                         };
                         let line = line_of(target, via);
-                        spool(spooler, &line, message, spooled_because(&error, stats)).await
+                        let reached = self.registry.has_reached(target, stats);
+                        spool(spooler, &line, message, spooled_because(&error, reached)).await
                     }
                     _ => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -335,8 +336,8 @@ fn line_of(target: &Target, via: Option<&Arc<str>>) -> Line {
 /// Why a message was spooled, as its sender reads it: the failure, and for a target that
 /// has not taken a message since the daemon started using it, that its address may be
 /// wrong (a misspelt host is spooled like an outage, and would wait forever unnoticed).
-fn spooled_because(error: &ForwardError, stats: &TargetStats) -> String {
-    if stats.delivered() > 0 {
+fn spooled_because(error: &ForwardError, reached: bool) -> String {
+    if reached {
         return error.to_string();
     }
     format!(

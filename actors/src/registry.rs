@@ -1,7 +1,7 @@
 //! The bounded cache of producer actors: one supervised actor per target, started on
 //! first use on one of the daemon's arbiters, stopped when idle or evicted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use crate::backends::{Brokers, StartProducer};
 use crate::error::ProduceError;
 use crate::producer::Producer;
 use crate::settings::{ProducerSettings, RegistrySettings};
-use crate::stats::StatsSnapshot;
+use crate::stats::{StatsSnapshot, TargetStats};
 use crate::target::Target;
 
 /// A cached producer and when a message for its target last arrived (which decides
@@ -23,6 +23,9 @@ struct Entry {
     producer: Producer,
     last_used: Instant,
 }
+
+/// Targets remembered as reached after their producers stopped, at most.
+const MAX_REMEMBERED: usize = 4096;
 
 /// One producer actor per target, bounded in number and stopped when idle.
 pub struct Registry {
@@ -39,6 +42,10 @@ pub struct Registry {
     limits: RegistrySettings,
     /// Producers stopped to make room for new targets.
     evictions: AtomicU64,
+    /// Targets whose stopped producers had delivered: a target used rarely is still known
+    /// to have worked once its idle producer is gone (see [`Registry::has_reached`]).
+    /// At most [`MAX_REMEMBERED`]; emptied when full.
+    reached: Mutex<HashSet<Target>>,
     /// Starts the producer of a target not cached.
     starter: Box<dyn StartProducer>,
 }
@@ -79,6 +86,7 @@ impl Registry {
             producer_settings,
             limits,
             evictions: AtomicU64::new(0),
+            reached: Mutex::default(),
             starter,
         })
     }
@@ -94,7 +102,9 @@ impl Registry {
                 entry.last_used = now;
                 return Ok(entry.producer.clone());
             }
-            entries.remove(target);
+            if let Some(dead) = entries.remove(target) {
+                self.remember(target, &dead);
+            }
         }
         if let Target::Kafka(_) = target {
             let kafka = entries
@@ -137,6 +147,29 @@ impl Registry {
         self.producer_settings.restart_delay(failures)
     }
 
+    /// Whether `target` has taken a message since the daemon started: its producer's
+    /// `stats` say so, or an earlier producer of it did.
+    pub fn has_reached(&self, target: &Target, stats: &TargetStats) -> bool {
+        stats.delivered() > 0
+            || self
+                .reached
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(target)
+    }
+
+    /// Keeps in mind that `target` was reached, if the producer being stopped delivered.
+    fn remember(&self, target: &Target, entry: &Entry) {
+        if entry.producer.stats().delivered() == 0 {
+            return;
+        }
+        let mut reached = self.reached.lock().unwrap_or_else(PoisonError::into_inner);
+        if reached.len() >= MAX_REMEMBERED {
+            reached.clear();
+        }
+        reached.insert(target.clone());
+    }
+
     /// Stops producers unused for longer than the idle timeout; returns how many.
     pub fn stop_idle(&self) -> usize {
         let idle_timeout = self.limits.idle_timeout;
@@ -146,6 +179,7 @@ impl Registry {
             let idle = entry.last_used.elapsed() >= idle_timeout && is_idle(entry);
             if idle {
                 log::info!("target":% = target; "Producer idle, stopping");
+                self.remember(target, entry);
             }
             !idle
         });
@@ -233,7 +267,9 @@ impl Registry {
         let Some(victim) = victim else {
             return Err(());
         };
-        entries.remove(&victim);
+        if let Some(evicted) = entries.remove(&victim) {
+            self.remember(&victim, &evicted);
+        }
         self.evictions.fetch_add(1, Ordering::Relaxed);
         log::info!("target":% = victim; "Producer evicted to make room");
         Ok(())
@@ -292,6 +328,28 @@ mod tests {
         })
         .await;
         assert!(busy.is_alive());
+    }
+
+    #[actix_rt::test]
+    async fn a_target_that_delivered_is_known_reached_after_its_producer_stopped() {
+        tokio::time::pause();
+        let registry = registry(RegistrySettings {
+            idle_timeout: Duration::from_secs(10),
+            ..RegistrySettings::default()
+        });
+        let used = registry.producer(&target(1)).unwrap();
+        used.stats().note_delivered();
+        let unused = registry.producer(&target(2)).unwrap();
+        let (used, unused) = (Arc::clone(used.stats()), Arc::clone(unused.stats()));
+        assert!(registry.has_reached(&target(1), &used));
+        assert!(!registry.has_reached(&target(2), &unused));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(registry.stop_idle(), 2);
+        // New producers start with new stats: the registry remembers.
+        let again = registry.producer(&target(1)).unwrap();
+        assert!(registry.has_reached(&target(1), again.stats()));
+        let again = registry.producer(&target(2)).unwrap();
+        assert!(!registry.has_reached(&target(2), again.stats()));
     }
 
     #[actix_rt::test]

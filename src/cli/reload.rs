@@ -121,7 +121,7 @@ fn reload_over_http(http: &str, timeout_ms: u64) -> ExitCode {
     .parse::<Uri>() else {
         return fail(EXIT_USAGE, format!("invalid ops address {http:?}"));
     };
-    let (status, body) = match post_within(&uri, timeout_ms) {
+    let (status, body) = match post_until_taken(&uri, timeout_ms) {
         Ok(answer) => answer,
         Err(error) => {
             return fail(
@@ -159,6 +159,22 @@ fn reload_over_http(http: &str, timeout_ms: u64) -> ExitCode {
                 String::from_utf8_lossy(&body).trim()
             ),
         ),
+    }
+}
+
+/// POSTs to `uri` until the answer is not 429 (another reload waiting, or one within the
+/// last second), for at most `timeout_ms` in all; the last answer.
+fn post_until_taken(uri: &Uri, timeout_ms: u64) -> Result<(u16, bytes::Bytes), String> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        let answer = post_within(uri, left.max(1))?;
+        if answer.0 != 429 || Instant::now() + Duration::from_millis(250) >= deadline {
+            return Ok(answer);
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

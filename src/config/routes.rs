@@ -148,12 +148,7 @@ impl Routes {
                 } => {
                     let url = with_password(server, password_file.as_ref())
                         .map_err(|(field, reason)| error(field, reason))?;
-                    if let Some(mode) = password_file.as_deref().and_then(readable_by_others) {
-                        warnings.push(format!(
-                            "routes.{name}.password_file is readable by other users (mode \
-                             {mode:o}): chmod 600 it, owned by the daemon's user"
-                        ));
-                    }
+                    warnings.extend(password_warning(name, server, password_file.as_deref()));
                     let amqp = AmqpTarget::try_new(&url, exchange).map_err(field_error)?;
                     validate_routing_key(routing_key).map_err(field_error)?;
                     check_patterns(allow_routing_key).map_err(|r| error("allow_routing_key", r))?;
@@ -319,17 +314,6 @@ fn with_password(
         ));
     }
     let Some(path) = password_file else {
-        if !url.username().is_empty() {
-            // lapin would log in as this user with the password "guest".
-            return Err((
-                "password_file",
-                format!(
-                    "missing: the server names user {:?} but no password; write it in a \
-                     file (mode 0600) and name it here, e.g. password_file = \"/etc/ferry/mq.password\"",
-                    url.username()
-                ),
-            ));
-        }
         return Ok(server.to_owned());
     };
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -354,12 +338,41 @@ fn with_password(
     Ok(url.to_string())
 }
 
-/// The permission bits of `path` when its group or others may read it (the password is
-/// only as safe as the file's mode).
+/// What route `name`'s password set-up should fix, though it works: a password file every
+/// user may read, or a user named in `server` with no password file (the client library
+/// then logs in with the password "guest"; not said of `auth_mechanism=external`, which
+/// logs in by client certificate).
+fn password_warning(name: &str, server: &str, password_file: Option<&Path>) -> Option<String> {
+    match password_file {
+        Some(path) => readable_by_others(path).map(|mode| {
+            format!(
+                "routes.{name}.password_file is readable by every user (mode {mode:o}): \
+                 chmod o-r it (600, owned by the daemon's user)"
+            )
+        }),
+        None => {
+            let url = url::Url::parse(server).ok()?;
+            let external = url
+                .query_pairs()
+                .any(|(key, value)| key == "auth_mechanism" && value == "external");
+            (!url.username().is_empty() && !external).then(|| {
+                format!(
+                    "routes.{name}.server names user {:?} but there is no password_file: the \
+                     login uses the password \"guest\"; write the password in a file (mode \
+                     600) and name it in password_file",
+                    url.username()
+                )
+            })
+        }
+    }
+}
+
+/// The permission bits of `path` when every user may read it (the password is only as
+/// safe as the file's mode; a group is the admins' choice).
 fn readable_by_others(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o044 != 0).then_some(mode)
+    (mode & 0o004 != 0).then_some(mode)
 }
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters (none
@@ -458,14 +471,25 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("secret"));
-        // A user with no password would log in with the password "guest".
+        // A user with no password would log in with the password "guest": warned of.
         let routes = parse(
             "[routes.mq]\nkind = \"rabbitmq\"\nserver = \"amqp://ferry@mq/%2f\"\nexchange = \"x\"\n",
         );
-        let error = Routes::from_config(&routes, 8).unwrap_err().to_string();
+        let warned = Routes::from_config(&routes, 8).unwrap();
         assert!(
-            error.starts_with("routes.mq.password_file: missing: the server names user \"ferry\""),
-            "{error}"
+            warned.warnings()[0]
+                .starts_with("routes.mq.server names user \"ferry\" but there is no password_file"),
+            "{:?}",
+            warned.warnings()
+        );
+        let external = parse(
+            "[routes.mq]\nkind = \"rabbitmq\"\nserver = \"amqps://ferry@mq/%2f?auth_mechanism=external\"\nexchange = \"x\"\n",
+        );
+        assert!(
+            Routes::from_config(&external, 8)
+                .unwrap()
+                .warnings()
+                .is_empty()
         );
         let routes =
             parse("[routes.\"bad name\"]\nkind = \"kafka\"\nbrokers = [\"k:1\"]\ntopic = \"t\"\n");
@@ -479,10 +503,14 @@ mod tests {
         let file = dir.join("mq.password");
         std::fs::write(&file, "s3cret/with:odd@chars\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert_eq!(readable_by_others(&file), Some(0o604), "warned of");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert_eq!(readable_by_others(&file), Some(0o640), "warned of");
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(readable_by_others(&file), None);
+        assert_eq!(
+            readable_by_others(&file),
+            None,
+            "root:ferry 0640 is a usual set-up"
+        );
         let routes = parse(&format!(
             "[routes.mq]\nkind = \"rabbitmq\"\nserver = \"amqp://ferry@mq1:5672/%2f\"\n\
              password_file = \"{}\"\nexchange = \"x\"\nrouting_key = \"a.b\"\n\
@@ -494,7 +522,7 @@ mod tests {
         assert_eq!(warned.warnings().len(), 1, "{:?}", warned.warnings());
         assert!(
             warned.warnings()[0]
-                .starts_with("routes.mq.password_file is readable by other users (mode 644)")
+                .starts_with("routes.mq.password_file is readable by every user (mode 644)")
         );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let routes = Routes::from_config(&routes, 8).unwrap();

@@ -69,6 +69,8 @@ struct Ops {
     health: Arc<Mutex<Option<(Instant, Health)>>>,
     /// Where `POST /reload` queues its request.
     reloads: ReloadRequests,
+    /// When `POST /reload` last queued one.
+    last_reload: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The HTTP routes over `source`, reporting `serving` on `/healthz`, queueing reloads on
@@ -84,7 +86,18 @@ pub fn router(source: Source, serving: Arc<AtomicBool>, reloads: ReloadRequests)
             serving,
             health: Arc::default(),
             reloads,
+            last_reload: Arc::default(),
         })
+}
+
+/// `POST /reload` is answered at most this often (a reload re-reads and checks the whole
+/// config on the thread that handles signals).
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether `peer` is on the daemon's own host: a loopback address, IPv4 ones also as an
+/// IPv6 socket shows them (`::ffff:127.0.0.1`).
+fn from_this_host(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 /// The longest `POST /reload` waits for its reload (reading and checking a config, and
@@ -95,12 +108,17 @@ const RELOAD_WAIT: Duration = Duration::from_secs(30);
 /// the config status (JSON) when the new config serves, 409 with it when the file was
 /// refused (`last_error` says why) or there is no file to reload. Only from loopback: a
 /// reload can widen what the daemon allows, so only the daemon's own host may ask (the
-/// file itself is the admins'). 429 while another request waits, 503 while stopping.
+/// file itself is the admins': a reload applies nothing they did not write). 429 while
+/// another request waits or within a second of the last, 503 while stopping.
 async fn reload(State(ops): State<Ops>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !peer.ip().is_loopback() {
+    if !from_this_host(peer) {
         log::warn!(peer:% = peer; "Reload refused: not from loopback");
         let text = "a reload may be asked for from the daemon's own host only (loopback)\n";
         return (StatusCode::FORBIDDEN, text).into_response();
+    }
+    if !ops.reload_allowed_now() {
+        let text = "reloads over the ops endpoint are limited to one a second: try again\n";
+        return (StatusCode::TOO_MANY_REQUESTS, text).into_response();
     }
     let before = ops.source.report().config;
     let queued = tokio::time::timeout(RELOAD_WAIT, ops.reloads.reload()).await;
@@ -172,6 +190,19 @@ async fn healthz(State(ops): State<Ops>) -> (StatusCode, String) {
 const HEALTH_CACHE: Duration = Duration::from_secs(1);
 
 impl Ops {
+    /// Whether a reload may be asked for now ([`RELOAD_EVERY`]); if so, counts it.
+    fn reload_allowed_now(&self) -> bool {
+        let mut last = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < RELOAD_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
     /// The health, assessed at most once per [`HEALTH_CACHE`].
     fn health(&self) -> Health {
         let mut cached = self.health.lock().unwrap_or_else(PoisonError::into_inner);
@@ -183,5 +214,30 @@ impl Ops {
         let health = self.source.report().health();
         *cached = Some((Instant::now(), health.clone()));
         health
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_are_on_this_host() {
+        for peer in [
+            "127.0.0.1:1",
+            "127.0.0.2:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(from_this_host(peer.parse().unwrap()), "{peer}");
+        }
+        for peer in [
+            "10.0.0.1:1",
+            "[::ffff:10.0.0.1]:1",
+            "[2001:db8::1]:1",
+            "0.0.0.0:1",
+        ] {
+            assert!(!from_this_host(peer.parse().unwrap()), "{peer}");
+        }
     }
 }

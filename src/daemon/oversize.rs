@@ -28,6 +28,13 @@ use crate::contract::ErrorNo;
 
 /// Bytes of a gRPC message header: the compression flag and the length.
 const HEADER_BYTES: usize = 5;
+/// The unary methods whose reply carries `error_no` (field 1) and `error_message` (field
+/// 2); any other path (an unknown method) is left to tonic (`UNIMPLEMENTED`).
+const UNARY_METHODS: [&str; 3] = [
+    "/messagebroker.MessageBroker/SendRabbitMQMessage",
+    "/messagebroker.MessageBroker/SendKafkaMessage",
+    "/ferry.v1.Send/Send",
+];
 /// Body frames read at most while looking for the header (empty frames do not count as
 /// bytes; a body of many empty frames is handed on rather than read on).
 const MAX_PEEK_FRAMES: usize = 16;
@@ -78,8 +85,9 @@ where
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let body = Prepended::peek(body).await;
+            let known = UNARY_METHODS.contains(&parts.uri.path());
             match body.announced_length() {
-                Some(length) if length > limit => Ok(too_large(length, limit)),
+                Some(length) if known && length > limit => Ok(too_large(length, limit)),
                 _ => inner.call(http::Request::from_parts(parts, body)).await,
             }
         })
@@ -159,9 +167,13 @@ where
         Self { read, head, rest }
     }
 
-    /// The length the first message's header announces, once all 5 bytes were read.
+    /// The length the first message's header announces, once all 5 bytes were read and
+    /// its flag is a valid one (0 plain, 1 compressed; anything else is tonic's to refuse).
     fn announced_length(&self) -> Option<usize> {
         let header: [u8; HEADER_BYTES] = self.head[..].try_into().ok()?;
+        if header[0] > 1 {
+            return None;
+        }
         let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
         usize::try_from(length).ok()
     }
@@ -225,6 +237,12 @@ mod tests {
         assert_eq!(peeked.announced_length(), Some(256));
         let all = peeked.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], &[0, 0, 0, 1, 0, b'x', b'y']);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_flag_announces_nothing() {
+        let peeked = Prepended::peek(body(&[&[7, 0, 0, 1, 0]])).await;
+        assert_eq!(peeked.announced_length(), None, "tonic refuses it");
     }
 
     #[tokio::test]

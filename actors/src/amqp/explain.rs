@@ -32,8 +32,8 @@ fn reply(error: &lapin::Error) -> Option<(u16, String)> {
 /// Maps a lapin failure to a [`ProduceError`], in words that say what to fix.
 ///
 /// Soft protocol errors are the broker's answer about what was asked (access refused,
-/// an exchange of another type): final. A vhost that does not exist is final too. Other
-/// failures are about reaching the broker, and another attempt may succeed.
+/// an exchange of another type): final. Other failures, a missing vhost among them, are
+/// about reaching the broker, and another attempt may succeed.
 pub(crate) fn classify(error: &lapin::Error) -> ProduceError {
     let Some((code, text)) = reply(error) else {
         return ProduceError::Unavailable(error.to_string());
@@ -48,7 +48,9 @@ pub(crate) fn classify(error: &lapin::Error) -> ProduceError {
             "{text}: the exchange exists with other settings; use its type, or another \
              exchange name"
         )),
-        NOT_ALLOWED if text.contains("not found") => ProduceError::Rejected(format!(
+        // Not final: a vhost can be missing for a while (a node reset and rejoining, its
+        // definitions being restored), and messages for it are spooled meanwhile.
+        NOT_ALLOWED if text.contains("not found") => ProduceError::Unavailable(format!(
             "{text}: create the vhost, or fix the URL's path (%2f is the vhost /)"
         )),
         _ if error.is_amqp_soft_error() => ProduceError::Rejected(error.to_string()),
@@ -97,13 +99,13 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_vhost_is_final_and_says_how_to_fix_it() {
+    fn a_missing_vhost_says_how_to_fix_it_and_is_retried() {
         let missing = protocol(
             AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
             "NOT_ALLOWED - vhost nosuch not found",
         );
-        let ProduceError::Rejected(text) = classify(&missing) else {
-            panic!("a missing vhost is final");
+        let ProduceError::Unavailable(text) = classify(&missing) else {
+            panic!("a missing vhost may come back: retried, spooled");
         };
         assert!(text.contains("create the vhost"), "{text}");
         // A connection limit is NOT_ALLOWED too, and passes.

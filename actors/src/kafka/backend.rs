@@ -41,7 +41,38 @@ pub struct KafkaBackend {
     settings: Arc<KafkaSettings>,
     /// librdkafka's warning last logged, kept across the producers of this cluster (one
     /// per restart): a broker that stays unreachable is logged once a minute.
-    repeats: Arc<Mutex<Repeats>>,
+    repeats: Arc<Warned>,
+}
+
+/// librdkafka's warnings of one cluster, and whether any is remembered (so a delivery,
+/// which ends them, clears them without a lock when there is nothing to clear).
+#[derive(Debug, Default)]
+struct Warned {
+    /// The warnings.
+    repeats: Mutex<Repeats>,
+    /// Whether `repeats` may hold one.
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl Warned {
+    /// Whether `failure` is to be logged as a warning now ([`Repeats::warn`]).
+    fn warn(&self, failure: &str) -> Option<u64> {
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.repeats
+            .lock()
+            .map_or(Some(0), |mut repeats| repeats.warn(failure))
+    }
+
+    /// A message was delivered: the next failure is news.
+    fn clear(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.any.load(Relaxed)
+            && self.any.swap(false, Relaxed)
+            && let Ok(mut repeats) = self.repeats.lock()
+        {
+            repeats.clear();
+        }
+    }
 }
 
 impl KafkaBackend {
@@ -242,10 +273,13 @@ impl ProducerContext for LossReporter {
     /// the thread destroying the producer, which reports what it purged).
     fn delivery(&self, result: &DeliveryResult<'_>, confirmed: Box<Confirmed>) {
         let outcome = match result {
-            Ok(written) => Ok(Delivery {
-                partition: Some(written.partition()),
-                offset: Some(written.offset()),
-            }),
+            Ok(written) => {
+                self.repeats.clear();
+                Ok(Delivery {
+                    partition: Some(written.partition()),
+                    offset: Some(written.offset()),
+                })
+            }
             Err((error, message)) => Err(self.explain(error, message.topic())),
         };
         // The caller may have given up (its budget ran out): nothing to tell.
@@ -261,8 +295,8 @@ pub struct LossReporter {
     label: String,
     /// Why the cluster was last unreachable, in words a user acts on.
     causes: Causes,
-    /// librdkafka's warning last logged for this cluster.
-    repeats: Arc<Mutex<Repeats>>,
+    /// librdkafka's warnings last logged for this cluster.
+    repeats: Arc<Warned>,
 }
 
 impl LossReporter {
@@ -290,11 +324,7 @@ impl ClientContext for LossReporter {
             L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
                 // The same failure, however timed: "… (after 3ms in state CONNECT)".
                 let failure = line.split(" (after ").next().unwrap_or(line);
-                let warn = self
-                    .repeats
-                    .lock()
-                    .map_or(Some(0), |mut repeats| repeats.warn(failure));
-                match warn {
+                match self.repeats.warn(failure) {
                     Some(left_out) => log::warn!(
                         "target":% = self.label,
                         facility = facility,

@@ -139,6 +139,9 @@ pub(crate) struct Replay {
     reached: bool,
     /// Since when replay has failed without a confirmation in between.
     failing_since: Option<Instant>,
+    /// Where the line's records went last round: a route a reload points elsewhere starts
+    /// its backoff and its "reached" afresh.
+    resolved: Option<crate::target::Target>,
     /// The record that failed last, and how it has been failing.
     head: Head,
     /// The token bucket of `replay_max_rate`.
@@ -165,6 +168,7 @@ impl Replay {
             failures: 0,
             reached: false,
             failing_since: None,
+            resolved: None,
             head: Head::default(),
             pace: Pace {
                 tokens: 0.0,
@@ -238,7 +242,17 @@ impl Replay {
             Ok(producer) => producer,
             Err(error) => return Err(error.to_string()),
         };
-        self.reached |= producer.stats().delivered() > 0;
+        if self.resolved.as_ref() != Some(&target) {
+            // A new place (or the first): its own backoff, its own history.
+            self.failures = 0;
+            self.failing_since = None;
+            self.reached = false;
+            self.resolved = Some(target.clone());
+        }
+        self.reached |= self
+            .replayer
+            .registry
+            .has_reached(&target, producer.stats());
         if self.window.is_empty() && self.confirmed.is_empty() {
             let oldest = self.ahead.front().map_or(0, |r| r.created_ms);
             self.stats.oldest_ms.store(oldest, Ordering::Relaxed);

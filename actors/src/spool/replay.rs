@@ -54,6 +54,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// Confirmed records removed in one transaction, at most.
 const REMOVE_BATCH: usize = 256;
+/// How often a waiting replay asks whether a reload pointed its line elsewhere.
+const MOVED_RECHECK: Duration = Duration::from_secs(1);
 /// The longest wait between replay rounds of a target that has not taken a message since
 /// the daemon started using it (a misspelt host, a wrong port; or an outage that began
 /// before the daemon did). Its wait grows with how long it has been failing — a quarter
@@ -523,13 +525,25 @@ impl Replay {
             error:% = error;
             "Spool replay waiting"
         );
-        // Appends wake the wait (and are let be); shutdown ends it.
+        // Appends wake the wait (and are let be); shutdown ends it, and so does a reload
+        // that points the line elsewhere (a misspelt route fixed), looked for each second.
         let until = Instant::now() + delay;
-        while !self.replayer.lines.is_closing()
-            && tokio::time::timeout_at(until, self.appended.notified())
-                .await
-                .is_ok()
-        {}
+        while !self.replayer.lines.is_closing() && Instant::now() < until {
+            let step = until.min(Instant::now() + MOVED_RECHECK);
+            let woken = tokio::time::timeout_at(step, self.appended.notified()).await;
+            if woken.is_err() && self.moved() {
+                break;
+            }
+        }
+    }
+
+    /// Whether the config in force now sends the line somewhere other than where its last
+    /// round went.
+    fn moved(&self) -> bool {
+        match (self.replayer.resolver.resolve(&self.target), &self.resolved) {
+            (Ok(now), Some(before)) => now != *before,
+            _ => false,
+        }
     }
 
     /// The daemon stops: lets the publishes in flight finish (each within its attempt
@@ -804,6 +818,57 @@ mod tests {
         // works in real time.)
         let connects = script.connects().len();
         assert!(connects < 60, "{connects} attempts in 30 min");
+    }
+
+    /// Sends every line where it says now: a route that a reload points elsewhere.
+    struct Pointing(std::sync::Mutex<crate::target::Target>);
+
+    impl Resolve for Pointing {
+        fn resolve(&self, _: &Line) -> Result<crate::target::Target, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_reload_that_points_a_waiting_line_elsewhere_ends_its_wait() {
+        use crate::fake::{self, Script, target};
+        tokio::time::pause();
+        let script = Script::new();
+        script.fail_connects(u32::MAX);
+        let registry = fake::registry(&script, crate::settings::RegistrySettings::default());
+        let pointing = Arc::new(Pointing(std::sync::Mutex::new(target(1))));
+        let (spooler, _dir) = fake::spooler("moved", &registry, 1, pointing.clone());
+        let forwarder = crate::Forwarder::new(
+            registry,
+            crate::RetryPolicy::default(),
+            100,
+            1 << 20,
+            Some(Arc::clone(&spooler)),
+        );
+        let payload = bytes::Bytes::from_static(b"m1");
+        let accepted = forwarder
+            .forward(&target(1), None, "topic".into(), payload, None)
+            .await
+            .unwrap();
+        assert!(accepted.spooled.is_some());
+        // Ten minutes of failures: each wait is now two minutes long.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(600) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Just after an attempt failed (a whole wait ahead), the route is fixed.
+        let attempts = script.connects().len();
+        fake::until("another attempt", || script.connects().len() > attempts).await;
+        script.fail_connects(0);
+        *pointing.0.lock().unwrap() = target(2);
+        let fixed = Instant::now();
+        fake::until("the record delivered", || !spooler.has_lines()).await;
+        assert!(
+            fixed.elapsed() < Duration::from_secs(30),
+            "delivered {:?} after the fix",
+            fixed.elapsed()
+        );
+        assert_eq!(script.acked(), ["m1"]);
     }
 
     #[test]

@@ -784,34 +784,51 @@ mod tests {
         script.payloads().split_off(1)
     }
 
-    #[actix_rt::test]
-    async fn a_target_never_reached_is_tried_ever_more_rarely_up_to_two_minutes() {
-        use crate::fake::{self, Gate, Script, target};
-        tokio::time::pause();
-        let script = Script::new();
+    /// Spools one message, "m1", for `target(1)` of a broker no connection reaches (every
+    /// attempt fails until `script` says otherwise), replayed to where `resolver` says;
+    /// the spooler, its directory, and why the answer said it was spooled.
+    async fn spool_unreachable(
+        name: &str,
+        script: &Arc<crate::fake::Script>,
+        resolver: Arc<dyn Resolve>,
+    ) -> (Arc<crate::spool::Spooler>, crate::fake::SpoolDir, String) {
+        use crate::fake::{self, target};
         script.fail_connects(u32::MAX);
-        let registry = fake::registry(&script, crate::settings::RegistrySettings::default());
-        let gate = Arc::new(Gate::default());
-        let (spooler, _dir) = fake::spooler("unreached", &registry, 1, gate.clone());
+        let registry = fake::registry(script, crate::settings::RegistrySettings::default());
+        let (spooler, dir) = fake::spooler(name, &registry, 1, resolver);
         let forwarder = crate::Forwarder::new(
             registry,
             crate::RetryPolicy::default(),
             100,
             1 << 20,
-            Some(spooler),
+            Some(Arc::clone(&spooler)),
         );
         let payload = bytes::Bytes::from_static(b"m1");
         let accepted = forwarder
             .forward(&target(1), None, "topic".into(), payload, None)
             .await
             .unwrap();
-        let why = accepted.spooled.unwrap();
-        assert!(why.contains("no message has reached this target"), "{why}");
-        gate.open();
+        (spooler, dir, accepted.spooled.expect("spooled"))
+    }
+
+    /// Lets `seconds` of paused time pass, a second at a time.
+    async fn pass(seconds: u64) {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(1800) {
+        while start.elapsed() < Duration::from_secs(seconds) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_target_never_reached_is_tried_ever_more_rarely_up_to_two_minutes() {
+        use crate::fake::{Gate, Script};
+        tokio::time::pause();
+        let script = Script::new();
+        let gate = Arc::new(Gate::default());
+        let (_spooler, _dir, why) = spool_unreachable("unreached", &script, gate.clone()).await;
+        assert!(why.contains("no message has reached this target"), "{why}");
+        gate.open();
+        pass(1800).await;
         // The producer's own backoff stops at 1 s here: at that pace 30 min would be
         // hundreds of attempts; a quarter of the failing time, up to 2 min, is about 40.
         // (The gaps are not exact: paused time jumps while the spool's writer thread
@@ -834,28 +851,10 @@ mod tests {
         use crate::fake::{self, Script, target};
         tokio::time::pause();
         let script = Script::new();
-        script.fail_connects(u32::MAX);
-        let registry = fake::registry(&script, crate::settings::RegistrySettings::default());
         let pointing = Arc::new(Pointing(std::sync::Mutex::new(target(1))));
-        let (spooler, _dir) = fake::spooler("moved", &registry, 1, pointing.clone());
-        let forwarder = crate::Forwarder::new(
-            registry,
-            crate::RetryPolicy::default(),
-            100,
-            1 << 20,
-            Some(Arc::clone(&spooler)),
-        );
-        let payload = bytes::Bytes::from_static(b"m1");
-        let accepted = forwarder
-            .forward(&target(1), None, "topic".into(), payload, None)
-            .await
-            .unwrap();
-        assert!(accepted.spooled.is_some());
+        let (spooler, _dir, _) = spool_unreachable("moved", &script, pointing.clone()).await;
         // Ten minutes of failures: each wait is now two minutes long.
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(600) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        pass(600).await;
         // Just after an attempt failed (a whole wait ahead), the route is fixed.
         let attempts = script.connects().len();
         fake::until("another attempt", || script.connects().len() > attempts).await;

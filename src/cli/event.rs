@@ -294,8 +294,11 @@ pub const ROUTE_ENV_LOG: &str = "FERRY_ROUTE_LOG";
 /// Where one kind of event goes: its exchange and routing key, and the environment
 /// variable that may name a route for it instead.
 struct EventAddress {
+    /// The exchange (`--exchange-name`, or the kind's default).
     exchange: String,
+    /// The routing key (`--route-key-name`, or the one the event's fields make).
     routing_key: String,
+    /// The environment variable that may name a route instead of a server.
     route_env: &'static str,
 }
 

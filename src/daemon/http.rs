@@ -71,6 +71,8 @@ struct Ops {
     reloads: ReloadRequests,
     /// When `POST /reload` last queued one.
     last_reload: Arc<Mutex<Option<Instant>>>,
+    /// When a refused `POST /reload` was last logged.
+    last_refusal_logged: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The HTTP routes over `source`, reporting `serving` on `/healthz`, queueing reloads on
@@ -87,6 +89,7 @@ pub fn router(source: Source, serving: Arc<AtomicBool>, reloads: ReloadRequests)
             health: Arc::default(),
             reloads,
             last_reload: Arc::default(),
+            last_refusal_logged: Arc::default(),
         })
 }
 
@@ -112,7 +115,9 @@ const RELOAD_WAIT: Duration = Duration::from_secs(30);
 /// another request waits or within a second of the last, 503 while stopping.
 async fn reload(State(ops): State<Ops>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
     if !from_this_host(peer) {
-        log::warn!(peer:% = peer; "Reload refused: not from loopback");
+        if ops.refusal_loggable() {
+            log::warn!(peer:% = peer; "Reload refused: not from loopback (logged once a minute)");
+        }
         let text = "a reload may be asked for from the daemon's own host only (loopback)\n";
         return (StatusCode::FORBIDDEN, text).into_response();
     }
@@ -185,6 +190,17 @@ async fn healthz(State(ops): State<Ops>) -> (StatusCode, String) {
     (code, format!("{}\n", health.line()))
 }
 
+/// Whether `every` has passed since `last` (never set counts as passed); if so, sets it
+/// to now.
+fn once_every(last: &Mutex<Option<Instant>>, every: Duration) -> bool {
+    let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < every) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
 /// How long `/healthz` answers from its last assessment: a probe every few milliseconds
 /// must not build a report of every producer each time.
 const HEALTH_CACHE: Duration = Duration::from_secs(1);
@@ -192,15 +208,13 @@ const HEALTH_CACHE: Duration = Duration::from_secs(1);
 impl Ops {
     /// Whether a reload may be asked for now ([`RELOAD_EVERY`]); if so, counts it.
     fn reload_allowed_now(&self) -> bool {
-        let mut last = self
-            .last_reload
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|at| at.elapsed() < RELOAD_EVERY) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
+        once_every(&self.last_reload, RELOAD_EVERY)
+    }
+
+    /// Whether a refused reload may be logged now: once a minute (a peer that asks in a
+    /// loop must not fill the log).
+    fn refusal_loggable(&self) -> bool {
+        once_every(&self.last_refusal_logged, Duration::from_secs(60))
     }
 
     /// The health, assessed at most once per [`HEALTH_CACHE`].
@@ -220,6 +234,20 @@ impl Ops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_and_a_refusal_log_are_let_through_once_per_interval() {
+        let last = Mutex::new(None);
+        assert!(once_every(&last, Duration::from_secs(60)));
+        assert!(
+            !once_every(&last, Duration::from_secs(60)),
+            "within the minute"
+        );
+        assert!(
+            once_every(&last, Duration::ZERO),
+            "once the interval passed"
+        );
+    }
 
     #[test]
     fn only_loopback_peers_are_on_this_host() {

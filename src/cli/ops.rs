@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Args;
 use http::Uri;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -176,14 +176,46 @@ fn describe(error: &hyper_util::client::legacy::Error, uri: &Uri) -> String {
 
 /// GETs `uri` within `timeout_ms`; an error says why, and nothing is printed.
 fn fetch_within(uri: &Uri, timeout_ms: u64) -> Result<Bytes, String> {
+    within(timeout_ms, fetch(uri.clone()))
+}
+
+/// Runs `request` on a runtime of its own, giving up after `timeout_ms`.
+fn within<T>(
+    timeout_ms: u64,
+    request: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
     let limit = Duration::from_millis(timeout_ms);
-    let uri = uri.clone();
     block_on(async move {
-        tokio::time::timeout(limit, fetch(uri))
+        tokio::time::timeout(limit, request)
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
     })
     .map_err(|_| "cannot start a runtime".to_owned())?
+}
+
+/// The most of an answer's body read: a `/stats` report of the daemon's 1,000 producers
+/// (its `max_targets`) is well under a megabyte, and a peer that is not a ferry daemon must
+/// not make the command read without end.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// Sends `method` with an empty body to `uri`; the status and body of any answer.
+async fn request(method: http::Method, uri: &Uri) -> Result<(http::StatusCode, Bytes), String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = http::Request::builder()
+        .method(method)
+        .uri(uri.clone())
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| describe(&e, uri))?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    Ok((status, body.to_bytes()))
 }
 
 /// Fetches and parses the `/stats` report at `uri`; an error says why, and nothing is
@@ -354,18 +386,7 @@ pub fn stats(args: StatsArgs) -> ExitCode {
 
 /// GETs `uri` and returns the body of a 200 answer.
 pub async fn fetch(uri: Uri) -> Result<Bytes, String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let response = client
-        .get(uri.clone())
-        .await
-        .map_err(|e| describe(&e, &uri))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let (status, body) = request(http::Method::GET, &uri).await?;
     if status.is_success() {
         Ok(body)
     } else {
@@ -376,31 +397,10 @@ pub async fn fetch(uri: Uri) -> Result<Bytes, String> {
 /// POSTs an empty body to `uri` within `timeout_ms`; the status and body of any answer.
 #[cfg(feature = "daemon")]
 pub(crate) fn post_within(uri: &Uri, timeout_ms: u64) -> Result<(u16, Bytes), String> {
-    let limit = Duration::from_millis(timeout_ms);
-    let uri = uri.clone();
-    let post = async move {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let request = http::Request::post(uri.clone())
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| describe(&e, &uri))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((status, body.to_bytes()))
-    };
-    block_on(async move {
-        tokio::time::timeout(limit, post)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
+    within(timeout_ms, async {
+        let (status, body) = request(http::Method::POST, uri).await?;
+        Ok((status.as_u16(), body))
     })
-    .map_err(|_| "cannot start a runtime".to_owned())?
 }
 
 /// The report as a summary line and a table with aligned columns.
@@ -580,5 +580,32 @@ mod tests {
         for refused in ["https://h:1", "http://h:1/stats", "", "http://"] {
             assert!(ops_address(refused).is_err(), "{refused}");
         }
+    }
+
+    /// A peer that answers with a body without end (not a ferry daemon, or a broken one)
+    /// costs the command at most `MAX_ANSWER_BYTES`, and is named as the error.
+    #[test]
+    fn an_endless_answer_is_cut_at_the_limit() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).unwrap();
+            let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+            let mut sent = 0;
+            while stream.write_all(chunk.as_bytes()).is_ok() {
+                sent += 0x10000;
+            }
+            sent
+        });
+        let uri: Uri = format!("http://{address}/stats").parse().unwrap();
+        let error = fetch_within(&uri, 20_000).unwrap_err();
+        assert!(error.contains("length limit exceeded"), "{error}");
+        let sent = peer.join().unwrap();
+        assert!(sent < 4 * MAX_ANSWER_BYTES, "the peer wrote {sent} bytes");
     }
 }

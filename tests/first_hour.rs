@@ -491,6 +491,13 @@ fn reload_without_a_pid_file_asks_the_ops_endpoint_and_reports_the_outcome() {
         said.starts_with("reloaded: config ") && said.contains("with 1 routes"),
         "{said}"
     );
+    // Every user of a login node reaches a loopback port, but only root and the daemon's
+    // own user may reload it (before: any local user could).
+    let other = post_as_nobody(&ops, "/reload");
+    assert!(
+        other.starts_with("HTTP/1.1 403") && other.contains("not by uid 65534"),
+        "{other}"
+    );
     // An AMQP property on a Kafka route says which flags do not apply (before: "invalid
     // amqp_metadata: AMQP metadata for a Kafka target").
     let ttl = ferry(&["send", "--route", "events", "--ttl", "30s", "--data", "x"])
@@ -514,6 +521,25 @@ fn reload_without_a_pid_file_asks_the_ops_endpoint_and_reports_the_outcome() {
     );
     daemon.terminate();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// POSTs an empty body to `path` at `address` as the user nobody (uid 65534), through
+/// bash's /dev/tcp: the whole answer.
+fn post_as_nobody(address: &str, path: &str) -> String {
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\\r\\nHost: {address}\\r\\nContent-Length: 0\\r\\n\
+         Connection: close\\r\\n\\r\\n"
+    );
+    let script = format!("exec 3<>/dev/tcp/{host}/{port} && printf '{request}' >&3 && cat <&3");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["bash", "-c", &script])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A daemon config with one RabbitMQ route per event kind, the password in a file: the

@@ -1,6 +1,7 @@
 //! The operations endpoint (HTTP, on its own address): `/stats` (JSON), `/metrics`
 //! (OpenMetrics text for Prometheus), `/healthz` (200 while serving, 503 otherwise) and
-//! `POST /reload` (re-read the config, as SIGHUP does; from loopback only).
+//! `POST /reload` (re-read the config, as SIGHUP does; for root and the daemon's user on
+//! its own host only).
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::daemon::error::ServeError;
 use crate::daemon::health::{self, Health};
 use crate::daemon::metrics;
+use crate::daemon::peer::{self, Ends};
 use crate::daemon::reloads::{NotQueued, ReloadRequests};
 use crate::daemon::source::Source;
 
@@ -38,7 +40,7 @@ impl OpsEndpoint {
                 let addr = listener.local_addr().map_err(ServeError::Http)?;
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .map_err(|source| ServeError::Bind { addr, source })?;
-                let router = router.into_make_service_with_connect_info::<SocketAddr>();
+                let router = router.into_make_service_with_connect_info::<Ends>();
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
                         let _ = stopped.await;
@@ -103,23 +105,43 @@ fn from_this_host(peer: SocketAddr) -> bool {
     peer.ip().to_canonical().is_loopback()
 }
 
+/// Why the asker at the far end of `ends` may not reload, if it may not: it must be on
+/// the daemon's own host (loopback), and be root or the daemon's own user, as the kernel's
+/// socket table says ([`peer::peer_uid`]). Any local user can reach a loopback port; only
+/// those may also send the daemon SIGHUP.
+fn asker_refused(ends: Ends) -> Option<String> {
+    if !from_this_host(ends.peer) {
+        return Some("a reload may be asked for from the daemon's own host only (loopback)".into());
+    }
+    let own = rustix::process::geteuid().as_raw();
+    match peer::peer_uid(ends) {
+        Ok(uid) if peer::may_reload(uid, own) => None,
+        Ok(uid) => Some(format!(
+            "a reload may be asked for by root or by the daemon's user (uid {own}) only, \
+             not by uid {uid}: run `ferry reload` with sudo, or as that user"
+        )),
+        Err(error) => Some(format!(
+            "cannot tell which user asked for a reload: {error}"
+        )),
+    }
+}
+
 /// The longest `POST /reload` waits for its reload (reading and checking a config, and
 /// the reload queued before it, take milliseconds).
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// `POST /reload`: re-reads the config as SIGHUP does and answers the outcome — 200 with
 /// the config status (JSON) when the new config serves, 409 with it when the file was
-/// refused (`last_error` says why) or there is no file to reload. Only from loopback: a
-/// reload can widen what the daemon allows, so only the daemon's own host may ask (the
-/// file itself is the admins': a reload applies nothing they did not write). 429 while
-/// another request waits or within a second of the last, 503 while stopping.
-async fn reload(State(ops): State<Ops>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
-    if !from_this_host(peer) {
+/// refused (`last_error` says why) or there is no file to reload. Only for root and the
+/// daemon's own user on its own host ([`asker_refused`]): a reload can widen what the
+/// daemon allows, and may catch an edit of the admins' file half done. 429 while another
+/// request waits or within a second of the last, 503 while stopping.
+async fn reload(State(ops): State<Ops>, ConnectInfo(ends): ConnectInfo<Ends>) -> Response {
+    if let Some(refusal) = asker_refused(ends) {
         if ops.refusal_loggable() {
-            log::warn!(peer:% = peer; "Reload refused: not from loopback (logged once a minute)");
+            log::warn!(peer:% = ends.peer; "Reload refused: {refusal} (logged once a minute)");
         }
-        let text = "a reload may be asked for from the daemon's own host only (loopback)\n";
-        return (StatusCode::FORBIDDEN, text).into_response();
+        return (StatusCode::FORBIDDEN, format!("{refusal}\n")).into_response();
     }
     if !ops.reload_allowed_now() {
         let text = "reloads over the ops endpoint are limited to one a second: try again\n";

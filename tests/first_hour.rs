@@ -520,6 +520,18 @@ fn reload_without_a_pid_file_asks_the_ops_endpoint_and_reports_the_outcome() {
         "{said}"
     );
     daemon.terminate();
+    // A daemon on its built-in defaults has nothing to read again: it says so, exit 1.
+    let defaults = serve(&free_address());
+    let nothing = ferry(&["reload", "--http", &defaults.ops_address])
+        .output()
+        .unwrap();
+    assert_eq!(nothing.status.code(), Some(1), "{nothing:?}");
+    let said = String::from_utf8_lossy(&nothing.stderr);
+    assert!(
+        said.contains("answered 409: nothing to reload: the daemon started without --config"),
+        "{said}"
+    );
+    defaults.terminate();
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -9,6 +9,7 @@ use clap::Args;
 use super::EXIT_BAD_CONFIG;
 use crate::config::{Config, ConfigError, Settings};
 use crate::daemon::live::{self, Live};
+use crate::daemon::reloads::Outcome;
 use crate::daemon::server::{Daemon, ServeError};
 use crate::daemon::signal::{Signal, Signals};
 
@@ -106,12 +107,13 @@ async fn run_until_stopped(daemon: &mut Daemon, signals: &mut Signals, args: &Se
         tokio::select! {
             signal = signals.next() => match signal {
                 Signal::Stop => break,
-                Signal::Hangup => reload(&live, &started_with, args),
+                Signal::Hangup => {
+                    reload(&live, &started_with, args);
+                }
             },
             Some(done) = next_request(&mut reload_queue) => {
                 log::info!("Reload asked for over the ops endpoint");
-                reload(&live, &started_with, args);
-                let _ = done.send(());
+                let _ = done.send(reload(&live, &started_with, args));
             }
             () = daemon.ended() => {
                 log::error!("The daemon stopped on its own");
@@ -220,20 +222,26 @@ async fn next_request(
     std::future::pending().await
 }
 
-/// Reloads the config at SIGHUP: applied whole, or refused whole (the old config keeps
-/// serving, the error logged and counted).
-fn reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
+/// Reloads the config at SIGHUP or `POST /reload`: applied whole, or refused whole (the old
+/// config keeps serving, the error logged and counted); what it came to.
+fn reload(live: &Live, started_with: &Settings, args: &ServeArgs) -> Outcome {
     if args.config.is_none() {
         log::warn!("Nothing to reload: the daemon runs on its built-in defaults (no --config)");
-        return;
+        return Outcome::NoConfig;
     }
     crate::daemon::notify::reloading();
-    apply_reload(live, started_with, args);
+    let applied = apply_reload(live, started_with, args);
     crate::daemon::notify::ready();
+    if applied {
+        Outcome::Applied(live.status())
+    } else {
+        Outcome::Refused(live.status())
+    }
 }
 
-/// Reads the config again and applies it, or refuses it (see [`reload`]).
-fn apply_reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
+/// Reads the config again and applies it, or refuses it (see [`reload`]); whether it
+/// applied it.
+fn apply_reload(live: &Live, started_with: &Settings, args: &ServeArgs) -> bool {
     let started = std::time::Instant::now();
     match load_for_reload(args, started_with) {
         Ok((settings, hash, moved)) => {
@@ -250,10 +258,12 @@ fn apply_reload(live: &Live, started_with: &Settings, args: &ServeArgs) {
             for widened in &applied.widened {
                 log::warn!("Config reload widens access: {widened}");
             }
+            true
         }
         Err(error) => {
             log::error!(error:% = error; "Config reload refused, the old config keeps serving");
             live.refused(error.to_string());
+            false
         }
     }
 }

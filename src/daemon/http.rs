@@ -19,7 +19,7 @@ use crate::daemon::error::ServeError;
 use crate::daemon::health::{self, Health};
 use crate::daemon::metrics;
 use crate::daemon::peer::{self, Ends};
-use crate::daemon::reloads::{NotQueued, ReloadRequests};
+use crate::daemon::reloads::{NotQueued, Outcome, ReloadRequests};
 use crate::daemon::source::Source;
 
 /// The operations endpoint, serving on an arbiter until stopped.
@@ -147,39 +147,30 @@ async fn reload(State(ops): State<Ops>, ConnectInfo(ends): ConnectInfo<Ends>) ->
         let text = "reloads over the ops endpoint are limited to one a second: try again\n";
         return (StatusCode::TOO_MANY_REQUESTS, text).into_response();
     }
-    let before = ops.source.report().config;
-    let queued = tokio::time::timeout(RELOAD_WAIT, ops.reloads.reload()).await;
-    let text = match queued {
-        Ok(Ok(())) => None,
-        Ok(Err(NotQueued::Busy)) => Some((
-            StatusCode::TOO_MANY_REQUESTS,
-            "a reload is already waiting: try again\n",
-        )),
-        Ok(Err(NotQueued::Stopping)) => Some((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the daemon cannot reload now (it is stopping)\n",
-        )),
-        Err(_) => Some((
-            StatusCode::GATEWAY_TIMEOUT,
-            "the reload did not finish within 30 s\n",
-        )),
+    let outcome = match tokio::time::timeout(RELOAD_WAIT, ops.reloads.reload()).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(NotQueued::Busy)) => {
+            let text = "a reload is already waiting: try again\n";
+            return (StatusCode::TOO_MANY_REQUESTS, text).into_response();
+        }
+        Ok(Err(NotQueued::Stopping)) => {
+            let text = "the daemon cannot reload now (it is stopping)\n";
+            return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+        }
+        Err(_) => {
+            let text = "the reload did not finish within 30 s\n";
+            return (StatusCode::GATEWAY_TIMEOUT, text).into_response();
+        }
     };
-    if let Some(answer) = text {
-        return answer.into_response();
+    match outcome {
+        Outcome::Applied(config) => (StatusCode::OK, Json(config)).into_response(),
+        Outcome::Refused(config) => (StatusCode::CONFLICT, Json(config)).into_response(),
+        Outcome::NoConfig => {
+            let text =
+                "nothing to reload: the daemon started without --config (its built-in defaults)\n";
+            (StatusCode::CONFLICT, text).into_response()
+        }
     }
-    let after = ops.source.report().config;
-    if (after.reloads, after.reload_failures) == (before.reloads, before.reload_failures) {
-        let text =
-            "nothing to reload: the daemon started without --config (its built-in defaults)\n";
-        return (StatusCode::CONFLICT, text).into_response();
-    }
-    let applied = after.reload_failures == before.reload_failures;
-    let code = if applied {
-        StatusCode::OK
-    } else {
-        StatusCode::CONFLICT
-    };
-    (code, Json(after)).into_response()
 }
 
 /// `/stats`: the report as JSON.

@@ -7,8 +7,22 @@
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::report::ConfigStatus;
+
+/// What a reload came to, with the config's status as that reload left it (read on the
+/// thread that applies reloads, so a SIGHUP just after cannot change the answer).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The file was read and serves.
+    Applied(ConfigStatus),
+    /// The file was refused whole (`last_error` says why); the old config serves.
+    Refused(ConfigStatus),
+    /// The daemon runs on its built-in defaults (no `--config`): nothing to read.
+    NoConfig,
+}
+
 /// Answered once the reload a request asked for has been applied or refused.
-pub type Done = oneshot::Sender<()>;
+pub type Done = oneshot::Sender<Outcome>;
 
 /// Where the operations endpoint queues reload requests.
 #[derive(Debug, Clone)]
@@ -33,9 +47,9 @@ pub fn channel() -> (ReloadRequests, ReloadQueue) {
 }
 
 impl ReloadRequests {
-    /// Queues a reload; resolves when it is done (`Err` if it could not be queued, or the
-    /// daemon stopped before doing it).
-    pub async fn reload(&self) -> Result<(), NotQueued> {
+    /// Queues a reload; resolves to its outcome when it is done (`Err` if it could not be
+    /// queued, or the daemon stopped before doing it).
+    pub async fn reload(&self) -> Result<Outcome, NotQueued> {
         let (done, finished) = oneshot::channel();
         self.0.try_send(done).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => NotQueued::Busy,
@@ -62,8 +76,8 @@ mod tests {
         }
         assert_eq!(requests.reload().await, Err(NotQueued::Busy));
         let done = queue.recv().await.unwrap();
-        done.send(()).unwrap();
-        assert_eq!(first.await.unwrap(), Ok(()));
+        done.send(Outcome::NoConfig).unwrap();
+        assert_eq!(first.await.unwrap(), Ok(Outcome::NoConfig));
         drop(queue);
         assert_eq!(requests.reload().await, Err(NotQueued::Stopping));
     }

@@ -564,74 +564,52 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Makes the call on `connected`.
+    /// Makes the call on `connected`: the predecessor's `MessageBroker` call when the
+    /// message is one it can carry (every daemon takes it), else `ferry.v1.Send`.
     async fn run(self, connected: Channel) -> Result<Answer, AttemptError> {
-        let Self {
-            destination,
-            data,
-            metadata,
-            limit,
-            authorization,
-        } = self;
-        let prepare = |request: &mut tonic::metadata::MetadataMap| {
-            if let Some(value) = authorization {
-                request.insert("authorization", value.clone());
-            }
-        };
-        let timeout = |status: tonic::Status| {
-            if status.code() == tonic::Code::DeadlineExceeded
-                || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
-            {
-                AttemptError::Timeout(limit)
-            } else {
-                AttemptError::Rpc(status)
-            }
-        };
-        let legacy = match metadata.is_empty() {
-            true => destination.legacy(data.clone()),
+        let legacy = match self.metadata.is_empty() {
+            true => self.destination.legacy(self.data.clone()),
             false => None,
         };
-        let Some(legacy) = legacy else {
-            // A route, or metadata: only ferry.v1.Send carries them.
-            let mut request = tonic::Request::new(destination.v1_request(data.clone(), metadata));
-            request.set_timeout(limit);
-            prepare(request.metadata_mut());
-            let reply = SendClient::new(connected)
-                .send(request)
-                .await
-                .map_err(timeout)?
-                .into_inner();
-            return match reply.error_no {
-                0 => Ok(Answer {
-                    id: reply.id,
-                    spooled: reply.spooled,
-                    message: reply.error_message,
-                    partition: reply.partition,
-                    offset: reply.offset,
-                }),
-                error_no => Err(AttemptError::Answered {
-                    error_no,
-                    message: reply.error_message,
-                }),
-            };
-        };
+        match legacy {
+            Some(legacy) => self.send_legacy(legacy, connected).await,
+            None => self.send_v1(connected).await,
+        }
+    }
+
+    /// `ferry.v1.Send`: a route, or metadata, which only it carries.
+    async fn send_v1(self, connected: Channel) -> Result<Answer, AttemptError> {
+        let message = self
+            .destination
+            .v1_request(self.data.clone(), self.metadata);
+        let reply = SendClient::new(connected)
+            .send(self.request(message))
+            .await
+            .map_err(|status| self.failed(status))?
+            .into_inner();
+        match reply.error_no {
+            0 => Ok(Answer {
+                id: reply.id,
+                spooled: reply.spooled,
+                message: reply.error_message,
+                partition: reply.partition,
+                offset: reply.offset,
+            }),
+            error_no => Err(AttemptError::Answered {
+                error_no,
+                message: reply.error_message,
+            }),
+        }
+    }
+
+    /// `SendKafkaMessage` or `SendRabbitMQMessage`, as the predecessor's client sent them.
+    async fn send_legacy(self, legacy: Legacy, connected: Channel) -> Result<Answer, AttemptError> {
         let mut client = MessageBrokerClient::new(connected);
         let response = match legacy {
-            Legacy::Kafka(message) => {
-                let mut request = tonic::Request::new(message);
-                // Tells the daemon when the client stops waiting (the grpc-timeout header).
-                request.set_timeout(limit);
-                prepare(request.metadata_mut());
-                client.send_kafka_message(request).await
-            }
-            Legacy::RabbitMq(message) => {
-                let mut request = tonic::Request::new(message);
-                request.set_timeout(limit);
-                prepare(request.metadata_mut());
-                client.send_rabbit_mq_message(request).await
-            }
+            Legacy::Kafka(message) => client.send_kafka_message(self.request(message)).await,
+            Legacy::RabbitMq(message) => client.send_rabbit_mq_message(self.request(message)).await,
         }
-        .map_err(timeout)?
+        .map_err(|status| self.failed(status))?
         .into_inner();
         match response.error_no {
             0 => Ok(Answer {
@@ -645,6 +623,31 @@ impl Call<'_> {
                 error_no,
                 message: response.error_message,
             }),
+        }
+    }
+
+    /// `message` as a request: the attempt's limit sent as grpc-timeout (the daemon learns
+    /// when the client stops waiting), and the `authorization` header if any.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.limit);
+        if let Some(value) = self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
+    }
+
+    /// A failed call's status as an attempt's error: a timeout (the deadline, or the
+    /// channel's own timeout) as such, anything else as the daemon's status.
+    fn failed(&self, status: tonic::Status) -> AttemptError {
+        if status.code() == tonic::Code::DeadlineExceeded
+            || (status.code() == tonic::Code::Cancelled && status.message().contains("Timeout"))
+        {
+            AttemptError::Timeout(self.limit)
+        } else {
+            AttemptError::Rpc(status)
         }
     }
 }

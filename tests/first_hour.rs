@@ -655,7 +655,11 @@ fn operator_commands_find_the_daemon_from_its_config() {
     let config = dir.join("ferry.toml");
     std::fs::write(
         &config,
-        format!("[server]\nlisten = \"{listen}\"\n\n[ops]\nlisten = \"{ops}\"\n"),
+        format!(
+            "[server]\nlisten = \"{listen}\"\n\n[ops]\nlisten = \"{ops}\"\n\n\
+             [spool]\ndir = {:?}\n",
+            dir.join("spool")
+        ),
     )
     .unwrap();
     let daemon = serve_config_only(&config, &listen, &ops, &dir.join("ferry.log"));
@@ -670,7 +674,13 @@ fn operator_commands_find_the_daemon_from_its_config() {
         "{said}"
     );
     // FERRY_CONFIG, as `ferry serve` reads it, works for every operator command.
-    for command in [&["stats"][..], &["routes"], &["top", "--once"]] {
+    // `ferry spool` and its subcommands find the spool as its spool.dir (before: "give
+    // --dir DIR", and a subcommand without --dir was a usage error).
+    let commands = [&["stats"][..], &["routes"], &["top", "--once"]];
+    for command in commands
+        .into_iter()
+        .chain([&["spool"][..], &["spool", "export"]])
+    {
         let output = ferry(command).env("FERRY_CONFIG", path).output().unwrap();
         assert_eq!(output.status.code(), Some(0), "{command:?}: {output:?}");
     }
@@ -703,6 +713,17 @@ fn operator_commands_find_the_daemon_from_its_config() {
         .output()
         .unwrap();
     assert_eq!(flagged.status.code(), Some(0), "{flagged:?}");
+    let spool = dir.join("spool");
+    let listed = ferry(&["spool", "--dir", spool.to_str().unwrap()])
+        .env("FERRY_CONFIG", &broken)
+        .output()
+        .unwrap();
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    let said = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        said.contains("broken.toml: line 1") && said.contains("going on without it"),
+        "{said}"
+    );
     daemon.terminate();
     let _ = std::fs::remove_dir_all(dir);
 }

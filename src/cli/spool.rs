@@ -1,11 +1,14 @@
 //! `ferry spool`: what a spool directory holds, per target, and the operator's tools for
 //! its dead letters and damaged databases:
 //!
+//! Every one of them finds the spool as the other operator commands find their daemon:
+//! `--dir DIR`, or the `spool.dir` of the daemon's config (`--config FILE` or
+//! `FERRY_CONFIG`).
+//!
 //! - `ferry spool --dir DIR`: records waiting per target, dead letters per target with
 //!   the last error of the newest, and the quarantine. Read-only: also while a daemon runs.
-//!   With `--config FILE` (the daemon's config; `--dir` then defaults to its `spool.dir`),
-//!   each line is also checked against that config: a route it no longer has, or a target
-//!   its allowlist no longer names, is shown as held, with what to change.
+//!   With the daemon's config, each line is also checked against it: a route it no longer
+//!   has, or a target its allowlist no longer names, is shown as held, with what to change.
 //! - `ferry spool export --dir DIR`: the dead letters as JSON lines (payload base64), for
 //!   a person to read. Read-only.
 //! - `ferry spool requeue --dir DIR (--id ID… | --target T | --all)`: dead letters back
@@ -35,12 +38,13 @@ pub const EXIT_SPOOL_IO: u8 = 74;
 /// Flags of `ferry spool`.
 #[derive(Debug, Args)]
 pub struct SpoolArgs {
-    /// The spool directory (the daemon's `spool.dir`). Example: --dir /var/spool/ferry
-    #[arg(long, value_name = "DIR")]
+    /// The spool directory [default: the config's spool.dir]. Example: --dir /var/spool/ferry
+    #[arg(long, value_name = "DIR", global = true)]
     pub dir: Option<PathBuf>,
-    /// The daemon's config: lines it would hold (a route it lacks, a target its allowlist
-    /// does not name) are shown as held. Example: --config /etc/ferry/ferry.toml
-    #[arg(long, value_name = "FILE")]
+    /// The daemon's config: its spool.dir is the spool, and the listing shows the lines it
+    /// would hold (a route it lacks, a target its allowlist does not name).
+    /// Example: --config /etc/ferry/ferry.toml
+    #[arg(long, value_name = "FILE", env = "FERRY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// What to do; without one, list what the spool holds.
     #[command(subcommand)]
@@ -73,9 +77,6 @@ pub enum SpoolAction {
 /// Which dead letters (`--all` when none is given for export).
 #[derive(Debug, Args)]
 pub struct SelectArgs {
-    /// The spool directory. Example: --dir /var/spool/ferry
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
     /// Dead letters with this message id (repeatable).
     #[arg(long = "id", value_name = "ID", conflicts_with_all = ["target", "all"])]
     pub ids: Vec<String>,
@@ -91,9 +92,6 @@ pub struct SelectArgs {
 /// Flags of `ferry spool salvage`.
 #[derive(Debug, Args)]
 pub struct SalvageArgs {
-    /// The live spool directory to copy into. Example: --dir /var/spool/ferry
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
     /// The damaged database's folder. Example: --from /var/spool/ferry/corrupt-1733300000000
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
@@ -116,18 +114,16 @@ impl SelectArgs {
 
 /// Runs `ferry spool`.
 pub fn run(args: SpoolArgs) -> ExitCode {
+    let (dir, settings) = match locate(args.dir, args.config.as_deref()) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
     let result = match args.action {
-        Some(SpoolAction::Export(select)) => export(&select),
-        Some(SpoolAction::Requeue(select)) => requeue(&select),
-        Some(SpoolAction::Purge(select)) => purge(&select),
-        Some(SpoolAction::Salvage(salvage)) => salvage_into(&salvage),
-        None => {
-            let (dir, settings) = match listing(args.dir, args.config.as_deref()) {
-                Ok(listing) => listing,
-                Err(code) => return code,
-            };
-            list(&dir, settings.as_ref())
-        }
+        Some(SpoolAction::Export(select)) => export(&dir, &select),
+        Some(SpoolAction::Requeue(select)) => requeue(&dir, &select),
+        Some(SpoolAction::Purge(select)) => purge(&dir, &select),
+        Some(SpoolAction::Salvage(salvage)) => salvage_into(&dir, &salvage),
+        None => list(&dir, settings.as_ref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,29 +153,33 @@ fn display(d: &Destination) -> String {
     }
 }
 
-/// The directory to list and the config to check its lines against, from the flags; or
-/// the exit code after saying what is missing.
-fn listing(
+/// The spool directory and the config to check its lines against, from the flags; or the
+/// exit code after saying what is missing. A config that cannot be used stops the command
+/// only when the directory was to come from it; with `--dir`, it is reported and the
+/// command goes on without it (an unreadable `FERRY_CONFIG` must not block a salvage).
+fn locate(
     dir: Option<PathBuf>,
     config: Option<&Path>,
 ) -> Result<(PathBuf, Option<Settings>), ExitCode> {
-    let settings = match config {
+    let settings = match config.map(|path| Config::from_file(path).and_then(Config::validate)) {
         None => None,
-        Some(path) => match Config::from_file(path).and_then(Config::validate) {
-            Ok(settings) => Some(settings),
-            Err(error) => {
-                eprintln!("ferry: {error}");
-                return Err(ExitCode::from(super::EXIT_BAD_CONFIG));
-            }
-        },
+        Some(Ok(settings)) => Some(settings),
+        Some(Err(error)) if dir.is_some() => {
+            eprintln!("ferry: {error}; going on without it");
+            None
+        }
+        Some(Err(error)) => {
+            eprintln!("ferry: {error}");
+            return Err(ExitCode::from(super::EXIT_BAD_CONFIG));
+        }
     };
     let configured = settings.as_ref().and_then(|s| s.spool.as_ref());
     match dir.or_else(|| configured.map(|spool| spool.dir.clone())) {
         Some(dir) => Ok((dir, settings)),
         None => {
             eprintln!(
-                "ferry: give --dir DIR, the daemon's spool.dir, or --config FILE with a [spool] \
-                 section (or a subcommand; see ferry spool --help)"
+                "ferry: give --dir DIR, the daemon's spool.dir, or --config FILE (or \
+                 FERRY_CONFIG) naming a config with a [spool] section"
             );
             Err(ExitCode::from(super::EXIT_USAGE))
         }
@@ -253,8 +253,8 @@ fn list(dir: &Path, settings: Option<&Settings>) -> Result<(), SpoolError> {
 
 /// Writes the selected dead letters (all by default) as JSON lines to stdout, one row in
 /// memory at a time.
-fn export(select: &SelectArgs) -> Result<(), SpoolError> {
-    let store = Store::open_read_only(&select.dir)?;
+fn export(dir: &Path, select: &SelectArgs) -> Result<(), SpoolError> {
+    let store = Store::open_read_only(dir)?;
     let selection = select.selection().unwrap_or(Selection::All);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let count = store.each_dead_letter(&selection, |letter| {
@@ -301,40 +301,37 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// Puts the selected dead letters back in line.
-fn requeue(select: &SelectArgs) -> Result<(), SpoolError> {
+fn requeue(dir: &Path, select: &SelectArgs) -> Result<(), SpoolError> {
     let Some(selection) = select.selection() else {
         return Err(SpoolError::Unusable(
             "say which dead letters: --id ID (repeatable), --target TARGET or --all".into(),
         ));
     };
-    let (mut store, _lock) = exclusive(&select.dir)?;
+    let (mut store, _lock) = exclusive(dir)?;
     let moved = store.requeue(&selection, ferry_spool::spool::now_ms())?;
     println!(
         "{moved} dead letters requeued in {}; the daemon replays them when it starts",
-        select.dir.display()
+        dir.display()
     );
     Ok(())
 }
 
 /// Deletes the selected dead letters.
-fn purge(select: &SelectArgs) -> Result<(), SpoolError> {
+fn purge(dir: &Path, select: &SelectArgs) -> Result<(), SpoolError> {
     let Some(selection) = select.selection() else {
         return Err(SpoolError::Unusable(
             "say which dead letters: --id ID (repeatable), --target TARGET or --all".into(),
         ));
     };
-    let (mut store, _lock) = exclusive(&select.dir)?;
+    let (mut store, _lock) = exclusive(dir)?;
     let deleted = store.purge(&selection)?;
-    println!(
-        "{deleted} dead letters deleted from {}",
-        select.dir.display()
-    );
+    println!("{deleted} dead letters deleted from {}", dir.display());
     Ok(())
 }
 
 /// Copies what still reads from a damaged database into the live spool.
-fn salvage_into(args: &SalvageArgs) -> Result<(), SpoolError> {
-    let (mut store, _lock) = exclusive(&args.dir)?;
+fn salvage_into(dir: &Path, args: &SalvageArgs) -> Result<(), SpoolError> {
+    let (mut store, _lock) = exclusive(dir)?;
     let salvaged = ferry_spool::salvage::salvage(&args.from, &mut store)?;
     println!(
         "salvaged from {}: {} records, {} dead letters; {} failed their checksum, {} were already in the spool{}",

@@ -143,6 +143,36 @@ async fn bad_messages_in_a_stream_are_answered_1_and_the_stream_goes_on() {
 }
 
 #[tokio::test]
+async fn a_message_too_large_to_decode_is_answered_1_and_the_stream_goes_on() {
+    let brokers = shared_kafka();
+    let topic = unique("stream-large");
+    kafka::create_topic(&brokers, &topic).await;
+    let mut settings = settings();
+    settings.server.max_message_bytes = 64 * 1024;
+    let daemon = start(settings);
+    let message = |data: Vec<u8>| Message::Kafka(common::kafka(&brokers, &topic, data));
+    // Beyond the gRPC decoder's limit (the payload's plus the request's fields): before,
+    // tonic ended the stream with OUT_OF_RANGE at its header, and nothing after it was read.
+    let acks = stream(
+        &daemon,
+        vec![
+            request(1, message(b"first".to_vec())),
+            request(2, message(vec![b'x'; 5 * 1024 * 1024])),
+            request(3, message(b"third".to_vec())),
+        ],
+    )
+    .await;
+    let codes: Vec<(u64, i32)> = acks.iter().map(|(id, (code, _))| (*id, *code)).collect();
+    assert_eq!(codes, [(1, 0), (2, 1), (3, 0)], "{acks:?}");
+    assert!(
+        acks[&2].1.contains("bytes is more than the") && acks[&2].1.contains("send less"),
+        "{acks:?}"
+    );
+    let delivered = drain_topic(&brokers, &topic).await;
+    assert_eq!(delivered, [b"first".to_vec(), b"third".to_vec()]);
+}
+
+#[tokio::test]
 async fn a_stream_never_has_more_than_its_window_in_flight() {
     // A broker that accepts TCP and never answers keeps each message in flight for the
     // whole policy budget (200 + 400 ms), so the window fills.

@@ -26,6 +26,7 @@ use crate::daemon::framing::{Checks, Framed};
 use crate::daemon::ingress::{Ingress, Refused};
 use crate::daemon::live::Live;
 use crate::daemon::oversize::Oversize;
+use crate::daemon::oversize_stream::OversizeStream;
 use crate::daemon::send::SendService;
 use crate::daemon::stream::IngestService;
 use crate::proto::ferry::v1::ingest_server::IngestServer;
@@ -211,11 +212,14 @@ impl Grpc {
         );
         let ingest = Framed::new(
             InterceptedService::new(
-                IngestServer::new(IngestService::new(
-                    ingress,
-                    self.server.max_in_flight_per_stream,
-                ))
-                .max_decoding_message_size(max_request_bytes),
+                OversizeStream::new(
+                    IngestServer::new(IngestService::new(
+                        ingress,
+                        self.server.max_in_flight_per_stream,
+                    ))
+                    .max_decoding_message_size(max_request_bytes),
+                    max_request_bytes,
+                ),
                 self.token_check.clone(),
             ),
             Checks::MessageDeadline(self.server.stream_message_timeout),

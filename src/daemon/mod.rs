@@ -37,6 +37,7 @@ pub mod log_budget;
 pub mod metrics;
 pub mod notify;
 pub mod oversize;
+pub mod oversize_stream;
 pub mod peer;
 pub mod pid_file;
 pub mod reloads;

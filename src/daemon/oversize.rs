@@ -99,22 +99,15 @@ fn too_large(length: usize, limit: usize) -> http::Response<tonic::body::Body> {
     log::debug!(length = length as u64, limit = limit as u64; "Request too large, answered error 1");
     let reply = crate::proto::Response {
         error_no: ErrorNo::InvalidRequest as i32,
-        error_message: format!(
-            "invalid request: {length} bytes is more than the {limit} this daemon takes \
-             (server.max_message_bytes and the request's fields): send less, or ask for a \
-             larger limit"
-        ),
+        error_message: too_large_text(length as u64, limit as u64),
         ..Default::default()
     }
     .encode_to_vec();
-    let mut framed = BytesMut::with_capacity(HEADER_BYTES + reply.len());
-    framed.extend_from_slice(&[0]);
-    framed.extend_from_slice(&u32::try_from(reply.len()).unwrap_or(u32::MAX).to_be_bytes());
-    framed.extend_from_slice(&reply);
+    let framed = grpc_framed(&reply);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let frames = [
-        Ok::<_, std::convert::Infallible>(Frame::data(framed.freeze())),
+        Ok::<_, std::convert::Infallible>(Frame::data(framed)),
         Ok(Frame::trailers(trailers)),
     ];
     let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
@@ -124,6 +117,28 @@ fn too_large(length: usize, limit: usize) -> http::Response<tonic::body::Body> {
         http::HeaderValue::from_static("application/grpc"),
     );
     response
+}
+
+/// `message` as gRPC frames it: uncompressed, its length, then its bytes.
+pub fn grpc_framed(message: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(HEADER_BYTES + message.len());
+    framed.extend_from_slice(&[0]);
+    framed.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    framed.extend_from_slice(message);
+    framed.freeze()
+}
+
+/// What a message of `length` bytes, beyond `limit`, is answered (with error 1).
+pub fn too_large_text(length: u64, limit: u64) -> String {
+    format!(
+        "invalid request: {length} bytes is more than the {limit} this daemon takes \
+         (server.max_message_bytes and the request's fields): send less, or ask for a \
+         larger limit"
+    )
 }
 
 /// A body with the frames already read from it in front.

@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::daemon::access::Caller;
 use crate::daemon::ingress::Ingress;
+use crate::daemon::oversize_stream::Oversized;
 use crate::proto::ferry::v1::ingest_request::Message;
 use crate::proto::ferry::v1::ingest_server::Ingest;
 use crate::proto::ferry::v1::{IngestAck, IngestRequest};
@@ -66,12 +67,13 @@ impl Ingest for IngestService {
     ) -> Result<Response<Self::StreamStream>, Status> {
         // Identified once, at the stream's start; each message is admitted on its own.
         let caller = request.extensions().get::<Caller>().cloned();
+        let oversized = request.extensions().get::<Oversized>().cloned();
         let requests = request.into_inner();
         // Acks waiting to be written are bounded by the window too.
         let (acks, ack_stream) = mpsc::channel(self.window);
         tokio::spawn(drive(
             Arc::clone(&self.ingress),
-            (self.window, caller),
+            (self.window, caller, oversized),
             requests,
             acks,
         ));
@@ -83,7 +85,7 @@ impl Ingest for IngestService {
 /// (or went away) and every message it sent has an outcome.
 async fn drive(
     ingress: Arc<Ingress>,
-    (window, caller): (usize, Option<Caller>),
+    (window, caller, oversized): (usize, Option<Caller>, Option<Oversized>),
     mut requests: Streaming<IngestRequest>,
     acks: mpsc::Sender<Result<IngestAck, Status>>,
 ) {
@@ -131,7 +133,10 @@ async fn drive(
                 Ok(Some(request)) => {
                     read += 1;
                     last_id = Some(request.id);
-                    pending.push(Box::pin(answer(&ingress, request, caller.as_ref())));
+                    match too_large(oversized.as_ref(), &request) {
+                        Some(ack) => unwritten.push_back(ack),
+                        None => pending.push(Box::pin(answer(&ingress, request, caller.as_ref()))),
+                    }
                 }
                 Ok(None) => reading = false,
                 Err(status) => {
@@ -179,6 +184,35 @@ fn unreadable(cause: &Status, read: u64, last_id: Option<u64>) -> Status {
             cause.message()
         ),
     )
+}
+
+/// The ack of `request` when it stands in for a message too large to decode (see
+/// [`crate::daemon::oversize_stream`]): error 1 with the size and the limit, in both of the
+/// ack's replies, as the sender's kind of message is not known.
+fn too_large(oversized: Option<&Oversized>, request: &IngestRequest) -> Option<IngestAck> {
+    if request.message.is_some() {
+        return None;
+    }
+    let text = oversized?.answer(request.id)?;
+    Some(refused(request.id, text))
+}
+
+/// The ack of the message `id`, refused with error 1 for `text`.
+fn refused(id: u64, text: String) -> IngestAck {
+    let error_no = crate::contract::ErrorNo::InvalidRequest as i32;
+    IngestAck {
+        id,
+        response: Some(crate::proto::Response {
+            error_no,
+            error_message: text.clone(),
+            ..Default::default()
+        }),
+        reply: Some(crate::proto::ferry::v1::SendReply {
+            error_no,
+            error_message: text,
+            ..Default::default()
+        }),
+    }
 }
 
 /// Forwards one streamed message and builds its ack.

@@ -21,7 +21,7 @@ messages in flight are untouched. An invalid file is refused whole and the old c
 serving. Fields that cannot change live (listeners, workers, bounds) are reported as
 needing a restart. SIGHUP does the same. With a pid file (--pid-file, or ops.pid_file in
 --config) the daemon is signalled; without one it is asked over its operations endpoint
-(POST /reload, answered only to root and the daemon's user on its own host).
+(POST /reload over loopback, answered only to root and the daemon's user).
 
 Examples:
   ferry reload --config /etc/ferry/ferry.toml      # pid file and ops endpoint from the config

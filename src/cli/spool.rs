@@ -1,9 +1,11 @@
 //! `ferry spool`: what a spool directory holds, per target, and the operator's tools for
 //! its dead letters and damaged databases:
 //!
-//! Every one of them finds the spool as the other operator commands find their daemon:
-//! `--dir DIR`, or the `spool.dir` of the daemon's config (`--config FILE` or
-//! `FERRY_CONFIG`).
+//! Every one of them finds the spool from `--dir DIR`, or from the `spool.dir` of the
+//! daemon's config (`--config FILE`). The reading ones (the listing and `export`) also take
+//! the config from `FERRY_CONFIG`, as the other operator commands find their daemon; those
+//! that change the spool do not: a variable left in a shell must not choose the spool
+//! whose dead letters are deleted.
 //!
 //! - `ferry spool --dir DIR`: records waiting per target, dead letters per target with
 //!   the last error of the newest, and the quarantine. Read-only: also while a daemon runs.
@@ -42,9 +44,9 @@ pub struct SpoolArgs {
     #[arg(long, value_name = "DIR", global = true)]
     pub dir: Option<PathBuf>,
     /// The daemon's config: its spool.dir is the spool, and the listing shows the lines it
-    /// would hold (a route it lacks, a target its allowlist does not name).
-    /// Example: --config /etc/ferry/ferry.toml
-    #[arg(long, value_name = "FILE", env = "FERRY_CONFIG", global = true)]
+    /// would hold (a route it lacks, a target its allowlist does not name) [default for the
+    /// listing and export: FERRY_CONFIG]. Example: --config /etc/ferry/ferry.toml
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// What to do; without one, list what the spool holds.
     #[command(subcommand)]
@@ -114,7 +116,13 @@ impl SelectArgs {
 
 /// Runs `ferry spool`.
 pub fn run(args: SpoolArgs) -> ExitCode {
-    let (dir, settings) = match locate(args.dir, args.config.as_deref()) {
+    let reads_only = matches!(args.action, None | Some(SpoolAction::Export(_)));
+    let from_environment = args.config.is_none() && reads_only;
+    let config = match from_environment {
+        true => std::env::var_os("FERRY_CONFIG").map(PathBuf::from),
+        false => args.config,
+    };
+    let (dir, settings) = match locate(args.dir, config.as_deref(), from_environment) {
         Ok(found) => found,
         Err(code) => return code,
     };
@@ -153,13 +161,16 @@ fn display(d: &Destination) -> String {
     }
 }
 
-/// The spool directory and the config to check its lines against, from the flags; or the
-/// exit code after saying what is missing. A config that cannot be used stops the command
-/// only when the directory was to come from it; with `--dir`, it is reported and the
-/// command goes on without it (an unreadable `FERRY_CONFIG` must not block a salvage).
+/// The spool directory and the config to check its lines against, from the flags (the
+/// config `from_environment` when `FERRY_CONFIG` named it); or the exit code after saying
+/// what is missing. A config that cannot be used stops the command only when the directory
+/// was to come from it; with `--dir`, it is reported and the command goes on without it.
+/// A config from the environment whose spool is not `--dir` is not used to check lines:
+/// it is another daemon's.
 fn locate(
     dir: Option<PathBuf>,
     config: Option<&Path>,
+    from_environment: bool,
 ) -> Result<(PathBuf, Option<Settings>), ExitCode> {
     let settings = match config.map(|path| Config::from_file(path).and_then(Config::validate)) {
         None => None,
@@ -173,13 +184,21 @@ fn locate(
             return Err(ExitCode::from(super::EXIT_BAD_CONFIG));
         }
     };
-    let configured = settings.as_ref().and_then(|s| s.spool.as_ref());
-    match dir.or_else(|| configured.map(|spool| spool.dir.clone())) {
+    let configured = settings
+        .as_ref()
+        .and_then(|s| s.spool.as_ref())
+        .map(|spool| spool.dir.clone());
+    let settings = match (&dir, &configured) {
+        (Some(given), Some(configured)) if from_environment && given != configured => None,
+        (Some(_), None) if from_environment => None,
+        _ => settings,
+    };
+    match dir.or(configured) {
         Some(dir) => Ok((dir, settings)),
         None => {
             eprintln!(
-                "ferry: give --dir DIR, the daemon's spool.dir, or --config FILE (or \
-                 FERRY_CONFIG) naming a config with a [spool] section"
+                "ferry: give --dir DIR, the daemon's spool.dir, or --config FILE naming a \
+                 config with a [spool] section (the listing and export also read FERRY_CONFIG)"
             );
             Err(ExitCode::from(super::EXIT_USAGE))
         }

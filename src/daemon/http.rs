@@ -75,6 +75,8 @@ struct Ops {
     last_reload: Arc<Mutex<Option<Instant>>>,
     /// When a refused `POST /reload` was last logged.
     last_refusal_logged: Arc<Mutex<Option<Instant>>>,
+    /// One reading of the kernel's socket table at a time ([`asker_refused`]).
+    peer_lookups: Arc<tokio::sync::Semaphore>,
 }
 
 /// The HTTP routes over `source`, reporting `serving` on `/healthz`, queueing reloads on
@@ -92,6 +94,7 @@ pub fn router(source: Source, serving: Arc<AtomicBool>, reloads: ReloadRequests)
             reloads,
             last_reload: Arc::default(),
             last_refusal_logged: Arc::default(),
+            peer_lookups: Arc::new(tokio::sync::Semaphore::new(1)),
         })
 }
 
@@ -105,25 +108,39 @@ fn from_this_host(peer: SocketAddr) -> bool {
     peer.ip().to_canonical().is_loopback()
 }
 
-/// Why the asker at the far end of `ends` may not reload, if it may not: it must be on
-/// the daemon's own host (loopback), and be root or the daemon's own user, as the kernel's
-/// socket table says ([`peer::peer_uid`]). Any local user can reach a loopback port; only
-/// those may also send the daemon SIGHUP.
-fn asker_refused(ends: Ends) -> Option<String> {
+/// Why the asker at the far end of `ends` may not reload, if it may not, with the status
+/// to answer: it must be on the daemon's own host (loopback), and be root or the daemon's
+/// own user, as the kernel's socket table says ([`peer::peer_uid`]). Any local user can
+/// reach a loopback port; only those may also send the daemon SIGHUP.
+///
+/// The table is read off the endpoint's thread (it can run to megabytes on a busy login
+/// node), one request at a time: a user who asks in a loop is answered 429 meanwhile and
+/// costs the daemon at most one reading at once.
+async fn asker_refused(ops: &Ops, ends: Ends) -> Option<(StatusCode, String)> {
     if !from_this_host(ends.peer) {
-        return Some("a reload may be asked for from the daemon's own host only (loopback)".into());
+        let text = "a reload may be asked for over loopback only (from the daemon's own host)";
+        return Some((StatusCode::FORBIDDEN, text.into()));
     }
+    let Ok(reading) = Arc::clone(&ops.peer_lookups).try_acquire_owned() else {
+        let text = "another reload request is being checked: try again";
+        return Some((StatusCode::TOO_MANY_REQUESTS, text.into()));
+    };
+    let looked_up = tokio::task::spawn_blocking(move || {
+        let _reading = reading;
+        peer::peer_uid(ends)
+    })
+    .await;
     let own = rustix::process::geteuid().as_raw();
-    match peer::peer_uid(ends) {
-        Ok(uid) if peer::may_reload(uid, own) => None,
-        Ok(uid) => Some(format!(
+    let refusal = match looked_up {
+        Ok(Ok(uid)) if peer::may_reload(uid, own) => return None,
+        Ok(Ok(uid)) => format!(
             "a reload may be asked for by root or by the daemon's user (uid {own}) only, \
              not by uid {uid}: run `ferry reload` with sudo, or as that user"
-        )),
-        Err(error) => Some(format!(
-            "cannot tell which user asked for a reload: {error}"
-        )),
-    }
+        ),
+        Ok(Err(error)) => format!("cannot tell which user asked for a reload: {error}"),
+        Err(_) => "cannot tell which user asked for a reload: the lookup failed".to_owned(),
+    };
+    Some((StatusCode::FORBIDDEN, refusal))
 }
 
 /// The longest `POST /reload` waits for its reload (reading and checking a config, and
@@ -137,11 +154,11 @@ const RELOAD_WAIT: Duration = Duration::from_secs(30);
 /// daemon allows, and may catch an edit of the admins' file half done. 429 while another
 /// request waits or within a second of the last, 503 while stopping.
 async fn reload(State(ops): State<Ops>, ConnectInfo(ends): ConnectInfo<Ends>) -> Response {
-    if let Some(refusal) = asker_refused(ends) {
-        if ops.refusal_loggable() {
+    if let Some((status, refusal)) = asker_refused(&ops, ends).await {
+        if status == StatusCode::FORBIDDEN && ops.refusal_loggable() {
             log::warn!(peer:% = ends.peer; "Reload refused: {refusal} (logged once a minute)");
         }
-        return (StatusCode::FORBIDDEN, format!("{refusal}\n")).into_response();
+        return (status, format!("{refusal}\n")).into_response();
     }
     if !ops.reload_allowed_now() {
         let text = "reloads over the ops endpoint are limited to one a second: try again\n";

@@ -56,34 +56,54 @@ pub enum UnknownPeer {
     },
 }
 
-/// The user id owning the peer's socket of the connection `ends`.
+/// The user id owning the peer's socket of the connection `ends`. An IPv4 peer of a
+/// dual-stack listener (`[::]`) shows as `::ffff:127.0.0.1` to the daemon but is listed
+/// in the IPv4 table (unless it too used an IPv6 socket): both tables are searched.
 pub fn peer_uid(ends: Ends) -> Result<u32, UnknownPeer> {
-    let path = if ends.local.is_ipv4() {
-        "/proc/net/tcp"
-    } else {
-        "/proc/net/tcp6"
+    let canonical = Ends {
+        local: canonical(ends.local),
+        peer: canonical(ends.peer),
     };
-    let table =
-        std::fs::read_to_string(path).map_err(|source| UnknownPeer::Table { path, source })?;
-    uid_in(&table, ends).ok_or(UnknownPeer::NotListed {
+    let tables: &[&'static str] = if canonical.local.is_ipv4() {
+        &["/proc/net/tcp", "/proc/net/tcp6"]
+    } else {
+        &["/proc/net/tcp6"]
+    };
+    for &path in tables {
+        let table =
+            std::fs::read_to_string(path).map_err(|source| UnknownPeer::Table { path, source })?;
+        if let Some(uid) = uid_in(&table, canonical) {
+            return Ok(uid);
+        }
+    }
+    Err(UnknownPeer::NotListed {
         peer: ends.peer,
         local: ends.local,
     })
 }
 
+/// `address` with an IPv4-mapped IPv6 address as the IPv4 one.
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
 /// The uid on the line of `table` whose local address is `ends.peer` and whose remote
-/// address is `ends.local`.
+/// address is `ends.local` (both compared in canonical form), if that socket is still held
+/// by a process. A socket its process has closed (in TIME_WAIT, or orphaned while closing)
+/// shows inode 0 and uid 0, root's: it names no one, and must never pass for root.
 fn uid_in(table: &str, ends: Ends) -> Option<u32> {
-    let same = |a: SocketAddr, b: SocketAddr| a.ip() == b.ip() && a.port() == b.port();
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let local = address(fields.get(1)?)?;
-        let remote = address(fields.get(2)?)?;
-        if same(local, ends.peer) && same(remote, ends.local) {
-            fields.get(7)?.parse().ok()
-        } else {
-            None
+        let local = canonical(address(fields.get(1)?)?);
+        let remote = canonical(address(fields.get(2)?)?);
+        if local != ends.peer || remote != ends.local {
+            return None;
         }
+        let inode: u64 = fields.get(9)?.parse().ok()?;
+        if inode == 0 {
+            return None;
+        }
+        fields.get(7)?.parse().ok()
     })
 }
 
@@ -134,10 +154,17 @@ mod tests {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
             0: 0100007F:8268 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0\n\
             1: 0100007F:8268 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 0 10 -1\n\
-            2: 0100007F:9C40 0100007F:8268 01 00000000:00000000 00:00000000 00000000  1000        0 3 1 0000000000000000 20 4 0 10 -1\n";
+            2: 0100007F:9C40 0100007F:8268 01 00000000:00000000 00:00000000 00000000  1000        0 3 1 0000000000000000 20 4 0 10 -1\n\
+            3: 0100007F:9C41 0100007F:8268 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000\n";
         if cfg!(target_endian = "little") {
             let asked = ends("127.0.0.1:33384", "127.0.0.1:40000");
             assert_eq!(uid_in(table, asked), Some(1000));
+            assert_eq!(
+                uid_in(table, ends("127.0.0.1:33384", "127.0.0.1:40002")),
+                None
+            );
+            // A peer that closed its socket (TIME_WAIT, inode 0) is listed with uid 0: it
+            // must not pass for root.
             assert_eq!(
                 uid_in(table, ends("127.0.0.1:33384", "127.0.0.1:40001")),
                 None
@@ -157,19 +184,38 @@ mod tests {
         assert_eq!(address("0100007:0050"), None);
     }
 
-    /// The real table, for a real connection: the peer is this test's own process.
+    /// The real table, for a real connection: the peer is this test's own process. An IPv4
+    /// peer of a dual-stack listener is found too.
     #[test]
     fn a_loopback_peer_is_found_with_its_uid() {
-        for bind in ["127.0.0.1:0", "[::1]:0"] {
+        for (bind, connect) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("[::1]:0", "::1"),
+            ("[::]:0", "127.0.0.1"),
+        ] {
             let Ok(listener) = std::net::TcpListener::bind(bind) else {
                 continue; // no IPv6 on this host
             };
-            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let ip: IpAddr = connect.parse().unwrap();
+            let _client = std::net::TcpStream::connect((ip, port)).unwrap();
             let (accepted, peer) = listener.accept().unwrap();
             let local = accepted.local_addr().unwrap();
             let uid = peer_uid(Ends { local, peer }).unwrap();
             assert_eq!(uid, rustix::process::geteuid().as_raw(), "{bind}");
         }
+    }
+
+    /// A peer that has closed its socket is not known: its uid is no longer listed.
+    #[test]
+    fn a_peer_that_closed_its_socket_is_unknown() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        drop(client);
+        let local = accepted.local_addr().unwrap();
+        let looked_up = peer_uid(Ends { local, peer });
+        assert!(looked_up.is_err(), "{looked_up:?}");
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! arms a timer at the first byte of each message and disarms it at the last. When the
 //! timer fires while the body waits for more, the body fails with `DEADLINE_EXCEEDED`
 //! naming the bound; the stream's reader answers what it read and ends the stream, and the
-//! partial message's buffer is freed with it.
+//! partial message's buffer is freed with it. Time during which the reader does not ask for
+//! more (its window is full, and HTTP/2 flow control then holds the sender too) does not
+//! count: the deadline moves back by it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -95,6 +97,10 @@ pub struct Checked<B> {
     /// The message the timer is armed for (its number in `framing.begun`); 0 when none is
     /// partly received.
     armed_for: u64,
+    /// When the body last handed a frame on. Until the reader asks for the next one, the
+    /// time is the daemon's (its stream window is full, and HTTP/2 flow control holds the
+    /// sender too): it does not count against the deadline.
+    handed_at: Option<tokio::time::Instant>,
 }
 
 impl<B> Checked<B> {
@@ -106,6 +112,7 @@ impl<B> Checked<B> {
             framing: Framing::default(),
             timer: None,
             armed_for: 0,
+            handed_at: None,
         }
     }
 
@@ -140,6 +147,22 @@ impl<B> Checked<B> {
     }
 }
 
+impl<B> Checked<B> {
+    /// Moves the deadline back by the time since a frame was last handed on: the reader
+    /// was not reading, so the sender could not send.
+    fn credit_the_readers_time(&mut self) {
+        let Some(handed_at) = self.handed_at.take() else {
+            return;
+        };
+        if self.armed_for != 0
+            && let Some(timer) = self.timer.as_mut()
+        {
+            let deadline = timer.deadline() + handed_at.elapsed();
+            timer.as_mut().reset(deadline);
+        }
+    }
+}
+
 /// The error that ends a body whose message took longer than `limit` to arrive.
 fn late(limit: Duration) -> StdError {
     Box::new(tonic::Status::deadline_exceeded(format!(
@@ -161,6 +184,7 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.credit_the_readers_time();
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -168,6 +192,9 @@ where
                     if let Err(broken) = self.track(&data) {
                         return Poll::Ready(Some(Err(broken)));
                     }
+                }
+                if self.armed_for != 0 {
+                    self.handed_at = Some(tokio::time::Instant::now());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -347,6 +374,25 @@ mod tests {
             status.message().contains("stream_message_timeout_ms"),
             "{status}"
         );
+    }
+
+    /// While the reader does not ask for more (its window is full), the sender cannot send
+    /// either: that time is not the sender's to be blamed for.
+    #[tokio::test(start_paused = true)]
+    async fn time_the_reader_spends_not_reading_does_not_count() {
+        use futures_util::FutureExt;
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = Checked::new(Chunks(rx), Checks::MessageDeadline(Duration::from_secs(5)));
+        let next = message(1000);
+        tx.send(Bytes::copy_from_slice(&next[..100])).unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        // The reader is busy for a minute; then it asks, and nothing more has come yet.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(body.frame().now_or_never().is_none(), "waiting, not late");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        tx.send(Bytes::copy_from_slice(&next[100..])).unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

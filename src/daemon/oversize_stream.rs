@@ -7,13 +7,15 @@
 //! cannot say which one it was. [`Shrunk`] wraps the request body below the decoder and
 //! follows the gRPC framing: a message within the limit is handed on untouched (the same
 //! `Bytes`, not copied); one beyond it is replaced by a message holding only its `id`
-//! (field 1 of `IngestRequest`, which encoders write first), read from its first bytes,
-//! and the rest of it is read and dropped as it arrives, never held. The stream's reader
-//! finds the id in [`Oversized`] and answers it error 1.
+//! (field 1 of `IngestRequest`, which encoders write first; absent when it is 0), read
+//! from its first bytes, and the rest of it is read and dropped as it arrives, never held.
+//! The stream's reader finds the id in [`Oversized`] and answers it error 1. The message
+//! must still arrive whole within the stream's per-message deadline (`framing.rs`, outside
+//! this body), so a sender cannot announce 4 GiB and trickle it for ever.
 //!
-//! A message whose id cannot be read so (compressed, or not starting with field 1) is handed
-//! on as it was, and tonic ends the stream as before; the stream's status then says how far
-//! the daemon read.
+//! A message whose id cannot be read so (compressed, or starting with a field the request
+//! does not have) is handed on as it was, and tonic ends the stream as before; the
+//! stream's status then says how far the daemon read.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -161,8 +163,10 @@ pub struct Shrunk<B> {
     out: VecDeque<Bytes>,
     /// Where the oversized messages' ids go.
     oversized: Oversized,
-    /// Whether the body as received has ended.
+    /// Whether the body as received has ended (its data: trailers may follow).
     ended: bool,
+    /// The body's trailers, handed on after the data.
+    trailers: Option<Frame<Bytes>>,
 }
 
 impl<B> Shrunk<B> {
@@ -178,6 +182,7 @@ impl<B> Shrunk<B> {
             out: VecDeque::new(),
             oversized,
             ended: false,
+            trailers: None,
         }
     }
 
@@ -282,8 +287,9 @@ impl<B> Shrunk<B> {
         end
     }
 
-    /// At the body's end, what is held (a partial header, the first bytes of a message)
-    /// is handed on, so tonic sees the body as it was sent and says it was cut short.
+    /// At the end of the body's data, what is held (a partial header, the first bytes of a
+    /// message) is handed on, so tonic sees the body as it was sent and refuses it as it
+    /// would have.
     fn hand_on_held(&mut self) {
         match self.at {
             At::Header { bytes, seen } if seen > 0 => {
@@ -346,9 +352,17 @@ fn original(length: u64, head: &[u8]) -> Bytes {
     bytes.freeze()
 }
 
-/// The `id` at the start of an encoded `IngestRequest`: field 1's tag, then its varint.
+/// The tags of `IngestRequest`'s messages (fields 2, 3 and 4, length-delimited): a request
+/// that starts with one of them has the id 0, which proto3 does not write.
+const MESSAGE_TAGS: [u8; 3] = [0x12, 0x1a, 0x22];
+
+/// The `id` at the start of an encoded `IngestRequest`: field 1's tag, then its varint; 0
+/// when the request starts with its message instead.
 fn read_id(head: &[u8]) -> Option<u64> {
     let (&tag, mut varint) = head.split_first()?;
+    if MESSAGE_TAGS.contains(&tag) {
+        return Some(0);
+    }
     if tag != ID_TAG {
         return None;
     }
@@ -380,12 +394,17 @@ where
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             if self.ended {
-                return Poll::Ready(None);
+                return Poll::Ready(self.trailers.take().map(Ok));
             }
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => self.feed(&data),
-                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                    Err(trailers) => {
+                        // The body's data ends here: what is held goes first.
+                        self.hand_on_held();
+                        self.trailers = Some(trailers);
+                        self.ended = true;
+                    }
                 },
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
                 Poll::Ready(None) => {
@@ -398,7 +417,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.out.is_empty()
+        self.ended && self.out.is_empty() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -469,12 +488,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_oversized_message_with_the_id_0_is_replaced_too() {
+        // proto3 writes no field of its default value: the message starts with field 2.
+        let mut big = framed(0, 500);
+        big.remove(HEADER_BYTES);
+        big.remove(HEADER_BYTES);
+        let length = (big.len() - HEADER_BYTES) as u32;
+        big[1..HEADER_BYTES].copy_from_slice(&length.to_be_bytes());
+        assert_eq!(big[HEADER_BYTES], 0x12);
+        let sent = [big.clone(), framed(1, 10)].concat();
+        let expected = [&stand_in(0)[..], &framed(1, 10)[..]].concat();
+        for chunk in [1, 6, 64, sent.len()] {
+            let (out, oversized) = through(&sent, chunk, 64).await;
+            assert_eq!(out, expected, "chunks of {chunk}");
+            assert_eq!(oversized.take(0), Some(u64::from(length)));
+        }
+    }
+
+    #[tokio::test]
     async fn an_oversized_message_without_a_readable_id_is_handed_on_as_it_was() {
         let mut compressed = framed(5, 200);
         compressed[0] = 1;
-        let mut other_field_first = framed(5, 200);
-        other_field_first[HEADER_BYTES] = 0x12;
-        for sent in [compressed, other_field_first] {
+        let mut unknown_field_first = framed(5, 200);
+        unknown_field_first[HEADER_BYTES] = 0x2a;
+        for sent in [compressed, unknown_field_first] {
             for chunk in [1, 3, 7, 64, sent.len()] {
                 let (out, oversized) = through(&sent, chunk, 64).await;
                 assert_eq!(out, sent, "chunks of {chunk}");
@@ -490,6 +527,20 @@ mod tests {
             let (out, _) = through(&big[..cut], 1, 64).await;
             assert_eq!(out, &big[..cut], "cut at {cut}");
         }
+    }
+
+    #[tokio::test]
+    async fn trailers_come_after_the_held_bytes() {
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(&[0, 0]))),
+            Ok(Frame::trailers(http::HeaderMap::new())),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut shrunk = Shrunk::new(body, 64, Oversized::new(64));
+        let first = shrunk.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(&[0, 0]));
+        assert!(shrunk.frame().await.unwrap().unwrap().is_trailers());
+        assert!(shrunk.frame().await.is_none());
     }
 
     #[test]

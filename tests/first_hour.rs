@@ -229,6 +229,9 @@ async fn a_message_too_large_for_a_daemon_is_not_tried_on_the_next() {
     // A message under the limit still goes through on the same connection.
     let (answer, _) = common::send_kafka(&mut grpc, common::kafka(&brokers, &topic, "small")).await;
     assert_eq!(answer.error_no, 0, "{answer:?}");
+    // Both refusals are counted with the other invalid requests.
+    let report = common::report(&daemon_a.ops_address).await;
+    assert_eq!(report.totals.invalid, 2, "{:?}", report.totals);
     daemon_a.terminate();
     daemon_b.terminate();
 }

@@ -170,6 +170,8 @@ async fn a_message_too_large_to_decode_is_answered_1_and_the_stream_goes_on() {
     );
     let delivered = drain_topic(&brokers, &topic).await;
     assert_eq!(delivered, [b"first".to_vec(), b"third".to_vec()]);
+    let report = report(daemon.ops_addr()).await;
+    assert_eq!(report.totals.invalid, 1, "counted as invalid");
 }
 
 #[tokio::test]

@@ -171,6 +171,23 @@ impl Grpc {
             .timeout(self.server.request_timeout))
     }
 
+    /// The unary service `server` as it is served: one message per call, behind the token
+    /// check, a message beyond the decoder's limit answered error 1 (counted in `ingress`).
+    fn unary<S>(
+        &self,
+        server: S,
+        ingress: &Arc<Ingress>,
+    ) -> Framed<InterceptedService<Oversize<S>, TokenCheck>> {
+        let limit = self.server.max_message_bytes + REQUEST_OVERHEAD_BYTES;
+        Framed::new(
+            InterceptedService::new(
+                Oversize::new(server, limit, Arc::clone(ingress)),
+                self.token_check.clone(),
+            ),
+            Checks::OneMessage,
+        )
+    }
+
     /// Spawns on `arbiter` a server of every service on `listener`, serving until
     /// shutdown; its result goes to `done`.
     fn spawn_one(
@@ -188,27 +205,15 @@ impl Grpc {
             self.abort.clone(),
         ));
         let max_request_bytes = self.server.max_message_bytes + REQUEST_OVERHEAD_BYTES;
-        let unary = Framed::new(
-            InterceptedService::new(
-                Oversize::new(
-                    MessageBrokerServer::from_arc(ingress.clone())
-                        .max_decoding_message_size(max_request_bytes),
-                    max_request_bytes,
-                ),
-                self.token_check.clone(),
-            ),
-            Checks::OneMessage,
+        let unary = self.unary(
+            MessageBrokerServer::from_arc(ingress.clone())
+                .max_decoding_message_size(max_request_bytes),
+            &ingress,
         );
-        let send = Framed::new(
-            InterceptedService::new(
-                Oversize::new(
-                    SendServer::new(SendService::new(ingress.clone()))
-                        .max_decoding_message_size(max_request_bytes),
-                    max_request_bytes,
-                ),
-                self.token_check.clone(),
-            ),
-            Checks::OneMessage,
+        let send = self.unary(
+            SendServer::new(SendService::new(ingress.clone()))
+                .max_decoding_message_size(max_request_bytes),
+            &ingress,
         );
         let ingest = Framed::new(
             InterceptedService::new(

@@ -84,6 +84,18 @@ impl Ingress {
         }
     }
 
+    /// Counts and logs (within the log budget) a message refused for its size before it
+    /// was decoded, answered error 1 with `text` ([`crate::daemon::oversize`]).
+    pub fn refused_too_large(&self, text: &str) {
+        self.refused.invalid.fetch_add(1, Ordering::Relaxed);
+        self.log_limited(|suppressed| {
+            log::info!(
+                "error":% = text, suppressed_before = suppressed,
+                error_no = crate::contract::ErrorNo::InvalidRequest as i32; "Request refused"
+            );
+        });
+    }
+
     /// Resolves once the shutdown grace period is over.
     pub async fn aborted(&self) {
         aborted(self.abort.clone()).await;

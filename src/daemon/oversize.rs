@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +26,7 @@ use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::server::NamedService;
 
 use crate::contract::ErrorNo;
+use crate::daemon::ingress::Ingress;
 
 /// Bytes of a gRPC message header: the compression flag and the length.
 const HEADER_BYTES: usize = 5;
@@ -40,18 +42,25 @@ const UNARY_METHODS: [&str; 3] = [
 const MAX_PEEK_FRAMES: usize = 16;
 
 /// A unary service whose oversized requests are answered with error 1.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Oversize<S> {
     /// The service that decodes and answers the others.
     inner: S,
     /// The decoder's limit: the largest message length accepted, in bytes.
     limit: usize,
+    /// Where refusals are counted and logged, as the other invalid requests are.
+    ingress: Arc<Ingress>,
 }
 
 impl<S> Oversize<S> {
-    /// `inner`, whose requests over `limit` bytes are answered here.
-    pub fn new(inner: S, limit: usize) -> Self {
-        Self { inner, limit }
+    /// `inner`, whose requests over `limit` bytes are answered here (and counted in
+    /// `ingress`'s refusals).
+    pub fn new(inner: S, limit: usize, ingress: Arc<Ingress>) -> Self {
+        Self {
+            inner,
+            limit,
+            ingress,
+        }
     }
 }
 
@@ -82,24 +91,28 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limit = self.limit;
+        let ingress = Arc::clone(&self.ingress);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let body = Prepended::peek(body).await;
             let known = UNARY_METHODS.contains(&parts.uri.path());
             match body.announced_length() {
-                Some(length) if known && length > limit => Ok(too_large(length, limit)),
+                Some(length) if known && length > limit => {
+                    let text = too_large_text(length as u64, limit as u64);
+                    ingress.refused_too_large(&text);
+                    Ok(error_1(text))
+                }
                 _ => inner.call(http::Request::from_parts(parts, body)).await,
             }
         })
     }
 }
 
-/// The answer to a request whose message announces `length` bytes, beyond `limit`.
-fn too_large(length: usize, limit: usize) -> http::Response<tonic::body::Body> {
-    log::debug!(length = length as u64, limit = limit as u64; "Request too large, answered error 1");
+/// A unary reply of `error_no` 1 with `text`, as a whole gRPC response.
+fn error_1(text: String) -> http::Response<tonic::body::Body> {
     let reply = crate::proto::Response {
         error_no: ErrorNo::InvalidRequest as i32,
-        error_message: too_large_text(length as u64, limit as u64),
+        error_message: text,
         ..Default::default()
     }
     .encode_to_vec();
@@ -269,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_answer_is_a_grpc_reply_with_error_1() {
-        let response = too_large(5_000_000, 4_259_840);
+        let response = error_1(too_large_text(5_000_000, 4_259_840));
         assert_eq!(response.headers()["content-type"], "application/grpc");
         let collected = response.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");

@@ -133,7 +133,7 @@ async fn drive(
                 Ok(Some(request)) => {
                     read += 1;
                     last_id = Some(request.id);
-                    match too_large(oversized.as_ref(), &request) {
+                    match too_large(&ingress, oversized.as_ref(), &request) {
                         Some(ack) => unwritten.push_back(ack),
                         None => pending.push(Box::pin(answer(&ingress, request, caller.as_ref()))),
                     }
@@ -189,11 +189,16 @@ fn unreadable(cause: &Status, read: u64, last_id: Option<u64>) -> Status {
 /// The ack of `request` when it stands in for a message too large to decode (see
 /// [`crate::daemon::oversize_stream`]): error 1 with the size and the limit, in both of the
 /// ack's replies, as the sender's kind of message is not known.
-fn too_large(oversized: Option<&Oversized>, request: &IngestRequest) -> Option<IngestAck> {
+fn too_large(
+    ingress: &Ingress,
+    oversized: Option<&Oversized>,
+    request: &IngestRequest,
+) -> Option<IngestAck> {
     if request.message.is_some() {
         return None;
     }
     let text = oversized?.answer(request.id)?;
+    ingress.refused_too_large(&text);
     Some(refused(request.id, text))
 }
 

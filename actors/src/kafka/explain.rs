@@ -4,10 +4,13 @@
 //! as `127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused
 //! (after 0ms in state CONNECT)`, and then fails the waiting messages with codes that
 //! say nothing of it (`AllBrokersDown`, `PurgeQueue`). [`Causes`] keeps the last such
-//! reason, translated (`cannot connect to 127.0.0.1:9: connection refused`), so the
-//! message's answer carries it; the original text goes to the debug log. A broker's
+//! reason of each broker, translated (`cannot connect to 127.0.0.1:9: connection refused`),
+//! so the message's answer carries them, every broker's that failed lately (one broker of
+//! three being down is not the cause of the whole cluster being out of reach); the
+//! original text goes to the debug log. A broker's
 //! answer about one message (an unknown topic, say) is translated with the topic named.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,29 +22,43 @@ use crate::error::ProduceError;
 /// after it has a cause of its own.
 const CAUSE_LIFETIME: Duration = Duration::from_secs(30);
 
-/// The last reason librdkafka gave for not reaching a broker of one cluster, translated.
+/// Brokers of one cluster whose reasons are kept: a bootstrap list is a few brokers, and
+/// librdkafka names each broker it learns of too.
+const MAX_BROKERS: usize = 8;
+
+/// The last reason librdkafka gave for not reaching each broker of one cluster,
+/// translated.
 #[derive(Debug, Default)]
 pub struct Causes {
-    /// When it was reported, and the translation.
-    last: Mutex<Option<(Instant, String)>>,
+    /// When each was reported, the broker, and the translation; the newest last.
+    last: Mutex<VecDeque<(Instant, String, String)>>,
 }
 
 impl Causes {
-    /// Notes librdkafka's error-callback `reason` if it says why a broker is unreachable;
-    /// returns the translation.
+    /// Notes librdkafka's error-callback `reason` if it says why a broker is unreachable
+    /// (in place of that broker's last one); returns the translation.
     pub fn note(&self, reason: &str) -> Option<String> {
         let explained = transport(reason)?;
+        let broker = broker_of(reason).to_owned();
         if let Ok(mut last) = self.last.lock() {
-            *last = Some((Instant::now(), explained.clone()));
+            last.retain(|(_, noted, _)| *noted != broker);
+            if last.len() == MAX_BROKERS {
+                last.pop_front();
+            }
+            last.push_back((Instant::now(), broker, explained.clone()));
         }
         Some(explained)
     }
 
-    /// The cause noted in the last [`CAUSE_LIFETIME`], if any.
+    /// The causes noted in the last [`CAUSE_LIFETIME`], one per broker, if any.
     pub fn recent(&self) -> Option<String> {
         let last = self.last.lock().ok()?;
-        let (at, cause) = last.as_ref()?;
-        (at.elapsed() < CAUSE_LIFETIME).then(|| cause.clone())
+        let recent: Vec<&str> = last
+            .iter()
+            .filter(|(at, _, _)| at.elapsed() < CAUSE_LIFETIME)
+            .map(|(_, _, cause)| cause.as_str())
+            .collect();
+        (!recent.is_empty()).then(|| recent.join("; "))
     }
 
     /// `error` with its librdkafka text replaced by the recent cause, when it is a failure
@@ -64,14 +81,8 @@ impl Causes {
 /// failed connection, a name that does not resolve, a port that does not speak Kafka (or
 /// speaks TLS to a plaintext client). `None` for anything else.
 pub fn transport(reason: &str) -> Option<String> {
-    // "HOST:PORT/bootstrap: …" or "HOST:PORT/1: …": the broker the line is about.
-    let (broker, detail) = reason.split_once(": ")?;
-    let broker = broker
-        .rsplit_once('/')
-        .map_or(broker, |(address, _)| address);
-    let broker = broker
-        .rsplit_once("//")
-        .map_or(broker, |(_, address)| address);
+    let (_, detail) = reason.split_once(": ")?;
+    let broker = broker_of(reason);
     let detail = detail.split(" (after ").next().unwrap_or(detail);
     if let Some(rest) = detail.strip_prefix("Connect to ") {
         let (_, failure) = rest.split_once(" failed: ")?;
@@ -99,6 +110,18 @@ pub fn transport(reason: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// The broker a reason is about: "HOST:PORT/bootstrap: …", "HOST:PORT/1: …", or with
+/// the protocol in front ("sasl_ssl://HOST:PORT/1: …").
+fn broker_of(reason: &str) -> &str {
+    let broker = reason.split_once(": ").map_or(reason, |(broker, _)| broker);
+    let broker = broker
+        .rsplit_once('/')
+        .map_or(broker, |(address, _)| address);
+    broker
+        .rsplit_once("//")
+        .map_or(broker, |(_, address)| address)
 }
 
 /// A broker's refusal of a message to `topic` of the cluster `brokers`, in words that
@@ -190,6 +213,37 @@ mod tests {
         );
         let rejected = ProduceError::Rejected("x".into());
         assert_eq!(causes.explain(rejected.clone()), rejected);
+    }
+
+    #[test]
+    fn every_broker_that_failed_lately_is_named_once() {
+        let causes = Causes::default();
+        let refused = |broker: &str| {
+            format!("{broker}/bootstrap: Connect to ipv4#{broker} failed: Connection refused")
+        };
+        causes.note(&refused("10.0.0.1:9092"));
+        causes.note(&refused("10.0.0.2:9092"));
+        causes.note(&refused("10.0.0.1:9092"));
+        assert_eq!(
+            causes.recent().as_deref(),
+            Some(
+                "cannot connect to 10.0.0.2:9092: connection refused; \
+                 cannot connect to 10.0.0.1:9092: connection refused"
+            )
+        );
+        for n in 0..20 {
+            causes.note(&refused(&format!("10.0.1.{n}:9092")));
+        }
+        let kept = causes.recent().unwrap();
+        assert_eq!(
+            kept.matches("cannot connect").count(),
+            MAX_BROKERS,
+            "{kept}"
+        );
+        assert!(
+            kept.ends_with("10.0.1.19:9092: connection refused"),
+            "{kept}"
+        );
     }
 
     #[test]

@@ -85,7 +85,8 @@ impl Ingress {
     }
 
     /// Counts and logs (within the log budget) a message refused for its size before it
-    /// was decoded, answered error 1 with `text` ([`crate::daemon::oversize`]).
+    /// was decoded, answered error 1 with `text` by the layers below the decoder (unary
+    /// and streamed).
     pub fn refused_too_large(&self, text: &str) {
         self.refused.invalid.fetch_add(1, Ordering::Relaxed);
         self.log_limited(|suppressed| {

@@ -380,31 +380,56 @@ async fn callers_that_hang_up_do_not_cut_their_messages_off_uncounted() {
             tokio::spawn(async move {
                 let patience = Duration::from_millis(1 + i % 30);
                 // None: the caller hung up; Some(delivered): it got its answer.
+                // None: the caller hung up; Some(Ok(error_no)): it got its answer; Some(Err):
+                // the call failed at the transport.
                 tokio::time::timeout(patience, client.send_kafka_message(request))
                     .await
                     .ok()
-                    .map(|answer| answer.is_ok_and(|r| r.into_inner().error_no == 0))
+                    .map(|answer| {
+                        answer
+                            .map(|reply| reply.into_inner().error_no)
+                            .map_err(|status| format!("{status:?}"))
+                    })
             })
         })
         .collect();
-    let (mut hung_up, mut answered_delivered) = (0, 0);
+    let (mut hung_up, mut answered_delivered, mut broken) = (0, 0, Vec::new());
     for call in calls {
         match call.await.unwrap() {
             None => hung_up += 1,
-            Some(delivered) => answered_delivered += u64::from(delivered),
+            Some(Ok(error_no)) => answered_delivered += u64::from(error_no == 0),
+            Some(Err(why)) => broken.push(why),
         }
     }
     assert!(hung_up > 0, "some callers hung up before their answer");
+    // The callers that waited were all answered: the others' hang-ups (many RST_STREAMs
+    // at once) did not make the daemon tear the connection down under them (before: h2's
+    // GOAWAY after 20 such streams, and the rest of the calls failed).
+    assert!(
+        broken.is_empty(),
+        "{hung_up} hung up, {answered_delivered} answered delivered, {} failed: {:?}",
+        broken.len(),
+        &broken[..broken.len().min(3)]
+    );
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     wait_until_idle(&daemon).await;
+    let in_topic = drain_topic(&brokers, &topic).await;
+    // A call the server took late may have been forwarded after the first look: the count
+    // is read once the daemon is idle after the reading.
+    wait_until_idle(&daemon).await;
     let (sent, failed) = totals(&daemon);
     assert_eq!(failed, 0);
-    let in_topic = drain_topic(&brokers, &topic).await;
+    // Distinct messages: under load the test broker (tansu) can store a producer's retry
+    // twice (it does not deduplicate idempotent producers), which is the broker's
+    // at-least-once, not a message ferry failed to count.
+    let distinct: std::collections::BTreeSet<&Vec<u8>> = in_topic.iter().collect();
     assert_eq!(
-        in_topic.len() as u64,
+        distinct.len() as u64,
         sent,
-        "every message in the topic was counted as sent ({hung_up} callers hung up)"
+        "every message in the topic was counted as sent ({hung_up} callers hung up; {} \
+         records in the topic)",
+        in_topic.len()
     );
     println!(
         "hang-up: {hung_up} of 300 callers hung up, {answered_delivered} were answered \

@@ -166,8 +166,15 @@ impl Grpc {
             }
             None => Server::builder(),
         };
+        // A caller that gives up on many calls at once (each a RST_STREAM, often before the
+        // server took the stream) is not an attack: h2's default of 20 such streams pending
+        // before a GOAWAY tore down the connection, and every other call on it, of a client
+        // whose timeouts fired together. As many as the streams a connection may have open
+        // keeps the rapid-reset bound.
+        let max_streams = self.server.max_streams_per_connection;
         Ok(builder
-            .max_concurrent_streams(self.server.max_streams_per_connection)
+            .max_concurrent_streams(max_streams)
+            .http2_max_pending_accept_reset_streams(Some(max_streams as usize))
             .timeout(self.server.request_timeout))
     }
 
